@@ -1,0 +1,38 @@
+"""trio_producer: a Kafka producer for Trio applications.
+
+A message that ``send`` accepted is delivered, or handed back to the application in an
+exception -- on normal exit, on an exception, on cancellation, on Ctrl-C, on a dead
+network. See :func:`open_producer`.
+"""
+
+from ._config import ProducerConfig as ProducerConfig
+from ._exceptions import ConfigError as ConfigError
+from ._exceptions import DeliveryError as DeliveryError
+from ._exceptions import KafkaFatalError as KafkaFatalError
+from ._exceptions import ProducerClosedError as ProducerClosedError
+from ._exceptions import TrioProducerError as TrioProducerError
+from ._exceptions import UndeliveredMessagesError as UndeliveredMessagesError
+from ._message import KafkaErrorInfo as KafkaErrorInfo
+from ._message import Message as Message
+from ._message import RecordMetadata as RecordMetadata
+from ._producer import Producer as Producer
+from ._producer import ProducerStatistics as ProducerStatistics
+from ._producer import open_producer as open_producer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "DeliveryError",
+    "KafkaErrorInfo",
+    "KafkaFatalError",
+    "Message",
+    "Producer",
+    "ProducerClosedError",
+    "ProducerConfig",
+    "ProducerStatistics",
+    "RecordMetadata",
+    "TrioProducerError",
+    "UndeliveredMessagesError",
+    "open_producer",
+]

@@ -1,0 +1,170 @@
+"""ProducerConfig: validated before any task starts, with a librdkafka dict."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, TypeAlias
+
+import attrs
+
+from ._exceptions import ConfigError
+
+LibrdkafkaValue: TypeAlias = str | int | float | bool
+
+#: librdkafka properties that the producer sets itself; passing them is an error.
+_RESERVED = {
+    "bootstrap.servers": "use the bootstrap_servers field",
+    "on_delivery": "delivery reports are routed by the producer; use on_delivery_error",
+    "delivery.report.only.error": "the producer needs every delivery report",
+    "dr_cb": "delivery reports are routed by the producer; use on_delivery_error",
+    "dr_msg_cb": "delivery reports are routed by the producer; use on_delivery_error",
+    "error_cb": "errors are routed by the producer",
+    "logger": "librdkafka logs go to the 'trio_producer.librdkafka' logger",
+    "log_cb": "librdkafka logs go to the 'trio_producer.librdkafka' logger",
+}
+
+#: Substrings of property names whose values never appear in a repr or a message.
+_SECRET_MARKERS = ("password", "secret", "sasl.oauthbearer.config", "key.pem", "token", "jaas")
+
+_DEFAULTS: Mapping[str, LibrdkafkaValue] = MappingProxyType(
+    {
+        "enable.idempotence": True,
+        "acks": "all",
+        # Our own worker batches by `linger`; librdkafka need not wait again.
+        "linger.ms": 1,
+    }
+)
+
+
+def is_secret(name: str) -> bool:
+    """Return whether a librdkafka property holds a secret."""
+    lowered = name.lower()
+    return any(marker in lowered for marker in _SECRET_MARKERS)
+
+
+def _redacted(props: Mapping[str, LibrdkafkaValue]) -> str:
+    shown = {name: ("***" if is_secret(name) else value) for name, value in props.items()}
+    return repr(shown)
+
+
+def _seconds(name: str, *, allow_zero: bool) -> Any:
+    def check(_inst: object, _attr: object, value: object) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{name} must be a number of seconds, not {value!r}")
+        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+            allowed = ">= 0" if allow_zero else "> 0"
+            raise ConfigError(f"{name} must be a finite number of seconds {allowed}, not {value!r}")
+
+    return check
+
+
+def _positive_int(name: str) -> Any:
+    def check(_inst: object, _attr: object, value: object) -> None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name} must be an int >= 1, not {value!r}")
+        if value < 1:
+            raise ConfigError(f"{name} must be an int >= 1, not {value!r}")
+
+    return check
+
+
+def _check_bootstrap(_inst: object, _attr: Any, value: Any) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(
+            "bootstrap_servers must be a non-empty 'host:port[,host:port...]' string, "
+            f"not {value!r}"
+        )
+
+
+def _freeze_props(value: object) -> Mapping[str, LibrdkafkaValue]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            f"librdkafka must be a mapping of property names to values, not {value!r}"
+        )
+    props: dict[str, LibrdkafkaValue] = {}
+    for name, prop in value.items():
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"librdkafka property names must be non-empty strings, not {name!r}")
+        if name in _RESERVED:
+            raise ConfigError(f"librdkafka property {name!r} is not allowed: {_RESERVED[name]}")
+        if not isinstance(prop, str | int | float | bool):
+            shown = "***" if is_secret(name) else repr(prop)
+            raise ConfigError(
+                f"librdkafka property {name!r} must be a str, int, float or bool, not {shown}"
+            )
+        props[name] = prop
+    return MappingProxyType(props)
+
+
+@attrs.frozen(kw_only=True)
+class ProducerConfig:
+    """Settings of one producer. Validated on construction; immutable.
+
+    Durations are in seconds (floats), as everywhere in Trio.
+
+    Args:
+        bootstrap_servers: ``"host:port[,host:port...]"`` of the Kafka cluster.
+        linger: How long the worker waits for more messages before handing a batch to
+            librdkafka, counted from the first message of the batch. ``0`` hands each
+            message on as soon as the worker runs.
+        batch_max_messages: Hand the batch on as soon as it holds this many messages.
+        batch_max_bytes: Hand the batch on as soon as its keys and values add up to
+            this many bytes.
+        queue_capacity: How many accepted messages may wait for the worker. When it
+            is full, :meth:`~Producer.send` waits and :meth:`~Producer.send_nowait`
+            raises :class:`trio.WouldBlock`.
+        close_timeout: How long leaving ``open_producer`` waits for the last delivery
+            reports before it purges what is left and raises
+            :class:`~trio_producer.UndeliveredMessagesError`.
+        librdkafka: Any other librdkafka property (``acks``, ``compression.type``,
+            ``security.protocol``, ``sasl.*``, ...). Unknown names fail at open with
+            librdkafka's own message. Defaults: ``enable.idempotence=true``,
+            ``acks=all``, ``linger.ms=1``.
+
+    Raises:
+        ConfigError: A field has a value that is not allowed.
+    """
+
+    bootstrap_servers: str = attrs.field(validator=_check_bootstrap)
+    linger: float = attrs.field(default=0.005, validator=_seconds("linger", allow_zero=True))
+    batch_max_messages: int = attrs.field(
+        default=10_000, validator=_positive_int("batch_max_messages")
+    )
+    batch_max_bytes: int = attrs.field(
+        default=1_048_576, validator=_positive_int("batch_max_bytes")
+    )
+    queue_capacity: int = attrs.field(default=10_000, validator=_positive_int("queue_capacity"))
+    close_timeout: float = attrs.field(
+        default=30.0, validator=_seconds("close_timeout", allow_zero=True)
+    )
+    librdkafka: Mapping[str, LibrdkafkaValue] = attrs.field(
+        factory=dict, converter=_freeze_props, repr=_redacted, eq=False
+    )
+
+    def librdkafka_config(self) -> dict[str, LibrdkafkaValue]:
+        """The librdkafka properties this config stands for (defaults, then overrides)."""
+        props: dict[str, LibrdkafkaValue] = dict(_DEFAULTS)
+        props.update(self.librdkafka)
+        props["bootstrap.servers"] = self.bootstrap_servers
+        return props
+
+
+def make_config(config: ProducerConfig | None, fields: Mapping[str, Any]) -> ProducerConfig:
+    """Build the config from either a ProducerConfig or keyword fields, not both."""
+    if config is not None:
+        if fields:
+            raise ConfigError(
+                f"pass either a ProducerConfig or keyword fields, not both (got {sorted(fields)})"
+            )
+        if not isinstance(config, ProducerConfig):
+            raise ConfigError(f"config must be a ProducerConfig, not {config!r}")
+        return config
+    known = {a.name for a in attrs.fields(ProducerConfig)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ConfigError(f"unknown ProducerConfig field(s) {unknown}; allowed: {sorted(known)}")
+    if "bootstrap_servers" not in fields:
+        raise ConfigError("bootstrap_servers is required")
+    return ProducerConfig(**fields)

@@ -1,0 +1,235 @@
+"""Delivery reports: the poll thread, the shared callback, and their hand-back to Trio.
+
+librdkafka serves delivery reports inside ``poll()``, which blocks, so the delivery task
+runs it in a worker thread (``trio.to_thread.run_sync``) with a short timeout. The
+callbacks served there only count and append to lists -- they never touch a Trio
+object. When ``poll`` returns, the delivery task is back on the Trio thread and hands
+the whole batch of reports over: it wakes ``send_and_wait`` callers, routes failures,
+and retires finished flush epochs.
+
+Fire-and-forget messages share one callback: the current :class:`Epoch` object. A new
+epoch starts only when ``flush()`` is called, so ``flush`` can wait for exactly the
+messages produced before it without a per-message object.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ._client import KafkaClient, failure_from_report
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ._batch import Item
+    from ._exceptions import DeliveryError
+    from ._message import KafkaErrorInfo
+
+logger = logging.getLogger("trio_producer")
+
+#: How long one ``poll`` may block while deliveries are outstanding. Bounds how late the
+#: delivery task notices a stop request.
+POLL_TIMEOUT = 0.05
+#: An idle producer polls (non-blocking) this often, to serve logs and errors.
+IDLE_POLL_INTERVAL = 1.0
+
+#: ``(error, report-or-item, tracker)`` as recorded on the poll thread.
+Failure = tuple[Any, Any, Any]
+
+
+class Epoch:
+    """The messages produced between two ``flush()`` calls; also their shared callback."""
+
+    __slots__ = ("completed", "delivered", "done", "failures", "produced", "routed")
+
+    def __init__(self) -> None:
+        self.produced = 0
+        self.delivered = 0
+        self.failures: list[Failure] = []
+        self.routed = 0
+        self.completed: list[Tracked] = []
+        self.done: trio.Event | None = None
+
+    def __call__(self, err: Any, msg: Any) -> None:
+        # librdkafka delivery report, on the poll thread.
+        if err is None:
+            self.delivered += 1
+        else:
+            self.failures.append((err, msg, None))
+
+    @property
+    def settled(self) -> int:
+        return self.delivered + len(self.failures)
+
+
+class Tracked:
+    """The callback of one message that needs more than a count.
+
+    Used for ``send_and_wait`` (``event`` is set) and for messages with headers (their
+    headers are kept because librdkafka's delivery reports do not carry them).
+    """
+
+    __slots__ = ("abandoned", "epoch", "err", "event", "headers", "msg")
+
+    def __init__(self, headers: Any, event: trio.Event | None) -> None:
+        self.headers = headers
+        self.event = event
+        self.abandoned = False
+        self.epoch: Epoch | None = None
+        self.err: Any = None
+        self.msg: Any = None
+
+    def __call__(self, err: Any, msg: Any) -> None:
+        # On the poll thread.
+        epoch = self.epoch
+        assert epoch is not None
+        self.err = err
+        self.msg = msg
+        if err is None:
+            epoch.delivered += 1
+        else:
+            epoch.failures.append((err, msg, self))
+        if self.event is not None:
+            epoch.completed.append(self)
+
+
+class DeliveryTracker:
+    """The real sink of the worker, and the delivery task.
+
+    Args:
+        client: The Kafka client.
+        route_failure: Called on the Trio thread with each failed delivery that no
+            ``send_and_wait`` caller is waiting for.
+        on_fatal: Called on the Trio thread with a fatal librdkafka error.
+    """
+
+    def __init__(
+        self,
+        client: KafkaClient,
+        route_failure: Callable[[DeliveryError], None],
+        on_fatal: Callable[[KafkaErrorInfo], None],
+    ) -> None:
+        self.client = client
+        self._route_failure = route_failure
+        self._on_fatal = on_fatal
+        self.epochs: deque[Epoch] = deque([Epoch()])
+        self._retired_delivered = 0
+        self._retired_failed = 0
+        self._activity = trio.lowlevel.ParkingLot()
+        self._progress = trio.lowlevel.ParkingLot()
+        self._idle = False
+        self.fatal: KafkaErrorInfo | None = None
+
+    # ---- counts -------------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        return sum(e.produced - e.settled for e in self.epochs)
+
+    @property
+    def delivered(self) -> int:
+        return self._retired_delivered + sum(e.delivered for e in self.epochs)
+
+    @property
+    def failed(self) -> int:
+        return self._retired_failed + sum(len(e.failures) for e in self.epochs)
+
+    # ---- the sink -----------------------------------------------------------------------
+
+    def produce(self, batch: list[Item], start: int) -> int:
+        pos = self.client.produce_batch(batch, start, self.epochs[-1])
+        if self._idle:
+            self._activity.unpark_all()
+        return pos
+
+    async def wait_for_space(self) -> None:
+        """Wait until the delivery task has served some reports (librdkafka was full)."""
+        self._activity.unpark_all()
+        await self._progress.park()
+
+    # ---- flush --------------------------------------------------------------------------
+
+    async def wait_for_earlier(self) -> None:
+        """Start a new epoch and wait until every message produced before it is settled."""
+        closing = self.epochs[-1]
+        self.epochs.append(Epoch())
+        self._retire()
+        if closing not in self.epochs:
+            return
+        if closing.done is None:
+            closing.done = trio.Event()
+        self._activity.unpark_all()
+        await closing.done.wait()
+
+    async def wait_settled(self) -> None:
+        """Wait until nothing is in flight (or librdkafka reported a fatal error)."""
+        while self.in_flight and self.fatal is None:
+            self._activity.unpark_all()
+            await self._progress.park()
+
+    # ---- the delivery task --------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Poll librdkafka in a worker thread and hand its reports to Trio, forever.
+
+        When nothing is in flight it does not poll in a loop: it sleeps until the worker
+        produces something, with a non-blocking poll every ``IDLE_POLL_INTERVAL`` seconds
+        to serve librdkafka's logs and errors.
+        """
+        poll = self.client.poll
+        task_status.started()
+        while True:
+            if self.in_flight:
+                await trio.to_thread.run_sync(poll, POLL_TIMEOUT)
+            else:
+                self._idle = True
+                with trio.move_on_after(IDLE_POLL_INTERVAL):
+                    await self._activity.park()
+                self._idle = False
+                await trio.to_thread.run_sync(poll, 0)
+            self.process()
+
+    def process(self) -> None:
+        """Hand the reports served by the last poll over to Trio (on the Trio thread)."""
+        client = self.client
+        if client.errors:
+            errors, client.errors = client.errors, []
+            for error in errors:
+                if error.fatal:
+                    if self.fatal is None:
+                        self.fatal = error
+                        logger.error("librdkafka reported a fatal error: %s", error)
+                        self._on_fatal(error)
+                else:
+                    logger.warning("librdkafka error: %s", error)
+        for epoch in self.epochs:
+            if epoch.completed:
+                completed, epoch.completed = epoch.completed, []
+                for tracked in completed:
+                    assert tracked.event is not None
+                    tracked.event.set()
+            failures = epoch.failures
+            while epoch.routed < len(failures):
+                err, msg, tracked = failures[epoch.routed]
+                epoch.routed += 1
+                if tracked is not None and tracked.event is not None and not tracked.abandoned:
+                    continue  # its send_and_wait caller raises it
+                self._route_failure(failure_from_report(err, msg, tracked))
+        self._retire()
+        self._progress.unpark_all()
+
+    def _retire(self) -> None:
+        epochs = self.epochs
+        while len(epochs) > 1 and epochs[0].produced == epochs[0].settled:
+            epoch = epochs[0]
+            if epoch.routed < len(epoch.failures) or epoch.completed:
+                break  # process() has not handed these over yet
+            epochs.popleft()
+            self._retired_delivered += epoch.delivered
+            self._retired_failed += len(epoch.failures)
+            if epoch.done is not None:
+                epoch.done.set()

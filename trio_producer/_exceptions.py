@@ -1,0 +1,116 @@
+"""The exception family of trio_producer."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ._message import KafkaErrorInfo, Message
+
+
+class TrioProducerError(Exception):
+    """Base class of every exception trio_producer raises on purpose."""
+
+
+class ConfigError(TrioProducerError, ValueError):
+    """A configuration value is not allowed.
+
+    The message names the field, the value and what is allowed. librdkafka's own
+    words are kept for properties that librdkafka rejects.
+    """
+
+
+class ProducerClosedError(TrioProducerError):
+    """``send`` (or ``flush``) was called on a producer that no longer accepts messages.
+
+    Nothing was accepted: the message passed to the failing call is not in flight.
+    """
+
+
+class DeliveryError(TrioProducerError):
+    """One message could not be delivered.
+
+    Attributes:
+        message: The :class:`~trio_producer.Message` that was not delivered.
+        error: The Kafka error, as a :class:`~trio_producer.KafkaErrorInfo`.
+    """
+
+    def __init__(self, message: Message, error: KafkaErrorInfo) -> None:
+        super().__init__(message, error)
+        self.message = message
+        self.error = error
+
+    def __str__(self) -> str:
+        where = self.message.topic
+        if self.message.partition is not None:
+            where = f"{where}[{self.message.partition}]"
+        return f"delivery to {where!r} failed: {self.error}"
+
+
+def _summary(failures: Sequence[DeliveryError]) -> str:
+    counts: dict[str, int] = {}
+    for failure in failures:
+        counts[failure.error.name] = counts.get(failure.error.name, 0) + 1
+    return ", ".join(f"{name} x{count}" for name, count in counts.items())
+
+
+class UndeliveredMessagesError(TrioProducerError):
+    """Accepted messages that were not delivered, handed back to the application.
+
+    Raised when the producer closes (or fails) with messages that the broker did not
+    confirm: the wait for delivery reports hit ``close_timeout``, they were purged
+    from librdkafka, or they failed. Nothing is lost silently: persist ``messages``
+    or send them again.
+
+    Attributes:
+        failures: One :class:`DeliveryError` per message, each with the message and
+            the reason it was not delivered (``_PURGE_QUEUE`` / ``_PURGE_INFLIGHT``
+            for messages purged at the deadline, ``_NOT_PRODUCED`` for messages that
+            never reached librdkafka).
+    """
+
+    def __init__(self, failures: Sequence[DeliveryError], reason: str = "") -> None:
+        self.failures: tuple[DeliveryError, ...] = tuple(failures)
+        self.reason = reason
+        super().__init__(str(self))
+
+    @property
+    def messages(self) -> tuple[Message, ...]:
+        """The undelivered messages, in the order they were collected."""
+        return tuple(failure.message for failure in self.failures)
+
+    def __str__(self) -> str:
+        head = f"{len(self.failures)} accepted message(s) were not delivered"
+        if self.reason:
+            head = f"{head} ({self.reason})"
+        if self.failures:
+            head = f"{head}: {_summary(self.failures)}"
+        return head
+
+
+class KafkaFatalError(TrioProducerError):
+    """librdkafka reported a fatal error: this producer instance cannot go on.
+
+    Attributes:
+        error: The fatal Kafka error.
+        failures: One :class:`DeliveryError` per accepted message that was not
+            delivered (see :class:`UndeliveredMessagesError`).
+    """
+
+    def __init__(self, error: KafkaErrorInfo, failures: Sequence[DeliveryError] = ()) -> None:
+        self.error = error
+        self.failures: tuple[DeliveryError, ...] = tuple(failures)
+        super().__init__(str(self))
+
+    @property
+    def messages(self) -> tuple[Message, ...]:
+        """The accepted messages that were not delivered."""
+        return tuple(failure.message for failure in self.failures)
+
+    def __str__(self) -> str:
+        text = f"fatal Kafka error: {self.error}"
+        if self.failures:
+            text = f"{text}; {len(self.failures)} accepted message(s) were not delivered"
+        return text

