@@ -18,6 +18,7 @@ from ._message import RecordMetadata as RecordMetadata
 from ._producer import Producer as Producer
 from ._producer import ProducerStatistics as ProducerStatistics
 from ._producer import open_producer as open_producer
+from ._signals import cancel_on_signals as cancel_on_signals
 
 __version__ = "0.1.0"
 
@@ -34,5 +35,6 @@ __all__ = [
     "RecordMetadata",
     "TrioProducerError",
     "UndeliveredMessagesError",
+    "cancel_on_signals",
     "open_producer",
 ]

@@ -19,6 +19,12 @@ Item: TypeAlias = tuple[str, bytes | None, bytes | None, Any, int, int, Any]
 TRIGGERS = ("messages", "bytes", "linger", "flush", "drain")
 
 
+def item_size(item: Item) -> int:
+    """The size an item counts for in ``max_bytes``: its value plus its key."""
+    value, key = item[1], item[2]
+    return (len(value) if value is not None else 0) + (len(key) if key is not None else 0)
+
+
 class Batch:
     """Pending messages and the rules for when they leave.
 
@@ -72,12 +78,29 @@ class Batch:
         return None
 
     def take(self) -> list[Item]:
-        """Hand out every pending message, oldest first, and start empty."""
+        """Hand out the oldest pending messages: at most ``max_messages`` of them, and
+        no more than it takes to reach ``max_bytes`` (always at least one).
+
+        The common case -- everything pending is within both limits -- is O(1).
+        """
         items = self.items
-        self.items = []
-        self.nbytes = 0
-        self.taken += len(items)
-        return items
+        if len(items) <= self.max_messages and self.nbytes <= self.max_bytes:
+            self.items = []
+            self.nbytes = 0
+            self.taken += len(items)
+            return items
+        cut = min(len(items), self.max_messages)
+        taken_bytes = 0
+        for i in range(cut):
+            taken_bytes += item_size(items[i])
+            if taken_bytes >= self.max_bytes:
+                cut = i + 1
+                break
+        out = items[:cut]
+        del items[:cut]
+        self.nbytes -= taken_bytes
+        self.taken += cut
+        return out
 
     @property
     def accepted(self) -> int:

@@ -336,7 +336,7 @@ class _Shutdown:
         if self.channel is not None:
             self.channel.close(f"the producer failed: {reason}")
         if self.body_scope is not None:
-            self.body_scope.cancel()
+            self.body_scope.cancel(reason=f"trio_producer: {reason}")
 
 
 @asynccontextmanager
@@ -423,8 +423,8 @@ async def open_producer(
                         await worker_done.wait()
                         await tracker.wait_settled()
                     # 4. Stop the tasks and let them finish (within one poll timeout).
-                    worker_scope.cancel()
-                    delivery_scope.cancel()
+                    worker_scope.cancel(reason="trio_producer: producer closed")
+                    delivery_scope.cancel(reason="trio_producer: producer closed")
                     await worker_done.wait()
                     await delivery_done.wait()
         except BaseException as exc:  # a bug in a background task, or KeyboardInterrupt

@@ -1,0 +1,141 @@
+"""ProducerConfig validation, defaults, secrets, and librdkafka's own errors at open."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from trio_producer import ConfigError, ProducerConfig, open_producer
+
+
+def test_defaults_are_safe() -> None:
+    config = ProducerConfig(bootstrap_servers="localhost:9092")
+    assert (config.linger, config.batch_max_messages, config.batch_max_bytes) == (
+        0.005,
+        10_000,
+        1_048_576,
+    )
+    assert (config.queue_capacity, config.close_timeout) == (10_000, 30.0)
+    props = config.librdkafka_config()
+    assert props["enable.idempotence"] is True
+    assert props["acks"] == "all"
+    assert props["bootstrap.servers"] == "localhost:9092"
+
+
+def test_librdkafka_overrides_the_defaults() -> None:
+    config = ProducerConfig(
+        bootstrap_servers="b:1", librdkafka={"acks": 1, "compression.type": "lz4"}
+    )
+    props = config.librdkafka_config()
+    assert props["acks"] == 1
+    assert props["compression.type"] == "lz4"
+    assert props["enable.idempotence"] is True
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (
+            {"bootstrap_servers": ""},
+            "bootstrap_servers must be a non-empty 'host:port[,host:port...]' string, not ''",
+        ),
+        (
+            {"bootstrap_servers": 9092},
+            "bootstrap_servers must be a non-empty 'host:port[,host:port...]' string, not 9092",
+        ),
+        ({"linger": -0.1}, "linger must be a finite number of seconds >= 0, not -0.1"),
+        ({"linger": float("nan")}, "linger must be a finite number of seconds >= 0, not nan"),
+        ({"linger": "5ms"}, "linger must be a number of seconds, not '5ms'"),
+        (
+            {"close_timeout": float("inf")},
+            "close_timeout must be a finite number of seconds >= 0, not inf",
+        ),
+        ({"batch_max_messages": 0}, "batch_max_messages must be an int >= 1, not 0"),
+        ({"batch_max_bytes": 1.5}, "batch_max_bytes must be an int >= 1, not 1.5"),
+        ({"queue_capacity": True}, "queue_capacity must be an int >= 1, not True"),
+        (
+            {"librdkafka": {"bootstrap.servers": "x"}},
+            "librdkafka property 'bootstrap.servers' is not allowed: "
+            "use the bootstrap_servers field",
+        ),
+        (
+            {"librdkafka": {"acks": None}},
+            "librdkafka property 'acks' must be a str, int, float or bool, not None",
+        ),
+        (
+            {"librdkafka": {"sasl.password": ["hunter2"]}},
+            "librdkafka property 'sasl.password' must be a str, int, float or bool, not ***",
+        ),
+        (
+            {"librdkafka": "acks=all"},
+            "librdkafka must be a mapping of property names to values, not 'acks=all'",
+        ),
+    ],
+)
+def test_bad_values_raise_config_error_naming_field_value_and_allowed(
+    fields: dict[str, object], message: str
+) -> None:
+    fields = {"bootstrap_servers": "localhost:9092", **fields}
+    with pytest.raises(ConfigError) as info:
+        ProducerConfig(**fields)  # type: ignore[arg-type]
+    assert str(info.value) == message
+    assert isinstance(info.value, ValueError)
+
+
+def test_repr_never_shows_secrets() -> None:
+    config = ProducerConfig(
+        bootstrap_servers="b:1",
+        librdkafka={
+            "sasl.username": "alice",
+            "sasl.password": "hunter2",
+            "ssl.key.password": "s3cret",
+            "sasl.oauthbearer.client.secret": "tok",
+        },
+    )
+    text = repr(config)
+    assert "alice" in text
+    for secret in ("hunter2", "s3cret", "tok"):
+        assert secret not in text
+    assert text.count("'***'") == 3
+
+
+def test_config_is_frozen() -> None:
+    config = ProducerConfig(bootstrap_servers="b:1")
+    with pytest.raises(AttributeError):
+        config.linger = 1.0  # type: ignore[misc]
+
+
+async def test_unknown_librdkafka_property_fails_at_open_with_librdkafkas_words() -> None:
+    start = time.monotonic()
+    with pytest.raises(ConfigError) as info:
+        async with open_producer(bootstrap_servers="127.0.0.1:1", librdkafka={"no.such.thing": 1}):
+            pytest.fail("the block must not run")  # pragma: no cover
+    assert str(info.value) == (
+        'librdkafka rejected the configuration: No such configuration property: "no.such.thing"'
+    )
+    assert time.monotonic() - start < 1.0
+
+
+async def test_bad_librdkafka_value_fails_at_open_without_showing_secrets() -> None:
+    with pytest.raises(ConfigError) as info:
+        async with open_producer(
+            bootstrap_servers="127.0.0.1:1",
+            librdkafka={"acks": "banana", "sasl.password": "hunter2"},
+        ):
+            pytest.fail("the block must not run")  # pragma: no cover
+    assert "acks" in str(info.value)
+    assert "hunter2" not in str(info.value)
+
+
+async def test_open_producer_rejects_config_and_fields_together() -> None:
+    config = ProducerConfig(bootstrap_servers="b:1")
+    with pytest.raises(
+        ConfigError,
+        match=r"pass either a ProducerConfig or keyword fields, not both \(got \['linger'\]\)",
+    ):
+        async with open_producer(config, linger=1.0):
+            pass  # pragma: no cover
+    with pytest.raises(ConfigError, match=r"unknown ProducerConfig field\(s\) \['lingr'\]"):
+        async with open_producer(bootstrap_servers="b:1", lingr=1.0):
+            pass  # pragma: no cover
