@@ -337,3 +337,20 @@ async def test_multi_partition_keys_keep_order_per_key(
     assert {k: v for k, v in per_key.items()} == {
         b"key-%d" % k: list(range(k, 3_000, 7)) for k in range(7)
     }
+
+
+async def test_send_many_delivers_values_and_pairs_in_order(
+    kafka_bootstrap: str, kafka_topic: str, read_back: ReadBack
+) -> None:
+    async with open_producer(bootstrap_servers=kafka_bootstrap, queue_capacity=1_000) as producer:
+        with trio.testing.assert_checkpoints():
+            n = await producer.send_many(kafka_topic, (b"v%d" % i for i in range(20_000)))
+        assert n == 20_000
+        assert await producer.send_many(kafka_topic, [(b"k", b"pair"), "text", None]) == 3
+    records = await read_back(kafka_topic, expected=20_003)
+    assert [r.value for r in records[:20_000]] == [b"v%d" % i for i in range(20_000)]
+    assert [(r.key, r.value) for r in records[20_000:]] == [
+        (b"k", b"pair"),
+        (None, b"text"),
+        (None, None),
+    ]

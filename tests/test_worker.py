@@ -178,3 +178,38 @@ async def test_send_is_a_checkpoint_and_send_nowait_is_not() -> None:
         await channel.send(item(0), 1)
     with trio.testing.assert_no_checkpoints():
         channel.send_nowait(item(1), 1)
+
+
+async def test_send_many_consumes_exactly_what_it_accepted_when_cancelled() -> None:
+    from trio_producer._producer import Producer
+
+    channel = make(capacity=3)
+    sink = RecordingSink(capacity=0)  # the worker takes one batch and then waits
+    producer = Producer(channel, None)  # type: ignore[arg-type]
+    values = iter([b"%d" % i for i in range(10)])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_worker, channel, sink)
+        with trio.move_on_after(1) as scope:
+            await producer.send_many("t", values)
+        assert scope.cancelled_caught
+        # three in the worker's hand, three pending; the seventh was never taken
+        assert channel.batch.accepted == 6
+        assert next(values) == b"6"
+        channel.close()
+        sink.capacity = None
+        sink.make_room(0)
+    assert sink.values == [b"%d" % i for i in range(6)]
+
+
+async def test_send_many_bad_element_is_consumed_not_accepted() -> None:
+    from trio_producer._producer import Producer
+
+    channel = make()
+    producer = Producer(channel, None)  # type: ignore[arg-type]
+    values = iter([b"a", ("k", "b"), 3, b"d"])
+    with pytest.raises(TypeError, match=r"^value must be bytes, bytearray, memoryview, str"):
+        await producer.send_many("t", values)
+    assert [(m[2], m[1]) for m in channel.batch.items] == [(None, b"a"), (b"k", b"b")]
+    assert next(values) == b"d"
+    with pytest.raises(TypeError, match=r"^send_many takes values or \(key, value\) pairs"):
+        await producer.send_many("t", [(1, 2, 3)])

@@ -463,14 +463,24 @@ def _build() -> click_types.Group:
         """Run the embedded broker (Tansu, memory-only) until Ctrl-C."""
         from .testing import EmbeddedBroker
 
-        with EmbeddedBroker(port) as embedded:
-            print(embedded.bootstrap_servers, flush=True)
-            print(f"{PROG}: broker running; Ctrl-C to stop", file=sys.stderr, flush=True)
-            try:
-                while embedded.running:
-                    time.sleep(0.2)
-            except KeyboardInterrupt:
-                pass
+        stop: list[int] = []
+
+        def on_signal(signum: int, _frame: object) -> None:
+            stop.append(signum)
+
+        # Explicit handlers: a shell starts background jobs with SIGINT ignored.
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            with EmbeddedBroker(port) as embedded:
+                print(embedded.bootstrap_servers, flush=True)
+                print(f"{PROG}: broker running; Ctrl-C to stop", file=sys.stderr, flush=True)
+                while embedded.running and not stop:
+                    time.sleep(0.1)
+                if not stop:
+                    _fail("the embedded broker stopped by itself")
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
     return cli
 

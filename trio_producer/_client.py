@@ -140,31 +140,34 @@ class KafkaClient:
         n = len(batch)
         i = start
         while i < n:
-            item = batch[i]
-            topic, value, key, headers, partition, timestamp, tracked = item
             try:
-                if tracked is None and not timestamp:
-                    produce(topic, value, key, partition, epoch)
-                else:
-                    if tracked is not None:
-                        tracked.epoch = epoch
-                    produce(
-                        topic,
-                        value,
-                        key,
-                        partition,
-                        tracked if tracked is not None else epoch,
-                        timestamp=timestamp,
-                        headers=headers,
-                    )
+                # The common case first: no headers, no timestamp, no tracker.
+                for item in batch[i:] if i else batch:
+                    topic, value, key, headers, partition, timestamp, tracked = item
+                    if tracked is None and not timestamp:
+                        produce(topic, value, key, partition, epoch)
+                    else:
+                        if tracked is not None:
+                            tracked.epoch = epoch
+                        produce(
+                            topic,
+                            value,
+                            key,
+                            partition,
+                            tracked if tracked is not None else epoch,
+                            timestamp=timestamp,
+                            headers=headers,
+                        )
+                    i += 1
             except BufferError:
                 break
             except KafkaException as exc:
-                _fail_item(epoch, error_info(exc), item, tracked)
+                _fail_item(epoch, error_info(exc), batch[i], batch[i][6])
+                i += 1
             except (TypeError, ValueError) as exc:
                 info = KafkaErrorInfo(code=-1, name="_INVALID_ARG", reason=str(exc))
-                _fail_item(epoch, info, item, tracked)
-            i += 1
+                _fail_item(epoch, info, batch[i], batch[i][6])
+                i += 1
         epoch.produced += i - start
         return i
 
@@ -235,6 +238,19 @@ def create_topics(
             future.result(timeout)
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+
+
+def delete_topics(bootstrap_servers: str, topics: Iterable[str], *, timeout: float = 30.0) -> None:
+    """Delete topics (a missing topic is fine)."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers, "logger": librdkafka_logger})
+    for future in admin.delete_topics(list(topics), operation_timeout=timeout).values():
+        try:
+            future.result(timeout)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
                 raise
 
 

@@ -83,6 +83,16 @@ class BatchChannel:
         if len(items) >= self._wake_count or batch.nbytes >= self._wake_bytes:
             self._wake_worker()
 
+    async def wait_for_room(self) -> None:
+        """Park until the worker takes a batch (or the channel closes). A checkpoint."""
+        await self._space_lot.park()
+
+    def after_bulk_append(self) -> None:
+        """Wake the worker if appends made directly to ``batch.items`` fired a trigger."""
+        batch = self.batch
+        if len(batch.items) >= self._wake_count or batch.nbytes >= self._wake_bytes:
+            self._wake_worker()
+
     async def send(self, item: Item, size: int) -> None:
         """Accept one message, waiting while the channel is full.
 

@@ -12,6 +12,7 @@
 
 from .._client import consume_all as consume_all
 from .._client import create_topics as create_topics
+from .._client import delete_topics as delete_topics
 from .._message import ConsumedRecord as ConsumedRecord
 from ._broker import BOOTSTRAP_ENV as BOOTSTRAP_ENV
 from ._broker import BrokerError as BrokerError
@@ -27,5 +28,6 @@ __all__ = [
     "RecordingSink",
     "consume_all",
     "create_topics",
+    "delete_topics",
     "free_port",
 ]

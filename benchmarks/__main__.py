@@ -1,0 +1,184 @@
+"""``python -m benchmarks``: every client, one broker, alternating runs, medians and ratios."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from trio_producer.testing import EmbeddedBroker, create_topics, delete_topics
+
+THROUGHPUT = ["raw", "raw_dr", "aio", "aiokafka", "trio_send", "trio_nowait", "trio_many"]
+OTHERS = ["trio_send_and_wait", "trio_drain", "raw_flush", "trio_idle"]
+
+
+def measure(name: str, bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any]:
+    create_topics(bootstrap, [topic], partitions=1)
+    args = json.dumps({"bootstrap": bootstrap, "topic": topic, "count": count, "size": size})
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.clients", name, args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    delete_topics(bootstrap, [topic])  # Tansu keeps everything in memory
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark {name} failed:\n{proc.stderr[-3000:]}")
+    out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+def median(runs: list[dict[str, Any]], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--count", type=int, default=200_000, help="messages per run")
+    parser.add_argument("--size", type=int, default=100, help="bytes per message")
+    parser.add_argument("--runs", type=int, default=5, help="alternating rounds")
+    parser.add_argument("--drain-count", type=int, default=100_000)
+    parser.add_argument(
+        "--soak", type=int, default=1_000_000, help="messages for the RSS soak (0: skip)"
+    )
+    parser.add_argument(
+        "--only", nargs="*", default=None, help="run only these clients (names as in the table)"
+    )
+    parser.add_argument("--smoke", action="store_true", help="tiny N, one round: checks it runs")
+    parser.add_argument(
+        "--json", default="benchmarks/results/latest.json", help="where to write JSON"
+    )
+    args = parser.parse_args()
+    if args.smoke:
+        args.count, args.runs, args.drain_count, args.soak = 5_000, 1, 5_000, 0
+
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in THROUGHPUT + OTHERS}
+    started = time.time()
+    with EmbeddedBroker() as broker:
+        bootstrap = broker.bootstrap_servers
+        for run in range(args.runs):
+            order = THROUGHPUT[run % len(THROUGHPUT) :] + THROUGHPUT[: run % len(THROUGHPUT)]
+            for name in order + OTHERS:
+                if args.only is not None and name not in args.only:
+                    continue
+                count = args.drain_count if name in ("trio_drain", "raw_flush") else args.count
+                out = measure(name, bootstrap, f"bench-{name}-{run}", count, args.size)
+                results[name].append(out)
+                shown = f"{out['rate']:,.0f} msg/s" if "rate" in out else json.dumps(out)
+                print(
+                    f"round {run + 1}/{args.runs} {name:<20} {shown}", file=sys.stderr, flush=True
+                )
+        soak = None
+        if args.soak:
+            soak = measure("trio_send", bootstrap, "bench-soak", args.soak, args.size)
+
+    if args.only is not None:
+        for name in args.only:
+            rates = [r.get("rate", r.get("drain_seconds")) for r in results[name]]
+            print(f"{name}: {rates}")
+        return
+    raw = median(results["raw"], "rate")
+    table = []
+    for name in THROUGHPUT:
+        rate = median(results[name], "rate")
+        table.append(
+            {
+                "client": name,
+                "msgs_per_s": round(rate),
+                "ratio_to_raw": round(rate / raw, 3),
+                "rss_peak_mb": round(max(r["rss_peak_mb"] for r in results[name]), 1),
+            }
+        )
+    by = {row["client"]: row["msgs_per_s"] for row in table}
+    drain = median(results["trio_drain"], "drain_seconds")
+    raw_flush = median(results["raw_flush"], "drain_seconds")
+    drain_total = median(results["trio_drain"], "total_seconds")
+    raw_total = median(results["raw_flush"], "total_seconds")
+    summary = {
+        "date": time.strftime("%Y-%m-%d", time.gmtime(started)),
+        "machine": (
+            f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+        ),
+        "count": args.count,
+        "size": args.size,
+        "runs": args.runs,
+        "throughput": table,
+        "send_vs_aiokafka": round(by["trio_send"] / by["aiokafka"], 2),
+        "send_vs_aio": round(by["trio_send"] / by["aio"], 2),
+        "nowait_vs_raw": round(by["trio_nowait"] / by["raw"], 2),
+        "send_and_wait_p50_ms": round(median(results["trio_send_and_wait"], "p50_ms"), 3),
+        "send_and_wait_p99_ms": round(median(results["trio_send_and_wait"], "p99_ms"), 3),
+        "drain_seconds": round(drain, 4),
+        "raw_flush_seconds": round(raw_flush, 4),
+        "drain_vs_raw_flush": round(drain / raw_flush, 2),
+        "accept_and_drain_seconds": round(drain_total, 4),
+        "raw_produce_and_flush_seconds": round(raw_total, 4),
+        "accept_and_drain_vs_raw": round(drain_total / raw_total, 2),
+        "idle_cpu_percent": round(median(results["trio_idle"], "idle_cpu_percent"), 3),
+        "soak": None
+        if soak is None
+        else {
+            "messages": args.soak,
+            "rate": round(soak["rate"]),
+            "rss_mb_at": {str(k): round(v, 1) for k, v in soak["rss_marks_mb"].items()},
+            "rss_peak_mb": round(soak["rss_peak_mb"], 1),
+        },
+        "raw": results,
+    }
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2))
+
+    head = f"{args.count:,} x {args.size} B, {args.runs} rounds, median msg/s"
+    print(f"\n{head} ({summary['machine']})\n")
+    print(f"| {'client':<13} | {'msg/s':>9} | {'x raw':>6} | {'peak RSS MB':>11} |")
+    print(f"|{'-' * 15}|{'-' * 11}|{'-' * 8}|{'-' * 13}|")
+    for row in table:
+        print(
+            f"| {row['client']:<13} | {row['msgs_per_s']:>9,} | {row['ratio_to_raw']:>6.2f} "
+            f"| {row['rss_peak_mb']:>11} |"
+        )
+    print()
+    send_aiokafka = summary["send_vs_aiokafka"]
+    send_aio = summary["send_vs_aio"]
+    nowait_raw = summary["nowait_vs_raw"]
+    drain_raw = summary["accept_and_drain_vs_raw"]
+    idle = summary["idle_cpu_percent"]
+    checks = [
+        ("await send() vs aiokafka", send_aiokafka, ">= 1.5", send_aiokafka >= 1.5),
+        ("await send() vs AIOProducer", send_aio, ">= 2", send_aio >= 2),
+        ("send_nowait bulk vs raw loop", nowait_raw, ">= 0.75", nowait_raw >= 0.75),
+        (
+            f"leave block, {args.drain_count:,} buffered, vs raw flush()",
+            drain_raw,
+            "<= 1.2",
+            drain_raw <= 1.2,
+        ),
+        ("idle producer CPU %", idle, "~ 0", idle < 0.5),
+    ]
+    for what, value, target, ok in checks:
+        print(f"- {what}: {value} (target {target}) {'ok' if ok else 'MISSED'}")
+    print(
+        f"- send_and_wait latency: p50 {summary['send_and_wait_p50_ms']} ms, "
+        f"p99 {summary['send_and_wait_p99_ms']} ms"
+    )
+    print(
+        f"- leaving the block alone: {summary['drain_seconds']} s; raw flush() alone: "
+        f"{summary['raw_flush_seconds']} s (ours also hands the messages to librdkafka)"
+    )
+    if soak is not None:
+        marks = summary["soak"]["rss_mb_at"]  # type: ignore[index]
+        print(f"- RSS over {args.soak:,} messages (MB at message #): {marks}")
+    print(f"\nJSON: {path}")
+
+
+if __name__ == "__main__":
+    main()

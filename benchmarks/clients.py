@@ -1,0 +1,372 @@
+"""One benchmark measurement per process: ``python -m benchmarks.clients NAME JSON-ARGS``.
+
+Prints one JSON object on stdout. Every client produces ``count`` messages of ``size``
+bytes to ``topic`` with the same librdkafka settings (``PROPS``) and counts the time from
+the first send until every message is confirmed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+#: The same for every librdkafka-based client. Idempotence is off because aiokafka's
+#: idempotent producer cannot initialise against Tansu; acks=1 and 5 ms linger for all.
+PROPS: dict[str, Any] = {"enable.idempotence": False, "acks": 1, "linger.ms": 5}
+
+
+def rss_peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_now_mb() -> float:
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * resource.getpagesize() / 2**20
+
+
+def result(count: int, seconds: float, **extra: Any) -> dict[str, Any]:
+    return {
+        "count": count,
+        "seconds": seconds,
+        "rate": count / seconds,
+        "rss_peak_mb": rss_peak_mb(),
+        **extra,
+    }
+
+
+# ---- peers --------------------------------------------------------------------------------
+
+
+def raw(bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any]:
+    """The baseline: a plain confluent_kafka.Producer loop, no callbacks, one flush."""
+    import confluent_kafka
+
+    producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, **PROPS})
+    value = b"x" * size
+    produce = producer.produce
+    start = time.perf_counter()
+    for _ in range(count):
+        while True:
+            try:
+                produce(topic, value)
+                break
+            except BufferError:
+                producer.poll(0.01)
+    left = producer.flush(60)
+    seconds = time.perf_counter() - start
+    assert left == 0, left
+    return result(count, seconds)
+
+
+def raw_dr(bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any]:
+    """Raw loop that also learns the fate of every message: a delivery callback per
+    message, served by a poll thread. The floor for any producer that keeps the
+    "delivered or handed back" promise."""
+    import threading
+
+    import confluent_kafka
+
+    class Counter:
+        __slots__ = ("delivered", "failed")
+
+        def __init__(self) -> None:
+            self.delivered = 0
+            self.failed = 0
+
+        def __call__(self, err: Any, msg: Any) -> None:
+            if err is None:
+                self.delivered += 1
+            else:
+                self.failed += 1
+
+    counter = Counter()
+    producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, **PROPS})
+    stop = threading.Event()
+
+    def poller() -> None:
+        while not stop.is_set():
+            producer.poll(0.05)
+
+    thread = threading.Thread(target=poller)
+    thread.start()
+    value = b"x" * size
+    produce = producer.produce
+    try:
+        start = time.perf_counter()
+        for _ in range(count):
+            while True:
+                try:
+                    produce(topic, value, None, -1, counter)
+                    break
+                except BufferError:  # the poll thread makes room
+                    time.sleep(0.0005)
+        while counter.delivered + counter.failed < count:
+            time.sleep(0.0005)
+        seconds = time.perf_counter() - start
+    finally:
+        stop.set()
+        thread.join()
+    assert counter.failed == 0
+    return result(count, seconds)
+
+
+def raw_flush(bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any]:
+    """Raw: produce `count` messages (buffered by librdkafka), then flush()."""
+    import confluent_kafka
+
+    producer = confluent_kafka.Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            **PROPS,
+            "queue.buffering.max.messages": count * 2,
+        }
+    )
+    producer.list_topics(topic, timeout=10)  # metadata first: not part of the measurement
+    value = b"x" * size
+    start = time.perf_counter()
+    for _ in range(count):
+        producer.produce(topic, value)
+    mid = time.perf_counter()
+    left = producer.flush(60)
+    end = time.perf_counter()
+    assert left == 0, left
+    return {
+        "count": count,
+        "accept_seconds": mid - start,
+        "drain_seconds": end - mid,
+        "total_seconds": end - start,
+        "rss_peak_mb": rss_peak_mb(),
+    }
+
+
+def aio(bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any]:
+    """confluent_kafka.aio.AIOProducer: await produce() per message, then flush."""
+    from confluent_kafka.aio import AIOProducer
+
+    async def main() -> dict[str, Any]:
+        producer = AIOProducer({"bootstrap.servers": bootstrap, **PROPS})
+        value = b"x" * size
+        start = time.perf_counter()
+        futures = [await producer.produce(topic, value) for _ in range(count)]
+        await producer.flush()
+        await asyncio.gather(*futures)
+        seconds = time.perf_counter() - start
+        await producer.close()
+        return result(count, seconds)
+
+    return asyncio.run(main())
+
+
+def aiokafka(bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any]:
+    """aiokafka: await send() per message (returns a future), then flush and stop."""
+    from aiokafka import AIOKafkaProducer
+
+    async def main() -> dict[str, Any]:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks=1, linger_ms=5, enable_idempotence=False
+        )
+        await producer.start()
+        value = b"x" * size
+        start = time.perf_counter()
+        futures = [await producer.send(topic, value) for _ in range(count)]
+        await producer.flush()
+        await asyncio.gather(*futures)
+        seconds = time.perf_counter() - start
+        await producer.stop()
+        return result(count, seconds)
+
+    return asyncio.run(main())
+
+
+# ---- trio_producer ----------------------------------------------------------------------------
+
+
+def _trio(body: Callable[..., Any], bootstrap: str, **fields: Any) -> Any:
+    import trio
+
+    from trio_producer import open_producer
+
+    async def main() -> Any:
+        async with open_producer(
+            bootstrap_servers=bootstrap, librdkafka=PROPS, **fields
+        ) as producer:
+            return await body(producer)
+
+    return trio.run(main)
+
+
+def trio_send(bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any]:
+    """`await producer.send()` per message; the clock stops when the block has exited."""
+    import trio
+
+    from trio_producer import open_producer
+
+    value = b"x" * size
+    marks: dict[int, float] = {}
+
+    async def main() -> float:
+        start = time.perf_counter()
+        async with open_producer(bootstrap_servers=bootstrap, librdkafka=PROPS) as producer:
+            send = producer.send
+            for i in range(count):
+                await send(topic, value)
+                if i % 100_000 == 0:
+                    marks[i] = rss_now_mb()
+        return time.perf_counter() - start
+
+    seconds = trio.run(main)
+    return result(count, seconds, rss_marks_mb=marks)
+
+
+def trio_nowait(bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any]:
+    """The bulk path: `send_nowait` in a loop, `await send()` only when the queue is full."""
+    import trio
+
+    from trio_producer import open_producer
+
+    value = b"x" * size
+
+    async def main() -> float:
+        start = time.perf_counter()
+        async with open_producer(bootstrap_servers=bootstrap, librdkafka=PROPS) as producer:
+            send_nowait = producer.send_nowait
+            for _ in range(count):
+                try:
+                    send_nowait(topic, value)
+                except trio.WouldBlock:
+                    await producer.send(topic, value)
+        return time.perf_counter() - start
+
+    return result(count, trio.run(main))
+
+
+def trio_many(bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any]:
+    """The async bulk path: one `await send_many()` for all of it."""
+    import itertools
+
+    import trio
+
+    from trio_producer import open_producer
+
+    value = b"x" * size
+
+    async def main() -> float:
+        start = time.perf_counter()
+        async with open_producer(bootstrap_servers=bootstrap, librdkafka=PROPS) as producer:
+            await producer.send_many(topic, itertools.repeat(value, count))
+        return time.perf_counter() - start
+
+    return result(count, trio.run(main))
+
+
+def trio_send_and_wait(bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any]:
+    """Latency: sequential `send_and_wait`, linger 0 (no batching to wait for)."""
+    import trio
+
+    from trio_producer import open_producer
+
+    value = b"x" * size
+    n = min(count, 2_000)
+
+    async def main() -> list[float]:
+        lat = []
+        async with open_producer(
+            bootstrap_servers=bootstrap, linger=0, librdkafka={**PROPS, "linger.ms": 0}
+        ) as producer:
+            for _ in range(n):
+                t = time.perf_counter()
+                await producer.send_and_wait(topic, value)
+                lat.append(time.perf_counter() - t)
+        return lat
+
+    lat = sorted(trio.run(main))
+    return {
+        "count": n,
+        "p50_ms": lat[len(lat) // 2] * 1000,
+        "p99_ms": lat[int(len(lat) * 0.99)] * 1000,
+        "rate": n / sum(lat),
+        "rss_peak_mb": rss_peak_mb(),
+    }
+
+
+def trio_drain(bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any]:
+    """`count` send_nowait() calls (buffered: they all wait in our queue), then leave the block."""
+    import trio
+
+    from trio_producer import open_producer
+
+    value = b"x" * size
+
+    async def main() -> tuple[float, float, float]:
+        async with open_producer(
+            bootstrap_servers=bootstrap, queue_capacity=count + 1, librdkafka=PROPS
+        ) as producer:
+            await producer.send(topic, b"warm-up")  # metadata first, like raw_flush
+            await producer.flush()
+            start = time.perf_counter()
+            for _ in range(count):
+                producer.send_nowait(topic, value)
+            mid = time.perf_counter()
+        end = time.perf_counter()
+        return start, mid, end
+
+    start, mid, end = trio.run(main)
+    return {
+        "count": count,
+        "accept_seconds": mid - start,
+        "drain_seconds": end - mid,
+        "total_seconds": end - start,
+        "rss_peak_mb": rss_peak_mb(),
+    }
+
+
+def trio_idle(bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any]:
+    """CPU used by an open, idle producer over a few seconds (percent of one core)."""
+    import trio
+
+    from trio_producer import open_producer
+
+    seconds = 5.0
+
+    async def main() -> float:
+        async with open_producer(bootstrap_servers=bootstrap, librdkafka=PROPS) as producer:
+            await producer.send_and_wait(topic, b"warm-up")
+            cpu = time.process_time()
+            await trio.sleep(seconds)
+            return time.process_time() - cpu
+
+    cpu = trio.run(main)
+    return {"idle_cpu_percent": 100 * cpu / seconds, "rss_peak_mb": rss_peak_mb()}
+
+
+CLIENTS: dict[str, Callable[[str, str, int, int], dict[str, Any]]] = {
+    "raw": raw,
+    "raw_dr": raw_dr,
+    "trio_many": trio_many,
+    "aio": aio,
+    "aiokafka": aiokafka,
+    "trio_send": trio_send,
+    "trio_nowait": trio_nowait,
+    "trio_send_and_wait": trio_send_and_wait,
+    "trio_drain": trio_drain,
+    "raw_flush": raw_flush,
+    "trio_idle": trio_idle,
+}
+
+
+def main() -> None:
+    name, args = sys.argv[1], json.loads(sys.argv[2])
+    out = CLIENTS[name](args["bootstrap"], args["topic"], args["count"], args["size"])
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
