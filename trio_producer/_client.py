@@ -245,7 +245,8 @@ def delete_topics(bootstrap_servers: str, topics: Iterable[str], *, timeout: flo
     """Delete topics (a missing topic is fine)."""
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers, "logger": librdkafka_logger})
+    conf: dict[str, Any] = {"bootstrap.servers": bootstrap_servers, "logger": librdkafka_logger}
+    admin = AdminClient(conf)
     for future in admin.delete_topics(list(topics), operation_timeout=timeout).values():
         try:
             future.result(timeout)
