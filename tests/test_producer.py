@@ -303,6 +303,16 @@ async def test_wrong_argument_types_raise_typeerror_and_accept_nothing(
             await producer.send("", b"v")
         with pytest.raises(TypeError, match=r"^partition must be an int >= 0 or None, not -1$"):
             await producer.send(kafka_topic, b"v", partition=-1)
+        with pytest.raises(
+            ValueError,
+            match=r"^topic 'bad topic!' is not a valid Kafka topic name: use 1 to 249 of the "
+            r"characters a-z A-Z 0-9 \. _ - \(and not '\.' or '\.\.'\)$",
+        ):
+            producer.send_nowait("bad topic!", b"v")
+        with pytest.raises(ValueError, match=r"^topic 'xxxxx"):
+            await producer.send_many("x" * 250, [b"v"])
+        with pytest.raises(TypeError, match=r"^topic must be a non-empty str, not list"):
+            producer.send_nowait(["t"], b"v")  # type: ignore[arg-type]
         await producer.send(kafka_topic, bytearray(b"ok"))
         assert producer.statistics().queued + producer.statistics().delivered <= 1
     assert [r.value for r in await read_back(kafka_topic, expected=1)] == [b"ok"]

@@ -259,13 +259,14 @@ def consume_all(
     bootstrap_servers: str,
     topic: str,
     *,
-    partitions: Sequence[int] = (0,),
+    partitions: Sequence[int] | None = None,
     expected: int | None = None,
     idle_timeout: float = 2.0,
     timeout: float = 60.0,
     isolation_level: str = "read_uncommitted",
 ) -> list[ConsumedRecord]:
-    """Read a topic from the beginning by assigning partitions explicitly.
+    """Read a topic from the beginning by assigning partitions explicitly
+    (all of its partitions when ``partitions`` is ``None``).
 
     Stops once ``expected`` records were read, or when nothing arrives for
     ``idle_timeout`` seconds, or after ``timeout`` seconds in all. Records come in
@@ -281,6 +282,11 @@ def consume_all(
         }
     )
     try:
+        if partitions is None:
+            metadata = consumer.list_topics(topic, timeout=timeout).topics[topic]
+            if metadata.error is not None:
+                raise KafkaException(metadata.error)
+            partitions = sorted(metadata.partitions)
         consumer.assign(
             [
                 confluent_kafka.TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING)

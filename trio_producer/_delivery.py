@@ -204,6 +204,9 @@ class DeliveryTracker:
                         self.fatal = error
                         logger.error("librdkafka reported a fatal error: %s", error)
                         self._on_fatal(error)
+                elif error.name == "_TRANSPORT":
+                    # librdkafka's own log line (trio_producer.librdkafka) says the same
+                    logger.info("librdkafka error: %s", error)
                 else:
                     logger.warning("librdkafka error: %s", error)
         for epoch in self.epochs:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -112,10 +113,31 @@ def _bulk_item(topic: str, element: object) -> tuple[Item, int]:
     return (topic, value, key, None, -1, 0, None), size
 
 
+_TOPIC_RE = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+#: Topic names already checked (the check is a regex; the hot path is a set lookup).
+_valid_topics: set[str] = set()
+_VALID_TOPICS_MAX = 10_000
+
+
 def _bad_topic(topic: object) -> TypeError | ValueError:
     if not isinstance(topic, str):
         return TypeError(f"topic must be a non-empty str, not {type(topic).__name__} {topic!r:.50}")
-    return ValueError(f"topic must be a non-empty str, not {topic!r}")
+    if not topic:
+        return ValueError(f"topic must be a non-empty str, not {topic!r}")
+    return ValueError(
+        f"topic {topic!r:.80} is not a valid Kafka topic name: use 1 to 249 of "
+        "the characters a-z A-Z 0-9 . _ - (and not '.' or '..')"
+    )
+
+
+def _check_topic(topic: object) -> None:
+    """Raise unless ``topic`` is a legal Kafka topic name; remember the good ones."""
+    if type(topic) is str and topic in _valid_topics:
+        return
+    if type(topic) is not str or topic in (".", "..") or not _TOPIC_RE.fullmatch(topic):
+        raise _bad_topic(topic)
+    if len(_valid_topics) < _VALID_TOPICS_MAX:
+        _valid_topics.add(topic)
 
 
 def _item(
@@ -128,8 +150,7 @@ def _item(
     event: trio.Event | None,
 ) -> tuple[Item, int]:
     """Validate one message and build its queue item and size. Raises before accepting."""
-    if type(topic) is not str or not topic:
-        raise _bad_topic(topic)
+    _check_topic(topic)
     if type(value) is not bytes:
         value = _bytes_arg("value", value)
     if key is not None and type(key) is not bytes:
@@ -207,7 +228,7 @@ class Producer:
             and partition is None
             and timestamp is None
             and type(topic) is str
-            and topic
+            and topic in _valid_topics
             and (key is None or type(key) is bytes)
         ):
             item: Item = (topic, value, key, None, -1, 0, None)
@@ -249,7 +270,7 @@ class Producer:
             and partition is None
             and timestamp is None
             and type(topic) is str
-            and topic
+            and topic in _valid_topics
             and (key is None or type(key) is bytes)
         ):
             size = len(value) + len(key) if key is not None else len(value)
@@ -276,8 +297,7 @@ class Producer:
             ProducerClosedError: The producer no longer accepts messages.
             TypeError: An element has a type that is not allowed.
         """
-        if type(topic) is not str or not topic:
-            raise _bad_topic(topic)
+        _check_topic(topic)
         await trio.lowlevel.checkpoint_if_cancelled()
         channel = self._channel
         batch = channel.batch

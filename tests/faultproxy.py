@@ -1,0 +1,100 @@
+"""A loopback TCP fault proxy for tests, in Trio: cut, black-hole, or delay a broker's traffic.
+
+The broker advertises the proxy's address, so every connection a client makes -- the
+bootstrap one and the ones it learns from metadata -- goes through the proxy.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Literal
+
+import trio
+
+Mode = Literal["pass", "cut", "blackhole"]
+
+
+def bound_listener(port: int) -> trio.SocketListener:
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    return trio.SocketListener(sock)
+
+
+class FaultProxy:
+    """Forwards ``127.0.0.1:listen_port`` to ``127.0.0.1:target_port``.
+
+    Modes: ``pass`` forwards; ``cut`` closes every connection and closes new ones at
+    once; ``blackhole`` keeps connections open but forwards nothing. ``latency`` delays
+    every chunk in both directions.
+    """
+
+    def __init__(self, listen_port: int, target_port: int) -> None:
+        self.listen_port = listen_port
+        self.target_port = target_port
+        self.mode: Mode = "pass"
+        self.latency = 0.0
+        self._scopes: set[trio.CancelScope] = set()
+        self._flowing = trio.Event()
+        self._flowing.set()
+        self.connections = 0
+        self.bytes_forwarded = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(self.listen_port, host="127.0.0.1")
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
+
+    def cut(self) -> None:
+        self.mode = "cut"
+        for scope in list(self._scopes):
+            scope.cancel(reason="fault proxy: cut")
+
+    def blackhole(self) -> None:
+        self.mode = "blackhole"
+        if self._flowing.is_set():
+            self._flowing = trio.Event()
+
+    def restore(self) -> None:
+        self.mode = "pass"
+        self._flowing.set()
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        async with client:
+            if self.mode == "cut":
+                return
+            self.connections += 1
+            try:
+                upstream = await trio.open_tcp_stream("127.0.0.1", self.target_port)
+            except OSError:
+                return
+            async with upstream:
+                with trio.CancelScope() as scope:
+                    self._scopes.add(scope)
+                    try:
+                        async with trio.open_nursery() as nursery:
+                            nursery.start_soon(self._pump, client, upstream, nursery.cancel_scope)
+                            nursery.start_soon(self._pump, upstream, client, nursery.cancel_scope)
+                    finally:
+                        self._scopes.discard(scope)
+
+    async def _pump(
+        self, source: trio.SocketStream, sink: trio.SocketStream, scope: trio.CancelScope
+    ) -> None:
+        try:
+            while True:
+                data = await source.receive_some(65536)
+                if not data:
+                    break
+                if self.latency:
+                    await trio.sleep(self.latency)
+                if self.mode == "blackhole":
+                    await self._flowing.wait()  # hold the data: the peer sees no answer
+                if self.mode == "cut":
+                    break
+                await sink.send_all(data)
+                self.bytes_forwarded += len(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            scope.cancel(reason="fault proxy: one side closed")
