@@ -10,6 +10,7 @@ from ._exceptions import ConfigError as ConfigError
 from ._exceptions import DeliveryError as DeliveryError
 from ._exceptions import KafkaFatalError as KafkaFatalError
 from ._exceptions import ProducerClosedError as ProducerClosedError
+from ._exceptions import TransactionError as TransactionError
 from ._exceptions import TrioProducerError as TrioProducerError
 from ._exceptions import UndeliveredMessagesError as UndeliveredMessagesError
 from ._message import KafkaErrorInfo as KafkaErrorInfo
@@ -33,6 +34,7 @@ __all__ = [
     "ProducerConfig",
     "ProducerStatistics",
     "RecordMetadata",
+    "TransactionError",
     "TrioProducerError",
     "UndeliveredMessagesError",
     "cancel_on_signals",

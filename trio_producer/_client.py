@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,7 @@ import confluent_kafka
 from confluent_kafka import KafkaError, KafkaException
 
 from ._config import is_secret
-from ._exceptions import ConfigError, DeliveryError
+from ._exceptions import ConfigError, DeliveryError, TransactionError
 from ._message import ConsumedRecord, KafkaErrorInfo, Message, RecordMetadata
 
 if TYPE_CHECKING:
@@ -121,8 +122,22 @@ class KafkaClient:
             raise ConfigError(
                 f"librdkafka rejected the configuration: {_scrub(exc, props)}"
             ) from None
-        self.poll = self._producer.poll
         self._closed = False
+        self._transactional = bool(props.get("transactional.id"))
+
+    def poll(self, timeout: float) -> int:
+        """Serve delivery reports, errors and logs (blocks up to ``timeout``; in a thread).
+
+        Returns how many events were served, or -1 when librdkafka raised (it does after
+        a fatal error of a transactional producer): the error is recorded like one from
+        ``error_cb``, never raised into the delivery task.
+        """
+        try:
+            served: int = self._producer.poll(timeout)
+        except KafkaException as exc:
+            self.errors.append(error_info(exc))
+            return -1
+        return served
 
     def _on_error(self, err: Any) -> None:
         # Runs on the poll thread: record only, never touch Trio.
@@ -171,6 +186,32 @@ class KafkaClient:
         epoch.produced += i - start
         return i
 
+    # ---- transactions (blocking calls: run them in a thread, bounded by ``timeout``) ----
+
+    @property
+    def transactional(self) -> bool:
+        return self._transactional
+
+    def _txn(self, operation: str, call: Any, *args: Any) -> None:
+        try:
+            call(*args)
+        except KafkaException as exc:
+            err = exc.args[0]
+            abortable = bool(getattr(err, "txn_requires_abort", lambda: False)())
+            raise TransactionError(operation, error_info(err), abortable=abortable) from None
+
+    def init_transactions(self, timeout: float) -> None:
+        self._txn("init_transactions", self._producer.init_transactions, timeout)
+
+    def begin_transaction(self) -> None:
+        self._txn("begin_transaction", self._producer.begin_transaction)
+
+    def commit_transaction(self, timeout: float) -> None:
+        self._txn("commit_transaction", self._producer.commit_transaction, timeout)
+
+    def abort_transaction(self, timeout: float) -> None:
+        self._txn("abort_transaction", self._producer.abort_transaction, timeout)
+
     def outstanding(self) -> int:
         """Messages (and requests) librdkafka still holds, delivery reports not yet served."""
         return len(self._producer)
@@ -196,7 +237,13 @@ class KafkaClient:
         self._closed = True
         close = getattr(self._producer, "close", None)
         if close is not None:
-            close()
+            # confluent's close() aborts an open transaction and says so with a
+            # RuntimeWarning when that fails (e.g. after being fenced): log, don't raise.
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                close()
+            for warning in caught:
+                logger.warning("closing the Kafka client: %s", warning.message)
         del self._producer
 
 

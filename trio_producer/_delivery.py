@@ -122,6 +122,9 @@ class DeliveryTracker:
         self._activity = trio.lowlevel.ParkingLot()
         self._progress = trio.lowlevel.ParkingLot()
         self._idle = False
+        self._paused = 0
+        self._polling = False
+        self._poll_done = trio.lowlevel.ParkingLot()
         self.fatal: KafkaErrorInfo | None = None
 
     # ---- counts -------------------------------------------------------------------------
@@ -183,14 +186,44 @@ class DeliveryTracker:
         poll = self.client.poll
         task_status.started()
         while True:
+            if self._paused:
+                await self._activity.park()
+                continue
             if self.in_flight:
-                await trio.to_thread.run_sync(poll, POLL_TIMEOUT)
+                timeout = POLL_TIMEOUT
             else:
                 self._idle = True
                 with trio.move_on_after(IDLE_POLL_INTERVAL):
                     await self._activity.park()
                 self._idle = False
-                await trio.to_thread.run_sync(poll, 0)
+                timeout = 0
+                if self._paused:
+                    continue
+            self._polling = True
+            try:
+                served = await trio.to_thread.run_sync(poll, timeout)
+            finally:
+                self._polling = False
+                self._poll_done.unpark_all()
+            self.process()
+            if served < 0:  # librdkafka raised (recorded as an error): do not spin
+                await trio.sleep(POLL_TIMEOUT)
+
+    async def run_exclusive(self, fn: Callable[..., object], *args: object) -> object:
+        """Run a blocking librdkafka call in a thread while the delivery task does not poll.
+
+        Transactional calls (commit, abort) serve delivery reports themselves; pausing
+        the delivery task keeps the rule that only one thread serves callbacks at a
+        time. Not cancellable: ``fn`` must be bounded by its own timeout argument.
+        """
+        self._paused += 1
+        try:
+            while self._polling:
+                await self._poll_done.park()
+            return await trio.to_thread.run_sync(fn, *args)
+        finally:
+            self._paused -= 1
+            self._activity.unpark_all()
             self.process()
 
     def process(self) -> None:

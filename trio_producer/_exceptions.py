@@ -114,3 +114,25 @@ class KafkaFatalError(TrioProducerError):
         if self.failures:
             text = f"{text}; {len(self.failures)} accepted message(s) were not delivered"
         return text
+
+
+class TransactionError(TrioProducerError):
+    """A transactional operation (init, begin, commit, abort) failed.
+
+    Attributes:
+        error: The Kafka error.
+        abortable: The transaction must be aborted (``transaction()`` has done so).
+        retriable: The operation may succeed if tried again.
+        fatal: The producer cannot go on (it fails with :class:`KafkaFatalError` too).
+    """
+
+    def __init__(self, operation: str, error: KafkaErrorInfo, *, abortable: bool = False) -> None:
+        self.operation = operation
+        self.error = error
+        self.abortable = abortable
+        self.retriable = error.retriable
+        self.fatal = error.fatal
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"{self.operation} failed: {self.error}"

@@ -20,9 +20,11 @@ from ._client import NOT_PRODUCED, KafkaClient, failure_from_report, metadata_fr
 from ._config import ProducerConfig, make_config
 from ._delivery import DeliveryTracker, Tracked
 from ._exceptions import (
+    ConfigError,
     DeliveryError,
     KafkaFatalError,
     ProducerClosedError,
+    TransactionError,
     TrioProducerError,
     UndeliveredMessagesError,
 )
@@ -187,9 +189,13 @@ class Producer:
     :meth:`send_nowait` and :meth:`statistics` never block.
     """
 
-    def __init__(self, channel: BatchChannel, tracker: DeliveryTracker) -> None:
+    def __init__(
+        self, channel: BatchChannel, tracker: DeliveryTracker, close_timeout: float = 30.0
+    ) -> None:
         self._channel = channel
         self._tracker = tracker
+        self._close_timeout = close_timeout
+        self._in_transaction = False
         #: After the ``async with`` block: the messages that were not delivered, when the
         #: block's own exception won over the :class:`UndeliveredMessagesError`.
         self.undelivered: tuple[DeliveryError, ...] = ()
@@ -387,6 +393,70 @@ class Producer:
         await channel.wait_produced(target)
         await self._tracker.wait_for_earlier()
 
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        """A Kafka transaction around the block: commit when it succeeds, abort when it raises.
+
+        Needs the librdkafka property ``transactional.id`` (``init_transactions`` then
+        runs when the producer opens). Every message accepted while the block runs --
+        from any task -- belongs to the transaction. On success, the pending messages
+        are flushed and the transaction committed; on an exception (cancellation
+        included) what was sent is flushed and the transaction aborted, shielded and
+        bounded by ``close_timeout``, and the exception propagates. Transactions do not
+        nest. Entering and leaving are checkpoints.
+
+        Raises:
+            ConfigError: The producer has no ``transactional.id``.
+            TransactionError: begin or commit failed (an abortable failure was aborted).
+            ProducerClosedError: The producer is closed.
+        """
+        tracker = self._tracker
+        client = tracker.client
+        await trio.lowlevel.checkpoint()
+        if not client.transactional:
+            raise ConfigError(
+                "transaction() needs the librdkafka property 'transactional.id' "
+                "(librdkafka={'transactional.id': ...})"
+            )
+        if self._in_transaction:
+            raise TrioProducerError("a transaction is already open on this producer")
+        if self._channel.closed:
+            raise ProducerClosedError(self._channel.closed_reason)
+        self._in_transaction = True
+        try:
+            client.begin_transaction()
+            try:
+                yield
+            except BaseException as exc:
+                with trio.move_on_after(self._close_timeout, shield=True):
+                    try:
+                        await self._settle_quietly()
+                        await tracker.run_exclusive(client.abort_transaction, self._close_timeout)
+                    except TrioProducerError as abort_error:
+                        # The block's exception (or the cancellation) is what the caller
+                        # must see; the failed abort is logged and noted on it.
+                        logger.error("aborting the transaction failed: %s", abort_error)
+                        exc.add_note(
+                            f"trio_producer: aborting the transaction failed: {abort_error}"
+                        )
+                raise
+            await self.flush()
+            try:
+                await tracker.run_exclusive(client.commit_transaction, self._close_timeout)
+            except TransactionError as exc:
+                if exc.abortable:
+                    with trio.move_on_after(self._close_timeout, shield=True):
+                        await tracker.run_exclusive(client.abort_transaction, self._close_timeout)
+                raise
+        finally:
+            self._in_transaction = False
+
+    async def _settle_quietly(self) -> None:
+        """Deliver what was sent (so that an abort purges nothing we would hand back)."""
+        channel = self._channel
+        await channel.wait_produced(channel.request_flush())
+        await self._tracker.wait_for_earlier()
+
     def statistics(self) -> ProducerStatistics:
         """A snapshot of the counters (never blocks)."""
         channel = self._channel
@@ -491,7 +561,10 @@ async def open_producer(
         )
         state.channel = channel
         tracker = DeliveryTracker(client, state.route_failure, state.on_fatal)
-        producer = Producer(channel, tracker)
+        producer = Producer(channel, tracker, cfg.close_timeout)
+        if client.transactional:
+            # Blocking and not cancellable: bounded by its own timeout.
+            await trio.to_thread.run_sync(client.init_transactions, cfg.close_timeout)
         body_exc: BaseException | None = None
         internal: BaseException | None = None
         try:
