@@ -37,6 +37,11 @@ POLL_TIMEOUT = 0.05
 #: An idle producer polls (non-blocking) this often, to serve logs and errors.
 IDLE_POLL_INTERVAL = 1.0
 
+#: Errors librdkafka would retry forever, but that only the operator can fix: wrong
+#: credentials, an untrusted certificate. They fail the producer at once, like fatal
+#: errors, instead of holding every message until ``close_timeout``.
+AUTHENTICATION_ERRORS = frozenset({"_AUTHENTICATION", "SASL_AUTHENTICATION_FAILED", "_SSL"})
+
 #: ``(error, report-or-item, tracker)`` as recorded on the poll thread.
 Failure = tuple[Any, Any, Any]
 
@@ -232,10 +237,10 @@ class DeliveryTracker:
         if client.errors:
             errors, client.errors = client.errors, []
             for error in errors:
-                if error.fatal:
+                if error.fatal or error.name in AUTHENTICATION_ERRORS:
                     if self.fatal is None:
                         self.fatal = error
-                        logger.error("librdkafka reported a fatal error: %s", error)
+                        logger.error("the producer fails: %s", error)
                         self._on_fatal(error)
                 elif error.name == "_TRANSPORT":
                     # librdkafka's own log line (trio_producer.librdkafka) says the same
