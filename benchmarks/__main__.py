@@ -16,7 +16,7 @@ from typing import Any
 from trio_producer.testing import EmbeddedBroker, create_topics, delete_topics
 
 THROUGHPUT = ["raw", "raw_dr", "aio", "aiokafka", "trio_send", "trio_nowait", "trio_many"]
-OTHERS = ["trio_send_and_wait", "trio_drain", "raw_flush", "trio_idle"]
+OTHERS = ["trio_send_and_wait", "trio_drain", "raw_flush", "raw_dr_flush", "trio_idle"]
 
 
 def measure(name: str, bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any]:
@@ -69,7 +69,11 @@ def main() -> None:
             for name in order + OTHERS:
                 if args.only is not None and name not in args.only:
                     continue
-                count = args.drain_count if name in ("trio_drain", "raw_flush") else args.count
+                count = (
+                    args.drain_count
+                    if name in ("trio_drain", "raw_flush", "raw_dr_flush")
+                    else args.count
+                )
                 out = measure(name, bootstrap, f"bench-{name}-{run}", count, args.size)
                 results[name].append(out)
                 shown = f"{out['rate']:,.0f} msg/s" if "rate" in out else json.dumps(out)
@@ -102,6 +106,7 @@ def main() -> None:
     raw_flush = median(results["raw_flush"], "drain_seconds")
     drain_total = median(results["trio_drain"], "total_seconds")
     raw_total = median(results["raw_flush"], "total_seconds")
+    raw_dr_total = median(results["raw_dr_flush"], "total_seconds")
     summary = {
         "date": time.strftime("%Y-%m-%d", time.gmtime(started)),
         "machine": (
@@ -122,6 +127,8 @@ def main() -> None:
         "accept_and_drain_seconds": round(drain_total, 4),
         "raw_produce_and_flush_seconds": round(raw_total, 4),
         "accept_and_drain_vs_raw": round(drain_total / raw_total, 2),
+        "raw_dr_produce_and_flush_seconds": round(raw_dr_total, 4),
+        "accept_and_drain_vs_raw_dr": round(drain_total / raw_dr_total, 2),
         "idle_cpu_percent": round(median(results["trio_idle"], "idle_cpu_percent"), 3),
         "soak": None
         if soak is None
@@ -169,6 +176,11 @@ def main() -> None:
     print(
         f"- send_and_wait latency: p50 {summary['send_and_wait_p50_ms']} ms, "
         f"p99 {summary['send_and_wait_p99_ms']} ms"
+    )
+    print(
+        f"- the same against a raw loop with delivery callbacks: "
+        f"{summary['accept_and_drain_vs_raw_dr']} ({summary['accept_and_drain_seconds']} s vs "
+        f"{summary['raw_dr_produce_and_flush_seconds']} s)"
     )
     print(
         f"- leaving the block alone: {summary['drain_seconds']} s; raw flush() alone: "

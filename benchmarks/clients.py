@@ -147,6 +147,43 @@ def raw_flush(bootstrap: str, topic: str, count: int, size: int) -> dict[str, An
     }
 
 
+def raw_dr_flush(bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any]:
+    """Like raw_flush, with a delivery callback per message (served by flush())."""
+    import confluent_kafka
+
+    delivered = 0
+
+    def on_delivery(err: Any, msg: Any) -> None:
+        nonlocal delivered
+        if err is None:
+            delivered += 1
+
+    producer = confluent_kafka.Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            **PROPS,
+            "queue.buffering.max.messages": count * 2,
+        }
+    )
+    producer.list_topics(topic, timeout=10)
+    value = b"x" * size
+    start = time.perf_counter()
+    for _ in range(count):
+        producer.produce(topic, value, None, -1, on_delivery)
+    mid = time.perf_counter()
+    left = producer.flush(60)
+    end = time.perf_counter()
+    assert left == 0, left
+    assert delivered == count, delivered
+    return {
+        "count": count,
+        "accept_seconds": mid - start,
+        "drain_seconds": end - mid,
+        "total_seconds": end - start,
+        "rss_peak_mb": rss_peak_mb(),
+    }
+
+
 def aio(bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any]:
     """confluent_kafka.aio.AIOProducer: await produce() per message, then flush."""
     from confluent_kafka.aio import AIOProducer
@@ -358,6 +395,7 @@ CLIENTS: dict[str, Callable[[str, str, int, int], dict[str, Any]]] = {
     "trio_send_and_wait": trio_send_and_wait,
     "trio_drain": trio_drain,
     "raw_flush": raw_flush,
+    "raw_dr_flush": raw_dr_flush,
     "trio_idle": trio_idle,
 }
 
