@@ -164,7 +164,7 @@ def main() -> None:
         ("await send() vs AIOProducer", send_aio, ">= 2", send_aio >= 2),
         ("send_nowait bulk vs raw loop", nowait_raw, ">= 0.75", nowait_raw >= 0.75),
         (
-            f"leave block, {args.drain_count:,} buffered, vs raw flush()",
+            f"{args.drain_count:,} send_nowait + leave block, vs raw produce + flush()",
             drain_raw,
             "<= 1.2",
             drain_raw <= 1.2,

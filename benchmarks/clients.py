@@ -118,7 +118,9 @@ def raw_dr(bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any]:
     return result(count, seconds)
 
 
-def raw_flush(bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any]:
+def _raw_buffered(
+    bootstrap: str, topic: str, count: int, size: int, on_delivery: Any
+) -> dict[str, Any]:
     """Raw: produce `count` messages (buffered by librdkafka), then flush()."""
     import confluent_kafka
 
@@ -131,9 +133,14 @@ def raw_flush(bootstrap: str, topic: str, count: int, size: int) -> dict[str, An
     )
     producer.list_topics(topic, timeout=10)  # metadata first: not part of the measurement
     value = b"x" * size
+    produce = producer.produce
     start = time.perf_counter()
-    for _ in range(count):
-        producer.produce(topic, value)
+    if on_delivery is None:
+        for _ in range(count):
+            produce(topic, value)
+    else:
+        for _ in range(count):
+            produce(topic, value, None, -1, on_delivery)
     mid = time.perf_counter()
     left = producer.flush(60)
     end = time.perf_counter()
@@ -145,43 +152,24 @@ def raw_flush(bootstrap: str, topic: str, count: int, size: int) -> dict[str, An
         "total_seconds": end - start,
         "rss_peak_mb": rss_peak_mb(),
     }
+
+
+def raw_flush(bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any]:
+    """Raw produce loop, no callbacks, then flush()."""
+    return _raw_buffered(bootstrap, topic, count, size, None)
 
 
 def raw_dr_flush(bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any]:
-    """Like raw_flush, with a delivery callback per message (served by flush())."""
-    import confluent_kafka
-
-    delivered = 0
+    """Raw produce loop with a delivery callback per message (served by flush())."""
+    delivered = [0]
 
     def on_delivery(err: Any, msg: Any) -> None:
-        nonlocal delivered
         if err is None:
-            delivered += 1
+            delivered[0] += 1
 
-    producer = confluent_kafka.Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            **PROPS,
-            "queue.buffering.max.messages": count * 2,
-        }
-    )
-    producer.list_topics(topic, timeout=10)
-    value = b"x" * size
-    start = time.perf_counter()
-    for _ in range(count):
-        producer.produce(topic, value, None, -1, on_delivery)
-    mid = time.perf_counter()
-    left = producer.flush(60)
-    end = time.perf_counter()
-    assert left == 0, left
-    assert delivered == count, delivered
-    return {
-        "count": count,
-        "accept_seconds": mid - start,
-        "drain_seconds": end - mid,
-        "total_seconds": end - start,
-        "rss_peak_mb": rss_peak_mb(),
-    }
+    out = _raw_buffered(bootstrap, topic, count, size, on_delivery)
+    assert delivered[0] == count, delivered
+    return out
 
 
 def aio(bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any]:

@@ -391,3 +391,38 @@ def _rss_mb() -> float:
 
 def _count_tasks(task: trio.lowlevel.Task) -> int:
     return 1 + sum(_count_tasks(t) for n in task.child_nurseries for t in n.child_tasks)
+
+
+async def test_black_holed_broker_is_left_in_close_timeout_with_everything_handed_back() -> None:
+    """Connections stay open but nothing comes back: in-flight requests never answer.
+    Leaving must still take close_timeout (plus little), purging in-flight messages too."""
+    proxy_port = free_port()
+    with EmbeddedBroker(advertised_port=proxy_port) as broker:
+        proxy = FaultProxy(proxy_port, broker.port)
+        bootstrap = f"127.0.0.1:{proxy_port}"
+        async with trio.open_nursery() as nursery:
+            await nursery.start(proxy.run)
+            await trio.to_thread.run_sync(partial(create_topics, bootstrap, ["black-hole"]))
+            with pytest.raises(UndeliveredMessagesError) as info:
+                async with open_producer(bootstrap_servers=bootstrap, close_timeout=1.0) as p:
+                    await p.send_and_wait("black-hole", b"before")
+                    proxy.blackhole()
+                    for i in range(1_000):
+                        await p.send("black-hole", b"%d" % i)
+                    await trio.sleep(0.5)  # some of them are now in flight, unanswered
+                    start = time.monotonic()
+            leave = time.monotonic() - start
+            nursery.cancel_scope.cancel()
+    assert 1.0 <= leave < 2.0
+    assert sorted(int(m.value or b"-1") for m in info.value.messages) == list(range(1_000))
+    reasons = {f.error.name for f in info.value.failures}
+    assert reasons <= {"_PURGE_INFLIGHT", "_PURGE_QUEUE"}
+    figures(
+        "black-holed broker",
+        accepted=1_001,
+        delivered=1,
+        handed_back=len(info.value.messages),
+        lost=0,
+        reasons="+".join(sorted(reasons)),
+        leave_seconds=round(leave, 3),
+    )
