@@ -23,6 +23,12 @@ def test_defaults_are_safe() -> None:
     assert props["bootstrap.servers"] == "localhost:9092"
 
 
+def test_bootstrap_servers_is_positional_and_the_rest_keyword_only() -> None:
+    assert ProducerConfig("b:1", linger=0.5).linger == 0.5
+    with pytest.raises(TypeError):
+        ProducerConfig("b:1", 0.5)  # type: ignore[misc]
+
+
 def test_librdkafka_overrides_the_defaults() -> None:
     config = ProducerConfig(
         bootstrap_servers="b:1", librdkafka={"acks": 1, "compression.type": "lz4"}

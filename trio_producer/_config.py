@@ -98,7 +98,7 @@ def _freeze_props(value: object) -> Mapping[str, LibrdkafkaValue]:
     return MappingProxyType(props)
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen
 class ProducerConfig:
     """Settings of one producer. Validated on construction; immutable.
 
@@ -128,19 +128,23 @@ class ProducerConfig:
     """
 
     bootstrap_servers: str = attrs.field(validator=_check_bootstrap)
-    linger: float = attrs.field(default=0.005, validator=_seconds("linger", allow_zero=True))
+    linger: float = attrs.field(
+        kw_only=True, default=0.005, validator=_seconds("linger", allow_zero=True)
+    )
     batch_max_messages: int = attrs.field(
-        default=10_000, validator=_positive_int("batch_max_messages")
+        kw_only=True, default=10_000, validator=_positive_int("batch_max_messages")
     )
     batch_max_bytes: int = attrs.field(
-        default=1_048_576, validator=_positive_int("batch_max_bytes")
+        kw_only=True, default=1_048_576, validator=_positive_int("batch_max_bytes")
     )
-    queue_capacity: int = attrs.field(default=10_000, validator=_positive_int("queue_capacity"))
+    queue_capacity: int = attrs.field(
+        kw_only=True, default=10_000, validator=_positive_int("queue_capacity")
+    )
     close_timeout: float = attrs.field(
-        default=30.0, validator=_seconds("close_timeout", allow_zero=True)
+        kw_only=True, default=30.0, validator=_seconds("close_timeout", allow_zero=True)
     )
     librdkafka: Mapping[str, LibrdkafkaValue] = attrs.field(
-        factory=dict, converter=_freeze_props, repr=_redacted, eq=False
+        kw_only=True, factory=dict, converter=_freeze_props, repr=_redacted, eq=False
     )
 
     def librdkafka_config(self) -> dict[str, LibrdkafkaValue]:
