@@ -185,7 +185,8 @@ def _item(
 class Producer:
     """The handle yielded by :func:`open_producer`. Do not create it yourself.
 
-    Checkpoints: :meth:`send`, :meth:`send_and_wait` and :meth:`flush` always are;
+    Checkpoints: :meth:`send`, :meth:`send_many`, :meth:`send_and_wait`,
+    :meth:`flush` and entering/leaving :meth:`transaction` always are;
     :meth:`send_nowait` and :meth:`statistics` never block.
     """
 
@@ -196,8 +197,9 @@ class Producer:
         self._tracker = tracker
         self._close_timeout = close_timeout
         self._in_transaction = False
-        #: After the ``async with`` block: the messages that were not delivered, when the
-        #: block's own exception won over the :class:`UndeliveredMessagesError`.
+        #: Set when the block is left with an exception of its own: one
+        #: :class:`DeliveryError` per accepted message that was not delivered (the
+        #: :class:`UndeliveredMessagesError` that the block's exception won over).
         self.undelivered: tuple[DeliveryError, ...] = ()
 
     async def send(
