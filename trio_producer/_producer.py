@@ -197,9 +197,9 @@ class Producer:
         self._tracker = tracker
         self._close_timeout = close_timeout
         self._in_transaction = False
-        #: Set when the block is left with an exception of its own: one
-        #: :class:`DeliveryError` per accepted message that was not delivered (the
-        #: :class:`UndeliveredMessagesError` that the block's exception won over).
+        #: One :class:`DeliveryError` per accepted message that was not delivered, set
+        #: when the block is left with an exception of its own (which won over the
+        #: :class:`UndeliveredMessagesError`).
         self.undelivered: tuple[DeliveryError, ...] = ()
 
     async def send(
