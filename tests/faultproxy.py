@@ -7,9 +7,16 @@ bootstrap one and the ones it learns from metadata -- goes through the proxy.
 from __future__ import annotations
 
 import socket
-from typing import Literal
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import TYPE_CHECKING, Literal
 
 import trio
+
+from trio_producer.testing import EmbeddedBroker, create_topics, free_port
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Sequence
 
 Mode = Literal["pass", "cut", "blackhole"]
 
@@ -98,3 +105,25 @@ class FaultProxy:
             pass
         finally:
             scope.cancel(reason="fault proxy: one side closed")
+
+
+@asynccontextmanager
+async def proxied_broker(
+    topics: Sequence[str], partitions: int = 1
+) -> AsyncIterator[tuple[str, FaultProxy, trio.Nursery]]:
+    """An embedded broker behind a FaultProxy, with ``topics`` created through it.
+
+    Yields the bootstrap address (the proxy's), the proxy, and the nursery it runs in.
+    """
+    proxy_port = free_port()
+    with EmbeddedBroker(advertised_port=proxy_port) as broker:
+        proxy = FaultProxy(proxy_port, broker.port)
+        bootstrap = f"127.0.0.1:{proxy_port}"
+        async with trio.open_nursery() as nursery:
+            await nursery.start(proxy.run)
+            # blocking admin call: in a thread, so that the proxy (on this loop) can serve it
+            await trio.to_thread.run_sync(
+                partial(create_topics, bootstrap, list(topics), partitions=partitions)
+            )
+            yield bootstrap, proxy, nursery
+            nursery.cancel_scope.cancel()

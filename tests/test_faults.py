@@ -33,7 +33,7 @@ from trio_producer import (
 )
 from trio_producer.testing import EmbeddedBroker, consume_all, create_topics, free_port
 
-from .faultproxy import FaultProxy
+from .faultproxy import proxied_broker
 
 pytestmark = [pytest.mark.broker, pytest.mark.faults]
 
@@ -141,34 +141,26 @@ def test_signal_mid_stream_drains_every_accepted_message(
 
 
 async def test_network_cut_of_three_seconds_loses_and_duplicates_nothing() -> None:
-    proxy_port = free_port()
-    with EmbeddedBroker(advertised_port=proxy_port) as broker:
-        proxy = FaultProxy(proxy_port, broker.port)
-        bootstrap = f"127.0.0.1:{proxy_port}"
-        topic = "cut"
-        async with trio.open_nursery() as nursery:
-            await nursery.start(proxy.run)
-            # blocking admin call: in a thread, so that the proxy (on this loop) can serve it
-            await trio.to_thread.run_sync(partial(create_topics, bootstrap, [topic], partitions=3))
+    topic = "cut"
+    async with proxied_broker([topic], partitions=3) as (bootstrap, proxy, nursery):
 
-            async def cut_for(seconds: float) -> None:
-                proxy.cut()
-                await trio.sleep(seconds)
-                proxy.restore()
+        async def cut_for(seconds: float) -> None:
+            proxy.cut()
+            await trio.sleep(seconds)
+            proxy.restore()
 
-            count = 30_000
-            start = time.monotonic()
-            async with open_producer(bootstrap_servers=bootstrap, linger=0.002) as producer:
-                for i in range(count):
-                    if i == 10_000:
-                        nursery.start_soon(cut_for, 3.0)
-                    await producer.send(topic, b"%d" % i, key=b"key-%d" % (i % 10))
-            elapsed = time.monotonic() - start
-            stats = producer.statistics()
-            records = await trio.to_thread.run_sync(
-                partial(consume_all, bootstrap, topic, partitions=[0, 1, 2], expected=count + 1)
-            )
-            nursery.cancel_scope.cancel()
+        count = 30_000
+        start = time.monotonic()
+        async with open_producer(bootstrap_servers=bootstrap, linger=0.002) as producer:
+            for i in range(count):
+                if i == 10_000:
+                    nursery.start_soon(cut_for, 3.0)
+                await producer.send(topic, b"%d" % i, key=b"key-%d" % (i % 10))
+        elapsed = time.monotonic() - start
+        stats = producer.statistics()
+        records = await trio.to_thread.run_sync(
+            partial(consume_all, bootstrap, topic, partitions=[0, 1, 2], expected=count + 1)
+        )
     values = [int(r.value or b"-1") for r in records]
     assert (stats.delivered, stats.failed) == (count, 0)
     assert sorted(values) == list(range(count))  # 0 lost, 0 duplicated
@@ -190,32 +182,26 @@ async def test_network_cut_of_three_seconds_loses_and_duplicates_nothing() -> No
 
 
 async def test_latency_applies_backpressure_and_memory_stays_bounded() -> None:
-    proxy_port = free_port()
-    with EmbeddedBroker(advertised_port=proxy_port) as broker:
-        proxy = FaultProxy(proxy_port, broker.port)
-        bootstrap = f"127.0.0.1:{proxy_port}"
-        async with trio.open_nursery() as nursery:
-            await nursery.start(proxy.run)
-            await trio.to_thread.run_sync(partial(create_topics, bootstrap, ["slow"]))
-            proxy.latency = 0.05
-            count = 20_000
-            max_queued = max_in_flight = 0
-            rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            async with open_producer(
-                bootstrap_servers=bootstrap,
-                queue_capacity=500,
-                librdkafka={"queue.buffering.max.messages": 1_000},
-            ) as producer:
-                start = time.monotonic()
-                for i in range(count):
-                    await producer.send("slow", b"%d" % i + b"." * 1_000)
-                    if i % 50 == 0:
-                        stats = producer.statistics()
-                        max_queued = max(max_queued, stats.queued)
-                        max_in_flight = max(max_in_flight, stats.in_flight)
-                send_seconds = time.monotonic() - start
-            rss_growth_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
-            nursery.cancel_scope.cancel()
+    async with proxied_broker(["slow"]) as (bootstrap, proxy, _nursery):
+        proxy.latency = 0.05
+        count = 20_000
+        max_queued = max_in_flight = 0
+        rss_before = rss_peak = _rss_mb()  # current RSS (ru_maxrss never goes down)
+        async with open_producer(
+            bootstrap_servers=bootstrap,
+            queue_capacity=500,
+            librdkafka={"queue.buffering.max.messages": 1_000},
+        ) as producer:
+            start = time.monotonic()
+            for i in range(count):
+                await producer.send("slow", b"%d" % i + b"." * 1_000)
+                if i % 50 == 0:
+                    stats = producer.statistics()
+                    max_queued = max(max_queued, stats.queued)
+                    max_in_flight = max(max_in_flight, stats.in_flight)
+                    rss_peak = max(rss_peak, _rss_mb())
+            send_seconds = time.monotonic() - start
+        rss_growth_mb = rss_peak - rss_before
     assert producer.statistics().delivered == count
     # queue_capacity waiting for the worker, plus the one batch in the worker's hand
     assert max_queued <= 500 + 500
@@ -396,23 +382,16 @@ def _count_tasks(task: trio.lowlevel.Task) -> int:
 async def test_black_holed_broker_is_left_in_close_timeout_with_everything_handed_back() -> None:
     """Connections stay open but nothing comes back: in-flight requests never answer.
     Leaving must still take close_timeout (plus little), purging in-flight messages too."""
-    proxy_port = free_port()
-    with EmbeddedBroker(advertised_port=proxy_port) as broker:
-        proxy = FaultProxy(proxy_port, broker.port)
-        bootstrap = f"127.0.0.1:{proxy_port}"
-        async with trio.open_nursery() as nursery:
-            await nursery.start(proxy.run)
-            await trio.to_thread.run_sync(partial(create_topics, bootstrap, ["black-hole"]))
-            with pytest.raises(UndeliveredMessagesError) as info:
-                async with open_producer(bootstrap_servers=bootstrap, close_timeout=1.0) as p:
-                    await p.send_and_wait("black-hole", b"before")
-                    proxy.blackhole()
-                    for i in range(1_000):
-                        await p.send("black-hole", b"%d" % i)
-                    await trio.sleep(0.5)  # some of them are now in flight, unanswered
-                    start = time.monotonic()
-            leave = time.monotonic() - start
-            nursery.cancel_scope.cancel()
+    async with proxied_broker(["black-hole"]) as (bootstrap, proxy, _nursery):
+        with pytest.raises(UndeliveredMessagesError) as info:
+            async with open_producer(bootstrap_servers=bootstrap, close_timeout=1.0) as p:
+                await p.send_and_wait("black-hole", b"before")
+                proxy.blackhole()
+                for i in range(1_000):
+                    await p.send("black-hole", b"%d" % i)
+                await trio.sleep(0.5)  # some of them are now in flight, unanswered
+                start = time.monotonic()
+        leave = time.monotonic() - start
     assert 1.0 <= leave < 2.0
     assert sorted(int(m.value or b"-1") for m in info.value.messages) == list(range(1_000))
     reasons = {f.error.name for f in info.value.failures}
