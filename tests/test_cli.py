@@ -137,6 +137,10 @@ def test_unreachable_broker_exits_nonzero_and_keeps_the_lines(tmp_path: Path) ->
     assert time.monotonic() - start < 15
     assert proc.returncode == 1
     assert last_line(proc.stderr) == "sent=3 delivered=0 failed=0 undelivered=3"
+    lines = proc.stderr.decode().strip().splitlines()
+    assert lines[-2].startswith("trio-producer: error: could not reach the broker at 127.0.0.1:")
+    assert lines[-2].endswith("; 3 accepted message(s) were not delivered: _PURGE_QUEUE x3")
+    assert not any("WARNING" in line for line in lines)  # librdkafka's retries: only with -v
     assert sorted(undelivered.read_bytes().splitlines()) == [b"a=1", b"b=2", b"plain"]
     assert "Traceback" not in proc.stderr.decode()
 

@@ -217,7 +217,7 @@ async def run_produce(
                         await trio.lowlevel.checkpoint()
         except UndeliveredMessagesError as exc:
             result.undelivered = list(exc.messages)
-            result.error = str(exc)
+            result.error = _unreachable_hint(config.bootstrap_servers) + str(exc)
         except TrioProducerError as exc:  # ConfigError at open: raised below, not grouped
             setup_error = exc
         finally:
@@ -319,8 +319,11 @@ def _build() -> click_types.Group:
 
     @click.group(context_settings={"help_option_names": ["-h", "--help"]})
     @click.version_option(package_name="trio-producer", prog_name=PROG)
-    def cli() -> None:
+    @click.option("-v", "--verbose", count=True, help="Log librdkafka's warnings (-vv: more).")
+    def cli(verbose: int) -> None:
         """A Kafka producer for Trio, on the command line."""
+        if verbose:
+            _stderr_handler.setLevel(logging.WARNING if verbose == 1 else logging.INFO)
 
     @cli.command()
     @click.option("-b", "--bootstrap-servers", required=True, help="host:port[,host:port...]")
@@ -500,16 +503,41 @@ class _OncePerMessage(logging.Filter):
         return True
 
 
+class _ErrorNames(logging.Handler):
+    """Remembers which librdkafka errors were reported, to name the problem at the end."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.names: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if text.startswith("librdkafka error: "):
+            self.names.add(text.split(":", 2)[1].strip())
+
+
+_stderr_handler = logging.StreamHandler(sys.stderr)
+_error_names = _ErrorNames()
+
+
 def _setup_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(message)s"))
-    handler.addFilter(_OncePerMessage())
+    """Log lines on stderr: errors only, unless ``-v`` (warnings) or ``-vv`` (info)."""
+    _stderr_handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(message)s"))
+    _stderr_handler.addFilter(_OncePerMessage())
+    _stderr_handler.setLevel(logging.ERROR)
     root = logging.getLogger("trio_producer")
-    root.addHandler(handler)
-    root.setLevel(logging.WARNING)
+    root.addHandler(_stderr_handler)
+    root.addHandler(_error_names)
+    root.setLevel(logging.INFO)
     root.propagate = False
     # librdkafka's connection failures are also reported through error_cb; keep one copy.
     logging.getLogger("trio_producer.librdkafka").setLevel(logging.CRITICAL)
+
+
+def _unreachable_hint(bootstrap: str) -> str:
+    if _error_names.names & {"_ALL_BROKERS_DOWN", "_TRANSPORT", "_RESOLVE"}:
+        return f"could not reach the broker at {bootstrap}; "
+    return ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
