@@ -662,10 +662,13 @@ def _raise_outcome(
     error: TrioProducerError | None = None
     if state.fatal is not None:
         error = KafkaFatalError(state.fatal, failures)
-    elif len(failures) == 1 and state.failed_by is failures[0]:
+    elif len(failures) == 1 and state.failed_by is failures[0] and not unknown:
         error = failures[0]
-    elif failures:
-        error = UndeliveredMessagesError(failures)
+    elif failures or unknown:
+        # librdkafka normally reports every purged message at once; if some never came
+        # back, their content is gone, but their number is still raised, not only logged.
+        reason = f"and {unknown} more with no delivery report after the purge" if unknown else ""
+        error = UndeliveredMessagesError(failures, reason)
         if state.failed_by is not None:
             error.__cause__ = state.failed_by
     if body_exc is None or isinstance(body_exc, trio.Cancelled):
@@ -675,6 +678,10 @@ def _raise_outcome(
             raise body_exc
         return
     # The block's own exception wins; what was not delivered is never hidden.
+    if unknown:
+        body_exc.add_note(
+            f"trio_producer: {unknown} accepted message(s) got no delivery report after the purge"
+        )
     if failures:
         producer.undelivered = tuple(failures)
         body_exc.add_note(
