@@ -243,17 +243,7 @@ class Producer:
             size = len(value) + len(key) if key is not None else len(value)
         else:
             item, size = _item(topic, value, key, headers, partition, timestamp, None)
-        # The body of BatchChannel.send, inlined: this is the hot path.
-        await trio.lowlevel.checkpoint_if_cancelled()
-        channel = self._channel
-        while True:
-            try:
-                channel.send_nowait(item, size)
-            except trio.WouldBlock:
-                await channel.wait_for_room()
-            else:
-                break
-        await trio.lowlevel.cancel_shielded_checkpoint()
+        await self._channel.send(item, size)
 
     def send_nowait(
         self,

@@ -104,7 +104,7 @@ class BatchChannel:
             try:
                 self.send_nowait(item, size)
             except trio.WouldBlock:
-                await self._space_lot.park()
+                await self.wait_for_room()
             else:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return
