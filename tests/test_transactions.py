@@ -45,10 +45,11 @@ async def test_commit_on_success_abort_on_exception(kafka_bootstrap: str, kafka_
         async with producer.transaction():
             await producer.send(kafka_topic, b"a0")
             await producer.send(kafka_topic, b"a1")
-        with pytest.raises(ValueError, match=r"^no$"):
+        with pytest.raises(ValueError, match=r"^no\n") as raised:
             async with producer.transaction():
                 await producer.send(kafka_topic, b"b0")
                 raise ValueError("no")
+        assert raised.value.__notes__ == ["trio_producer: the transaction was aborted"]
         async with producer.transaction():
             await producer.send(kafka_topic, b"c0")
         stats = producer.statistics()

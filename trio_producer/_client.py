@@ -92,6 +92,23 @@ def failure_from_report(err: Any, msg: Any, tracked: Any) -> DeliveryError:
     return DeliveryError(message, error_info(err))
 
 
+def safe_failure(err: Any, msg: Any, tracked: Any) -> DeliveryError:
+    """:func:`failure_from_report` that cannot fail: one odd report must never stop the
+    delivery task (which would strand every other message)."""
+    try:
+        return failure_from_report(err, msg, tracked)
+    except Exception as exc:  # pragma: no cover - a bug; the message is still handed back
+        logger.exception("could not convert a delivery report; handing back what is known")
+        fields = msg if isinstance(msg, tuple) else ()
+        message = Message(
+            topic=str(fields[0]) if fields else "<unknown>",
+            value=fields[1] if fields and isinstance(fields[1], bytes) else None,
+            key=fields[2] if fields and isinstance(fields[2], bytes) else None,
+        )
+        info = KafkaErrorInfo(code=-1, name="_INTERNAL", reason=f"{err!r} ({exc!r})")
+        return DeliveryError(message, info)
+
+
 def metadata_from_report(msg: Any) -> RecordMetadata:
     return RecordMetadata(
         topic=msg.topic(), partition=msg.partition(), offset=msg.offset(), timestamp=_timestamp(msg)
@@ -216,9 +233,12 @@ class KafkaClient:
         """Messages (and requests) librdkafka still holds, delivery reports not yet served."""
         return len(self._producer)
 
-    def purge(self) -> None:
-        """Purge queued and in-flight messages; their reports come with _PURGE_* errors."""
-        self._producer.purge(True, True, False)
+    def purge(self, *, in_flight: bool = True) -> None:
+        """Purge queued (and in-flight) messages; their reports come with _PURGE_* errors.
+
+        Thread-safe: called on the Trio thread while the poll thread may be polling.
+        """
+        self._producer.purge(True, in_flight, False)
 
     def serve_remaining_reports(self, deadline: float) -> None:
         """After a purge: serve delivery reports until none are outstanding or time is up.

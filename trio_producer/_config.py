@@ -118,6 +118,9 @@ class ProducerConfig:
         close_timeout: How long leaving ``open_producer`` waits for the last delivery
             reports before it purges what is left and raises
             :class:`~trio_producer.UndeliveredMessagesError`.
+        transaction_timeout: The budget of each blocking transactional step:
+            ``init_transactions`` when the producer opens, and the commit or the abort
+            that ends :meth:`~Producer.transaction` (also when it was interrupted).
         librdkafka: Any other librdkafka property (``acks``, ``compression.type``,
             ``security.protocol``, ``sasl.*``, ...). Unknown names fail at open with
             librdkafka's own message. Defaults: ``enable.idempotence=true``,
@@ -142,6 +145,9 @@ class ProducerConfig:
     )
     close_timeout: float = attrs.field(
         kw_only=True, default=30.0, validator=_seconds("close_timeout", allow_zero=True)
+    )
+    transaction_timeout: float = attrs.field(
+        kw_only=True, default=30.0, validator=_seconds("transaction_timeout", allow_zero=False)
     )
     librdkafka: Mapping[str, LibrdkafkaValue] = attrs.field(
         kw_only=True, factory=dict, converter=_freeze_props, repr=_redacted, eq=False

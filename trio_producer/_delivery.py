@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ._client import KafkaClient, failure_from_report
+from ._client import KafkaClient, safe_failure
+from ._exceptions import ProducerClosedError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -49,10 +50,21 @@ Failure = tuple[Any, Any, Any]
 class Epoch:
     """The messages produced between two ``flush()`` calls; also their shared callback."""
 
-    __slots__ = ("completed", "delivered", "done", "failures", "produced", "routed")
+    __slots__ = (
+        "completed",
+        "delivered",
+        "done",
+        "failures",
+        "produced",
+        "routed",
+        "settled_at_stop",
+    )
 
     def __init__(self) -> None:
         self.produced = 0
+        #: Retired (or released) while the producer was stopping: its failures were
+        #: purged messages, handed back by open_producer rather than confirmed.
+        self.settled_at_stop = False
         self.delivered = 0
         self.failures: list[Failure] = []
         self.routed = 0
@@ -131,6 +143,8 @@ class DeliveryTracker:
         self._polling = False
         self._poll_done = trio.lowlevel.ParkingLot()
         self.fatal: KafkaErrorInfo | None = None
+        #: The producer is stopping: reports processed from now on are the final ones.
+        self.stopping = False
 
     # ---- counts -------------------------------------------------------------------------
 
@@ -162,16 +176,37 @@ class DeliveryTracker:
     # ---- flush --------------------------------------------------------------------------
 
     async def wait_for_earlier(self) -> None:
-        """Start a new epoch and wait until every message produced before it is settled."""
+        """Start a new epoch and wait until every message produced before it is settled.
+
+        Not a checkpoint when they already are (callers checkpoint themselves).
+
+        Raises:
+            ProducerClosedError: The producer stopped first; what was not confirmed is
+                handed back by ``open_producer``.
+        """
         closing = self.epochs[-1]
         self.epochs.append(Epoch())
         self._retire()
-        if closing not in self.epochs:
-            return
-        if closing.done is None:
-            closing.done = trio.Event()
-        self._activity.unpark_all()
-        await closing.done.wait()
+        if closing in self.epochs:
+            if closing.done is None:
+                closing.done = trio.Event()
+            self._activity.unpark_all()
+            await closing.done.wait()
+        if closing.settled_at_stop and (closing.failures or closing.produced > closing.settled):
+            raise ProducerClosedError(
+                "the producer closed before every message sent before flush() was "
+                "confirmed; the undelivered ones are handed back by open_producer",
+                producer_failed=True,
+            )
+
+    def stop(self) -> None:
+        """The producer has stopped: release every flush() still waiting (sync)."""
+        self.stopping = True
+        for epoch in self.epochs:
+            epoch.settled_at_stop = True
+            if epoch.done is not None:
+                epoch.done.set()
+        self._progress.unpark_all()
 
     async def wait_settled(self) -> None:
         """Wait until nothing is in flight (or librdkafka reported a fatal error)."""
@@ -181,6 +216,7 @@ class DeliveryTracker:
 
     # ---- the delivery task --------------------------------------------------------------
 
+    @trio.lowlevel.enable_ki_protection
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Poll librdkafka in a worker thread and hand its reports to Trio, forever.
 
@@ -258,8 +294,8 @@ class DeliveryTracker:
                 err, msg, tracked = failures[epoch.routed]
                 epoch.routed += 1
                 if tracked is not None and tracked.event is not None and not tracked.abandoned:
-                    continue  # its send_and_wait caller raises it
-                self._route_failure(failure_from_report(err, msg, tracked))
+                    continue  # its send_and_wait caller owns it (see Producer.send_and_wait)
+                self._route_failure(safe_failure(err, msg, tracked))
         self._retire()
         self._progress.unpark_all()
 
@@ -270,6 +306,7 @@ class DeliveryTracker:
             if epoch.routed < len(epoch.failures) or epoch.completed:
                 break  # process() has not handed these over yet
             epochs.popleft()
+            epoch.settled_at_stop = self.stopping
             self._retired_delivered += epoch.delivered
             self._retired_failed += len(epoch.failures)
             if epoch.done is not None:

@@ -26,7 +26,16 @@ class ProducerClosedError(TrioProducerError):
     """``send`` (or ``flush``) was called on a producer that no longer accepts messages.
 
     Nothing was accepted: the message passed to the failing call is not in flight.
+
+    Attributes:
+        producer_failed: The producer was closed because it failed (a delivery failed
+            with no hook, a fatal error, or :meth:`~trio_producer.Producer.abort`). The
+            block then leaves with that root cause, not with this secondary error.
     """
+
+    def __init__(self, reason: str = "the producer is closed", *, producer_failed: bool = False):
+        super().__init__(reason)
+        self.producer_failed = producer_failed
 
 
 class DeliveryError(TrioProducerError):

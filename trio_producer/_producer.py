@@ -2,35 +2,36 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
-import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from itertools import islice
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
+from . import _signals
+from ._args import BulkMessage, bulk_item, check_topic, make_item, valid_topics
 from ._batch import Batch, Item
-from ._client import NOT_PRODUCED, KafkaClient, failure_from_report, metadata_from_report
+from ._client import NOT_PRODUCED, KafkaClient, metadata_from_report, safe_failure
 from ._config import ProducerConfig, make_config
 from ._delivery import DeliveryTracker, Tracked
 from ._exceptions import (
     ConfigError,
     DeliveryError,
-    KafkaFatalError,
-    ProducerClosedError,
     TransactionError,
     TrioProducerError,
-    UndeliveredMessagesError,
 )
+from ._exit import Ending, decide
 from ._worker import BatchChannel, run_worker
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+
     from ._message import Headers, KafkaErrorInfo, RecordMetadata
 
 logger = logging.getLogger("trio_producer")
@@ -38,6 +39,11 @@ logger = logging.getLogger("trio_producer")
 #: Grace after ``close_timeout`` for the background tasks to notice they are stopped
 #: (one poll timeout) and for purged delivery reports to be served.
 _STOP_GRACE = 2.0
+#: When the drain is cut short (Ctrl-C while leaving, or Producer.abort): how long the
+#: messages already sent to the broker get to be confirmed before they are purged too.
+CUT_SHORT_GRACE = 1.0
+
+enable_ki_protection = trio.lowlevel.enable_ki_protection
 
 
 @attrs.frozen
@@ -61,147 +67,37 @@ class ProducerStatistics:
     batches: Mapping[str, int]
 
 
-def _bytes_arg(name: str, value: object, *, allow_none: bool = True) -> bytes | None:
-    """The slow path of argument coercion: str is encoded, bytes-likes are copied."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, str):
-        return value.encode()
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value)
-    allowed = "bytes, bytearray, memoryview, str (encoded as UTF-8) or None"
-    raise TypeError(f"{name} must be {allowed}, not {type(value).__name__} {value!r:.50}")
-
-
-def _check_headers(headers: object) -> Any:
-    if isinstance(headers, Mapping):
-        pairs = list(headers.items())
-    elif isinstance(headers, list | tuple):
-        pairs = list(headers)
-    else:
-        raise TypeError(
-            "headers must be a mapping or a list of (name, value) pairs, "
-            f"not {type(headers).__name__}"
-        )
-    for pair in pairs:
-        if not isinstance(pair, tuple) or len(pair) != 2:
-            raise TypeError(f"each header must be a (name, value) pair, not {pair!r:.50}")
-        name, value = pair
-        if not isinstance(name, str):
-            raise TypeError(f"header names must be str, not {type(name).__name__} {name!r:.50}")
-        if value is not None and not isinstance(value, bytes | str):
-            raise TypeError(
-                f"header {name!r} must have a bytes, str or None value, not {type(value).__name__}"
-            )
-    return pairs
-
-
-#: What ``send_many`` takes: a value, or a ``(key, value)`` pair.
-BulkMessage: TypeAlias = bytes | str | tuple[bytes | str | None, bytes | str | None] | None
-
-
-def _bulk_item(topic: str, element: object) -> tuple[Item, int]:
-    if isinstance(element, tuple):
-        if len(element) != 2:
-            raise TypeError(
-                f"send_many takes values or (key, value) pairs, not a {len(element)}-tuple"
-            )
-        key = _bytes_arg("key", element[0])
-        value = _bytes_arg("value", element[1])
-    else:
-        key = None
-        value = _bytes_arg("value", element)
-    size = (len(value) if value is not None else 0) + (len(key) if key is not None else 0)
-    return (topic, value, key, None, -1, 0, None), size
-
-
-_TOPIC_RE = re.compile(r"[a-zA-Z0-9._-]{1,249}")
-#: Topic names already checked (the check is a regex; the hot path is a set lookup).
-_valid_topics: set[str] = set()
-_VALID_TOPICS_MAX = 10_000
-
-
-def _bad_topic(topic: object) -> TypeError | ValueError:
-    if not isinstance(topic, str):
-        return TypeError(f"topic must be a non-empty str, not {type(topic).__name__} {topic!r:.50}")
-    if not topic:
-        return ValueError(f"topic must be a non-empty str, not {topic!r}")
-    return ValueError(
-        f"topic {topic!r:.80} is not a valid Kafka topic name: use 1 to 249 of "
-        "the characters a-z A-Z 0-9 . _ - (and not '.' or '..')"
-    )
-
-
-def _check_topic(topic: object) -> None:
-    """Raise unless ``topic`` is a legal Kafka topic name; remember the good ones."""
-    if type(topic) is str and topic in _valid_topics:
-        return
-    if type(topic) is not str or topic in (".", "..") or not _TOPIC_RE.fullmatch(topic):
-        raise _bad_topic(topic)
-    if len(_valid_topics) < _VALID_TOPICS_MAX:
-        _valid_topics.add(topic)
-
-
-def _item(
-    topic: str,
-    value: object,
-    key: object,
-    headers: object,
-    partition: int | None,
-    timestamp: int | None,
-    event: trio.Event | None,
-) -> tuple[Item, int]:
-    """Validate one message and build its queue item and size. Raises before accepting."""
-    _check_topic(topic)
-    if type(value) is not bytes:
-        value = _bytes_arg("value", value)
-    if key is not None and type(key) is not bytes:
-        key = _bytes_arg("key", key)
-    size = (len(value) if value is not None else 0) + (len(key) if key is not None else 0)
-    if partition is None:
-        part = -1
-    elif type(partition) is int and partition >= 0:
-        part = partition
-    else:
-        raise TypeError(f"partition must be an int >= 0 or None, not {partition!r}")
-    if timestamp is None:
-        ts = 0
-    elif type(timestamp) is int and timestamp > 0:
-        ts = timestamp
-    else:
-        raise TypeError(
-            "timestamp must be an int of milliseconds since the epoch > 0 or None, "
-            f"not {timestamp!r}"
-        )
-    tracked = None
-    if headers is not None:
-        headers = _check_headers(headers)
-        tracked = Tracked(headers, event)
-    elif event is not None:
-        tracked = Tracked(None, event)
-    return (topic, value, key, headers, part, ts, tracked), size
-
-
 class Producer:
     """The handle yielded by :func:`open_producer`. Do not create it yourself.
 
     Checkpoints: :meth:`send`, :meth:`send_many`, :meth:`send_and_wait`,
     :meth:`flush` and entering/leaving :meth:`transaction` always are;
-    :meth:`send_nowait` and :meth:`statistics` never block.
+    :meth:`send_nowait`, :meth:`abort` and :meth:`statistics` never block.
+
+    The sending methods are protected from ``KeyboardInterrupt`` between accepting a
+    message and returning: a Ctrl-C is delivered at their checkpoints, where "it
+    raised" still means "not accepted".
     """
 
     def __init__(
-        self, channel: BatchChannel, tracker: DeliveryTracker, close_timeout: float = 30.0
+        self,
+        channel: BatchChannel,
+        tracker: DeliveryTracker,
+        state: _State,
+        transaction_timeout: float = 30.0,
     ) -> None:
         self._channel = channel
         self._tracker = tracker
-        self._close_timeout = close_timeout
+        self._state = state
+        self._transaction_timeout = transaction_timeout
         self._in_transaction = False
         #: One :class:`DeliveryError` per accepted message that was not delivered, set
-        #: when the block is left with an exception of its own (which won over the
-        #: :class:`UndeliveredMessagesError`).
+        #: when the block is left with an exception that is not the producer's own
+        #: (the body's exception, or ``KeyboardInterrupt``), which won over the
+        #: :class:`UndeliveredMessagesError`.
         self.undelivered: tuple[DeliveryError, ...] = ()
 
+    @enable_ki_protection
     async def send(
         self,
         topic: str,
@@ -216,19 +112,23 @@ class Producer:
 
         Always a checkpoint. If it returns, the message was accepted: it will be
         delivered, or handed back in an exception when the producer closes. If it
-        raises (``Cancelled`` included), the message was not accepted.
+        raises (``Cancelled`` and ``KeyboardInterrupt`` included), the message was not
+        accepted.
 
         Args:
             topic: The topic.
             value: The payload; ``str`` is encoded as UTF-8; ``None`` is a tombstone.
             key: The key; ``str`` is encoded as UTF-8.
-            headers: A mapping or a list of ``(name, value)`` pairs.
+            headers: A mapping or a list of ``(name, value)`` pairs; ``str`` values are
+                encoded as UTF-8 here, at the call.
             partition: An explicit partition, or ``None`` for the partitioner.
             timestamp: Milliseconds since the epoch, or ``None`` for now.
 
         Raises:
             ProducerClosedError: The producer no longer accepts messages.
             TypeError: An argument has a type that is not allowed (nothing accepted).
+            ValueError: A bad topic name, or a ``str`` that cannot be encoded as UTF-8
+                (nothing accepted).
         """
         if (
             type(value) is bytes
@@ -236,15 +136,16 @@ class Producer:
             and partition is None
             and timestamp is None
             and type(topic) is str
-            and topic in _valid_topics
+            and topic in valid_topics
             and (key is None or type(key) is bytes)
         ):
             item: Item = (topic, value, key, None, -1, 0, None)
             size = len(value) + len(key) if key is not None else len(value)
         else:
-            item, size = _item(topic, value, key, headers, partition, timestamp, None)
+            item, size = make_item(topic, value, key, headers, partition, timestamp, None)
         await self._channel.send(item, size)
 
+    @enable_ki_protection
     def send_nowait(
         self,
         topic: str,
@@ -261,6 +162,7 @@ class Producer:
             trio.WouldBlock: ``queue_capacity`` messages are waiting; nothing accepted.
             ProducerClosedError: The producer no longer accepts messages.
             TypeError: An argument has a type that is not allowed (nothing accepted).
+            ValueError: A bad topic name or an unencodable ``str`` (nothing accepted).
         """
         if (
             type(value) is bytes
@@ -268,15 +170,16 @@ class Producer:
             and partition is None
             and timestamp is None
             and type(topic) is str
-            and topic in _valid_topics
+            and topic in valid_topics
             and (key is None or type(key) is bytes)
         ):
             size = len(value) + len(key) if key is not None else len(value)
             self._channel.send_nowait((topic, value, key, None, -1, 0, None), size)
             return
-        item, size = _item(topic, value, key, headers, partition, timestamp, None)
+        item, size = make_item(topic, value, key, headers, partition, timestamp, None)
         self._channel.send_nowait(item, size)
 
+    @enable_ki_protection
     async def send_many(self, topic: str, messages: Iterable[BulkMessage]) -> int:
         """Accept many messages for one topic with one checkpoint: the fast bulk path.
 
@@ -295,7 +198,7 @@ class Producer:
             ProducerClosedError: The producer no longer accepts messages.
             TypeError: An element has a type that is not allowed.
         """
-        _check_topic(topic)
+        check_topic(topic)
         await trio.lowlevel.checkpoint_if_cancelled()
         channel = self._channel
         batch = channel.batch
@@ -303,10 +206,11 @@ class Producer:
         accepted = 0
         while True:
             if channel.closed:
-                raise ProducerClosedError(channel.closed_reason)
+                raise channel.closed_error()
             room = batch.capacity - len(batch.items)
             if room <= 0:
                 await channel.wait_for_room()
+                await trio.lowlevel.checkpoint_if_cancelled()
                 continue
             items = batch.items
             before = len(items)
@@ -319,7 +223,7 @@ class Producer:
                         items.append((topic, element, None, None, -1, 0, None))
                         nbytes += len(element)
                     else:
-                        item, size = _bulk_item(topic, element)
+                        item, size = bulk_item(topic, element)
                         items.append(item)
                         nbytes += size
             finally:
@@ -331,6 +235,7 @@ class Producer:
         await trio.lowlevel.cancel_shielded_checkpoint()
         return accepted
 
+    @enable_ki_protection
     async def send_and_wait(
         self,
         topic: str,
@@ -351,59 +256,90 @@ class Producer:
             ProducerClosedError: The producer no longer accepts messages.
             TypeError: An argument has a type that is not allowed (nothing accepted).
 
-        If cancelled after the message was accepted, the message is still delivered
-        (or handed back at close), like a fire-and-forget one.
+        If cancelled (or interrupted) after the message was accepted, the message is
+        still delivered, or handed back like a fire-and-forget one: to
+        ``on_delivery_error``, or in the exception leaving ``open_producer``.
         """
         event = trio.Event()
-        item, size = _item(topic, value, key, headers, partition, timestamp, event)
+        item, size = make_item(topic, value, key, headers, partition, timestamp, event)
         await self._channel.send(item, size)
         tracked: Tracked = item[6]
         try:
-            await event.wait()
-        except BaseException:
+            # Not event.wait(): when the report is already here, its extra checkpoint
+            # could raise Cancelled with the outcome in hand (and nobody to give it to).
             if not event.is_set():
+                await event.wait()
+        except BaseException as exc:
+            if not event.is_set():
+                # No report yet: the delivery task routes it when it comes.
                 tracked.abandoned = True
+            elif tracked.err is not None:
+                # The report came while this task was being cancelled: the delivery
+                # task left it to us, so we pass it on.
+                failure = safe_failure(tracked.err, tracked.msg, tracked)
+                if not self._state.adopt_failure(failure):
+                    raise failure from exc  # the producer has ended: we are the last owner
             raise
         if tracked.err is not None:
-            raise failure_from_report(tracked.err, tracked.msg, tracked)
+            raise safe_failure(tracked.err, tracked.msg, tracked)
         return metadata_from_report(tracked.msg)
 
+    @enable_ki_protection
     async def flush(self) -> None:
         """Wait until every message accepted before this call has a delivery report.
 
         Hands the pending batch to librdkafka at once (trigger ``"flush"``). Failed
         deliveries are routed as usual (``on_delivery_error`` or the producer fails).
+        Always a checkpoint, even when nothing is pending.
 
         Raises:
-            ProducerClosedError: The producer is closed.
+            ProducerClosedError: The producer is closed, or it closed before every
+                message sent before this call was confirmed (those are handed back by
+                :func:`open_producer`).
         """
+        await trio.lowlevel.checkpoint_if_cancelled()
         channel = self._channel
         if channel.closed:
-            await trio.lowlevel.checkpoint()
-            raise ProducerClosedError(channel.closed_reason)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            raise channel.closed_error()
         target = channel.request_flush()
         await channel.wait_produced(target)
         await self._tracker.wait_for_earlier()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def abort(self, reason: str = "Producer.abort() was called") -> None:
+        """Close now: do not wait for what is still in flight (sync, idempotent).
+
+        New sends raise :class:`ProducerClosedError`; the body of the ``async with``
+        block is cancelled; the final drain is cut short (or skipped): messages that
+        were not delivered within about a second are purged and handed back in
+        :class:`UndeliveredMessagesError` (``reason`` is in its text). This is what a
+        second SIGINT/SIGTERM does through :func:`~trio_producer.cancel_on_signals`.
+        """
+        self._state.abort(reason)
 
     @asynccontextmanager
+    @enable_ki_protection
     async def transaction(self) -> AsyncIterator[None]:
         """A Kafka transaction around the block: commit when it succeeds, abort when it raises.
 
         Needs the librdkafka property ``transactional.id`` (``init_transactions`` then
         runs when the producer opens). Every message accepted while the block runs --
         from any task -- belongs to the transaction. On success, the pending messages
-        are flushed and the transaction committed; on an exception (cancellation
-        included) what was sent is flushed and the transaction aborted, shielded and
-        bounded by ``close_timeout``, and the exception propagates. Transactions do not
-        nest. Entering and leaving are checkpoints.
+        are flushed and the transaction committed. If the block raises, is cancelled or
+        interrupted -- or the commit step itself is (before librdkafka's commit call
+        starts) -- what was sent is flushed and the transaction aborted, shielded and
+        bounded by ``transaction_timeout`` (a Ctrl-C cuts the flush short but not the
+        abort); the exception that interrupted it propagates, with a note saying the
+        transaction was aborted. Either way the producer can run the next transaction.
+        Transactions do not nest. Entering and leaving are checkpoints.
 
         Raises:
             ConfigError: The producer has no ``transactional.id``.
             TransactionError: begin or commit failed (an abortable failure was aborted).
             ProducerClosedError: The producer is closed.
         """
-        tracker = self._tracker
-        client = tracker.client
+        client = self._tracker.client
         await trio.lowlevel.checkpoint()
         if not client.transactional:
             raise ConfigError(
@@ -413,38 +349,69 @@ class Producer:
         if self._in_transaction:
             raise TrioProducerError("a transaction is already open on this producer")
         if self._channel.closed:
-            raise ProducerClosedError(self._channel.closed_reason)
+            raise self._channel.closed_error()
         self._in_transaction = True
         try:
             client.begin_transaction()
             try:
                 yield
             except BaseException as exc:
-                with trio.move_on_after(self._close_timeout, shield=True):
-                    try:
-                        await self._settle_quietly()
-                        await tracker.run_exclusive(client.abort_transaction, self._close_timeout)
-                    except TrioProducerError as abort_error:
-                        # The block's exception (or the cancellation) is what the caller
-                        # must see; the failed abort is logged and noted on it.
-                        logger.error("aborting the transaction failed: %s", abort_error)
-                        exc.add_note(
-                            f"trio_producer: aborting the transaction failed: {abort_error}"
-                        )
-                raise
-            await self.flush()
+                raise await self._abort_transaction(exc) from None
             try:
-                await tracker.run_exclusive(client.commit_transaction, self._close_timeout)
+                await self.flush()
+                await self._tracker.run_exclusive(
+                    client.commit_transaction, self._transaction_timeout
+                )
             except TransactionError as exc:
                 if exc.abortable:
-                    with trio.move_on_after(self._close_timeout, shield=True):
-                        await tracker.run_exclusive(client.abort_transaction, self._close_timeout)
+                    raise await self._abort_transaction(exc) from None
                 raise
+            except BaseException as exc:
+                # Cancelled, interrupted or closed before librdkafka's commit started.
+                raise await self._abort_transaction(exc) from None
         finally:
             self._in_transaction = False
 
+    async def _abort_transaction(self, exc: BaseException) -> BaseException:
+        """Abort the open transaction after ``exc``: shielded, bounded, and not skipped by
+        a Ctrl-C. Returns what the caller must see: ``exc`` with a note saying how the
+        transaction ended, or a ``KeyboardInterrupt`` that arrived meanwhile."""
+        client = self._tracker.client
+        interrupt: KeyboardInterrupt | None = None
+        deadline = trio.current_time() + self._transaction_timeout
+        with trio.CancelScope(deadline=deadline, shield=True):
+            try:
+                # Deliver what was sent, so that the abort purges nothing we would
+                # have to hand back.
+                await self._settle_quietly()
+            except KeyboardInterrupt as ki:
+                interrupt = ki  # stop waiting, but still abort
+            except TrioProducerError:
+                pass  # the producer is closing: the abort purges what is left
+        outcome = "aborted"
+        while True:
+            try:
+                with trio.CancelScope(deadline=deadline + _STOP_GRACE, shield=True) as scope:
+                    remaining = max(0.1, deadline - trio.current_time())
+                    await self._tracker.run_exclusive(client.abort_transaction, remaining)
+                if scope.cancelled_caught:
+                    outcome = "left open: the abort did not finish within transaction_timeout"
+                break
+            except KeyboardInterrupt as ki:
+                interrupt = interrupt or ki  # the abort must still run
+            except TrioProducerError as abort_error:
+                outcome = f"not aborted: aborting failed: {abort_error}"
+                logger.error("aborting the transaction failed: %s", abort_error)
+                break
+        note = f"trio_producer: the transaction was {outcome}"
+        if interrupt is not None:
+            interrupt.add_note(note)
+            interrupt.__context__ = exc
+            return interrupt
+        exc.add_note(note)
+        return exc
+
     async def _settle_quietly(self) -> None:
-        """Deliver what was sent (so that an abort purges nothing we would hand back)."""
         channel = self._channel
         await channel.wait_produced(channel.request_flush())
         await self._tracker.wait_for_earlier()
@@ -463,16 +430,22 @@ class Producer:
 
 
 @attrs.define(eq=False)
-class _Shutdown:
-    """What happened while the producer was open: decides what leaves the block."""
+class _State:
+    """What happens to the producer as a whole: failures, fatal errors, abort."""
 
     on_delivery_error: Callable[[DeliveryError], object] | None
+    channel: BatchChannel
     failures: list[DeliveryError] = attrs.Factory(list)
-    failed_by: TrioProducerError | None = None
+    failed_by: DeliveryError | None = None
     fatal: KafkaErrorInfo | None = None
+    aborted: str | None = None
     body_scope: trio.CancelScope | None = None
-    channel: BatchChannel | None = None
+    #: The drain's wait, cancelled by ``abort`` to cut it short.
+    drain_scope: trio.CancelScope | None = None
+    #: The tasks have stopped: failures are collected for the exit, not routed.
     closed: bool = False
+    #: The exit has been decided: nobody can take a failure any more.
+    finished: bool = False
 
     def route_failure(self, failure: DeliveryError) -> None:
         if self.closed:
@@ -483,7 +456,13 @@ class _Shutdown:
         hook = self.on_delivery_error
         if hook is not None and self.fatal is None:
             try:
-                hook(failure)
+                result = hook(failure)
+                if inspect.isawaitable(result):
+                    _discard(result)
+                    raise TypeError(
+                        "on_delivery_error returned an awaitable: it must be a plain "
+                        "(sync) function; it is called on the Trio thread and must not block"
+                    )
             except Exception as exc:
                 logger.exception("on_delivery_error raised; the producer fails")
                 self.failures.append(failure)
@@ -494,20 +473,57 @@ class _Shutdown:
             logger.error("delivery failed, the producer fails: %s", failure)
             self._fail(failure, f"a delivery failed: {failure}")
 
+    def adopt_failure(self, failure: DeliveryError) -> bool:
+        """Take a failure a cancelled ``send_and_wait`` could not raise; False if too late."""
+        if self.finished:
+            return False
+        self.route_failure(failure)
+        return True
+
     def on_fatal(self, error: KafkaErrorInfo) -> None:
         self.fatal = error
         self._fail(None, f"fatal Kafka error: {error}")
 
+    def abort(self, reason: str) -> None:
+        if self.aborted is None:
+            self.aborted = reason
+            logger.warning("the producer is aborted: %s", reason)
+        self._fail(None, f"aborted: {reason}")
+        if self.drain_scope is not None:
+            self.drain_scope.cancel(reason=f"trio_producer: aborted: {reason}")
+
     def _fail(self, failure: DeliveryError | None, reason: str) -> None:
         if self.failed_by is None and failure is not None:
             self.failed_by = failure
-        if self.channel is not None:
-            self.channel.close(f"the producer failed: {reason}")
+        self.channel.close(f"the producer failed: {reason}", failed=True)
         if self.body_scope is not None:
             self.body_scope.cancel(reason=f"trio_producer: {reason}")
 
 
+def _discard(awaitable: Awaitable[object]) -> None:
+    close = getattr(awaitable, "close", None)
+    if close is not None:
+        close()  # no "coroutine was never awaited" warning on top of our error
+
+
+def _check_hook(hook: object) -> Callable[[DeliveryError], object] | None:
+    if hook is None:
+        return None
+    if not callable(hook):
+        raise TypeError(f"on_delivery_error must be a callable or None, not {hook!r:.80}")
+    call = getattr(hook, "__call__", None)  # noqa: B004 - an async __call__ counts too
+    if inspect.iscoroutinefunction(hook) or inspect.iscoroutinefunction(call):
+        raise TypeError(
+            f"on_delivery_error must be a plain (sync) function, not the async function "
+            f"{hook!r:.80}: it is called on the Trio thread for each failed delivery and "
+            "must not block; to do async work, hand the failure to a task, e.g. with "
+            "a memory channel's send_nowait"
+        )
+    return hook
+
+
 @asynccontextmanager
+@enable_ki_protection
 async def open_producer(
     config: ProducerConfig | None = None,
     /,
@@ -530,158 +546,230 @@ async def open_producer(
     exception wins; the undelivered messages are then attached to it as a note, logged
     at ERROR and kept in :attr:`Producer.undelivered`.
 
+    A ``KeyboardInterrupt`` while the drain waits (a second Ctrl-C), or
+    :meth:`Producer.abort`, cuts the wait short: messages already sent get about a
+    second to be confirmed, the rest is purged and handed back. ``KeyboardInterrupt``
+    always leaves as itself, never wrapped in a group.
+
+    Entering is a checkpoint (inside a cancelled scope it raises ``Cancelled`` at
+    once); so is leaving.
+
     Args:
         config: The configuration.
         on_delivery_error: Called (on the Trio thread, must not block) with each failed
-            fire-and-forget delivery. Without it, the first failure fails the
+            fire-and-forget delivery. Must be a plain function (an ``async def`` is
+            refused with ``TypeError``). Without it, the first failure fails the
             producer: the block is cancelled and leaves with :class:`DeliveryError`
             (or :class:`UndeliveredMessagesError` when several messages failed).
         **fields: :class:`ProducerConfig` fields, instead of ``config``.
 
     Raises:
         ConfigError: A bad field, or a property librdkafka rejects (before any task starts).
+        TypeError: ``on_delivery_error`` is not a plain callable.
         UndeliveredMessagesError: Accepted messages were not delivered.
         DeliveryError: A fire-and-forget delivery failed and no hook was given.
         KafkaFatalError: librdkafka reported a fatal error.
     """
     cfg = make_config(config, fields)
+    hook = _check_hook(on_delivery_error)
+    await trio.lowlevel.checkpoint_if_cancelled()
     client = KafkaClient(cfg.librdkafka_config())
     try:
-        state = _Shutdown(on_delivery_error)
         channel = BatchChannel(
             Batch(cfg.batch_max_messages, cfg.batch_max_bytes, cfg.queue_capacity), cfg.linger
         )
-        state.channel = channel
+        state = _State(hook, channel)
         tracker = DeliveryTracker(client, state.route_failure, state.on_fatal)
-        producer = Producer(channel, tracker, cfg.close_timeout)
+        producer = Producer(channel, tracker, state, cfg.transaction_timeout)
         if client.transactional:
             # Blocking and not cancellable: bounded by its own timeout.
-            await trio.to_thread.run_sync(client.init_transactions, cfg.close_timeout)
-        body_exc: BaseException | None = None
-        internal: BaseException | None = None
+            await trio.to_thread.run_sync(client.init_transactions, cfg.transaction_timeout)
+        _signals.register(producer)
         try:
-            async with trio.open_nursery() as nursery:
-                # The background tasks are shielded from the block's cancellation: they stop
-                # when the shutdown below cancels their scopes, and not before.
-                worker_scope = trio.CancelScope(shield=True)
-                delivery_scope = trio.CancelScope(shield=True)
-                worker_done = trio.Event()
-                delivery_done = trio.Event()
-                await nursery.start(_in_scope, delivery_scope, delivery_done, tracker.run)
-                await nursery.start(
-                    _in_scope, worker_scope, worker_done, partial(run_worker, channel, tracker)
-                )
-                with trio.CancelScope() as body_scope:
-                    state.body_scope = body_scope
-                    try:
-                        yield producer
-                    except BaseException as exc:
-                        body_exc = exc
-                state.body_scope = None
-                if (
-                    isinstance(body_exc, trio.Cancelled)
-                    and body_scope.cancel_called
-                    and (state.failed_by is not None or state.fatal is not None)
-                ):
-                    body_exc = None  # we cancelled the block because the producer failed
-                # 1. Close the send side (sync): new sends raise ProducerClosedError.
-                channel.close()
-                deadline = trio.current_time() + cfg.close_timeout
-                with trio.CancelScope(deadline=deadline + _STOP_GRACE, shield=True):
-                    # 2-3. The worker drains (the channel's end, not a flag, ends its loop);
-                    # then every delivery report, bounded by close_timeout.
-                    with trio.move_on_at(deadline):
-                        await worker_done.wait()
-                        await tracker.wait_settled()
-                    # 4. Stop the tasks and let them finish (within one poll timeout).
-                    worker_scope.cancel(reason="trio_producer: producer closed")
-                    delivery_scope.cancel(reason="trio_producer: producer closed")
-                    await worker_done.wait()
-                    await delivery_done.wait()
-        except BaseException as exc:  # a bug in a background task, or KeyboardInterrupt
-            internal = exc
-        # 5. Only now, with no task left that uses it: purge, collect, close.
-        state.closed = True
-        client.purge()
-        client.serve_remaining_reports(time.monotonic() + _STOP_GRACE)
-        tracker.process()
-        for item in channel.unsent():
-            state.failures.append(failure_from_report(NOT_PRODUCED, item, item[6]))
-        if internal is not None:
-            _raise_internal(state, producer, internal)
-        _raise_outcome(state, producer, body_exc, tracker.in_flight)
+            async with _running(producer, state, channel, tracker, cfg) as ending:
+                yield producer
+            raise_ = _finish(ending(), state, producer)
+        finally:
+            state.finished = True
+            _signals.unregister(producer)
+        if raise_ is not None:
+            raise raise_
     finally:
         client.close()
 
 
-async def _in_scope(
+@asynccontextmanager
+@enable_ki_protection
+async def _running(
+    producer: Producer,
+    state: _State,
+    channel: BatchChannel,
+    tracker: DeliveryTracker,
+    cfg: ProducerConfig,
+) -> AsyncIterator[Callable[[], Ending]]:
+    """Run the background tasks around the body; on the way out, drain, stop, collect.
+
+    Yields a function that, once this context has exited, describes how it ended. This
+    context never raises: everything (the body's exception included) goes into the
+    :class:`Ending`, and :func:`decide` makes the one decision.
+    """
+    body_exc: BaseException | None = None
+    interrupt: KeyboardInterrupt | None = None
+    internal: BaseException | None = None
+    ending: Ending | None = None
+
+    def get_ending() -> Ending:
+        assert ending is not None
+        return ending
+
+    try:
+        async with trio.open_nursery() as nursery:
+            # The background tasks are shielded from the block's cancellation: they stop
+            # when the shutdown cancels their scopes -- in ``finally``, so that nothing
+            # (KeyboardInterrupt included) can skip that and leave the nursery waiting.
+            worker_scope = trio.CancelScope(shield=True)
+            delivery_scope = trio.CancelScope(shield=True)
+            worker_done = trio.Event()
+            nursery.start_soon(_background, delivery_scope, None, tracker.run, state)
+            nursery.start_soon(
+                _background, worker_scope, worker_done, partial(run_worker, channel, tracker), state
+            )
+            try:
+                body_scope = trio.CancelScope()
+                state.body_scope = body_scope
+                try:
+                    # The scope absorbs the producer's own cancellation of the body, also
+                    # from inside groups (a nursery in the block); the rest is the body's.
+                    with body_scope:
+                        yield get_ending
+                except BaseException as exc:
+                    body_exc = exc
+                finally:
+                    state.body_scope = None
+                interrupt = await _drain(state, channel, tracker, worker_done, worker_scope, cfg)
+            finally:
+                worker_scope.cancel(reason="trio_producer: producer closed")
+                delivery_scope.cancel(reason="trio_producer: producer closed")
+    except BaseException as exc:  # a bug in a background task, or KeyboardInterrupt
+        internal = exc
+    # Only now, with no task left that uses the client: purge, collect.
+    state.closed = True
+    tracker.stopping = True
+    client = tracker.client
+    client.purge()
+    client.serve_remaining_reports(time.monotonic() + _STOP_GRACE)
+    tracker.process()
+    for item in channel.unsent():
+        _hand_back_unsent(item, state)
+    channel.stop()
+    tracker.stop()
+    ending = Ending(
+        body=body_exc,
+        interrupt=interrupt,
+        internal=internal,
+        failures=tuple(state.failures),
+        failed_by=state.failed_by,
+        fatal=state.fatal,
+        unknown=tracker.in_flight,
+        cut_short=state.aborted,
+    )
+
+
+async def _drain(
+    state: _State,
+    channel: BatchChannel,
+    tracker: DeliveryTracker,
+    worker_done: trio.Event,
+    worker_scope: trio.CancelScope,
+    cfg: ProducerConfig,
+) -> KeyboardInterrupt | None:
+    """Steps 1-3 of the shutdown: close, let the worker drain, wait for the reports.
+
+    Bounded by ``close_timeout`` and shielded. A ``KeyboardInterrupt`` here (or
+    ``Producer.abort``) cuts it short; the interrupt is returned, to leave the block.
+    """
+    # 1. Close the send side (sync): new sends raise ProducerClosedError.
+    channel.close()
+    deadline = trio.current_time() + cfg.close_timeout
+    interrupt: KeyboardInterrupt | None = None
+    try:
+        # 2-3. The worker drains (the channel's end, not a flag, ends its loop); then
+        # every delivery report, bounded by close_timeout.
+        with trio.CancelScope(deadline=deadline, shield=True) as drain_scope:
+            state.drain_scope = drain_scope
+            if state.aborted is not None:
+                drain_scope.cancel()
+            await worker_done.wait()
+            await tracker.wait_settled()
+    except KeyboardInterrupt as ki:
+        interrupt = ki
+    finally:
+        state.drain_scope = None
+    if interrupt is None and state.aborted is None:
+        return None
+    # Cut short: nothing more goes to librdkafka; what is queued there is purged now;
+    # what is already at the broker gets CUT_SHORT_GRACE to be confirmed.
+    worker_scope.cancel(reason="trio_producer: the drain was cut short")
+    try:
+        with trio.CancelScope(deadline=trio.current_time() + CUT_SHORT_GRACE, shield=True):
+            await worker_done.wait()
+            tracker.client.purge(in_flight=False)
+            await tracker.wait_settled()
+    except KeyboardInterrupt as ki:
+        interrupt = interrupt or ki  # another Ctrl-C: stop waiting at all
+    return interrupt
+
+
+def _hand_back_unsent(item: Item, state: _State) -> None:
+    """A message accepted but never handed to librdkafka: to its waiter, or the exit."""
+    tracked: Tracked | None = item[6]
+    if tracked is not None and tracked.event is not None and not tracked.abandoned:
+        tracked.err = NOT_PRODUCED
+        tracked.msg = item
+        tracked.event.set()  # its send_and_wait caller (in another task) raises it
+        return
+    state.failures.append(safe_failure(NOT_PRODUCED, item, tracked))
+
+
+@enable_ki_protection
+async def _background(
     scope: trio.CancelScope,
-    done: trio.Event,
-    fn: Callable[..., Any],
-    *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    done: trio.Event | None,
+    fn: Callable[[], Awaitable[object]],
+    state: _State,
 ) -> None:
     try:
         with scope:
-            await fn(task_status=task_status)
+            await fn()
+    except Exception:
+        # A bug: stop waiting for this task's work; the nursery raises it.
+        state.abort("internal error in a background task")
+        raise
     finally:
-        done.set()
+        if done is not None:
+            done.set()
 
 
-def _raise_internal(state: _Shutdown, producer: Producer, exc: BaseException) -> None:
-    if state.failures:
-        producer.undelivered = tuple(state.failures)
-        exc.add_note(
-            f"trio_producer: {len(state.failures)} accepted message(s) were not delivered; "
-            "they are in Producer.undelivered"
+def _finish(ending: Ending, state: _State, producer: Producer) -> BaseException | None:
+    verdict = decide(ending)
+    if ending.unknown:
+        logger.error(
+            "%d message(s) have an unknown delivery status after the purge", ending.unknown
         )
-    if isinstance(exc, KeyboardInterrupt | trio.Cancelled):
-        raise exc
-    error = UndeliveredMessagesError(
-        state.failures, "internal error in trio_producer, please report it"
-    )
-    raise error from exc
-
-
-def _raise_outcome(
-    state: _Shutdown, producer: Producer, body_exc: BaseException | None, unknown: int
-) -> None:
-    failures: Sequence[DeliveryError] = state.failures
-    if unknown:
-        logger.error("%d message(s) have an unknown delivery status after the purge", unknown)
-    error: TrioProducerError | None = None
-    if state.fatal is not None:
-        error = KafkaFatalError(state.fatal, failures)
-    elif len(failures) == 1 and state.failed_by is failures[0] and not unknown:
-        error = failures[0]
-    elif failures or unknown:
-        # librdkafka normally reports every purged message at once; if some never came
-        # back, their content is gone, but their number is still raised, not only logged.
-        reason = f"and {unknown} more with no delivery report after the purge" if unknown else ""
-        error = UndeliveredMessagesError(failures, reason)
-        if state.failed_by is not None:
-            error.__cause__ = state.failed_by
-    if body_exc is None or isinstance(body_exc, trio.Cancelled):
-        if error is not None:
-            raise error
-        if body_exc is not None:
-            raise body_exc
-        return
-    # The block's own exception wins; what was not delivered is never hidden.
-    if unknown:
-        body_exc.add_note(
-            f"trio_producer: {unknown} accepted message(s) got no delivery report after the purge"
+    if verdict.undelivered:
+        producer.undelivered = verdict.undelivered
+    exc = verdict.raise_
+    if exc is not None:
+        for note in verdict.notes:
+            exc.add_note(note)
+    if verdict.internal_bug is not None:
+        logger.error(
+            "internal error in trio_producer, please report it", exc_info=verdict.internal_bug
         )
-    if failures:
-        producer.undelivered = tuple(failures)
-        body_exc.add_note(
-            f"trio_producer: {len(failures)} accepted message(s) were not delivered; "
-            "they are in Producer.undelivered"
-        )
+    if verdict.log_error:
         logger.error(
             "%d accepted message(s) were not delivered (the block raised %r)",
-            len(failures),
-            body_exc,
-            exc_info=error,
+            len(verdict.undelivered),
+            exc,
         )
-    raise body_exc
+    return exc

@@ -48,6 +48,10 @@ class BatchChannel:
         self.linger = linger
         self.closed = False
         self.closed_reason = "the producer is closed"
+        #: The channel was closed because the producer failed (see ProducerClosedError).
+        self.closed_by_failure = False
+        #: The worker has stopped for good: waiters for progress are released.
+        self.stopped = False
         self._worker_lot = trio.lowlevel.ParkingLot()
         self._space_lot = trio.lowlevel.ParkingLot()
         self._progress_lot = trio.lowlevel.ParkingLot()
@@ -73,7 +77,7 @@ class BatchChannel:
             trio.WouldBlock: ``capacity`` messages are already pending.
         """
         if self.closed:
-            raise ProducerClosedError(self.closed_reason)
+            raise self.closed_error()
         batch = self.batch
         items = batch.items
         if len(items) >= batch.capacity:
@@ -105,17 +109,35 @@ class BatchChannel:
                 self.send_nowait(item, size)
             except trio.WouldBlock:
                 await self.wait_for_room()
+                # Woken by the worker or by close(): if the caller was cancelled
+                # meanwhile (the producer failed and cancelled the block), that
+                # cancellation -- not a secondary ProducerClosedError -- is the answer.
+                await trio.lowlevel.checkpoint_if_cancelled()
             else:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return
 
-    def close(self, reason: str | None = None) -> None:
-        """Stop accepting messages (sync, idempotent). Pending ones are still handed out."""
-        if reason is not None and not self.closed:
-            self.closed_reason = reason
+    def close(self, reason: str | None = None, *, failed: bool = False) -> None:
+        """Stop accepting messages (sync, idempotent). Pending ones are still handed out.
+
+        ``failed``: the producer is closing because it failed; sends refused from now
+        on say so (``ProducerClosedError.producer_failed``).
+        """
+        if not self.closed:
+            if reason is not None:
+                self.closed_reason = reason
+            self.closed_by_failure = failed
         self.closed = True
         self._worker_lot.unpark_all()
         self._space_lot.unpark_all()
+
+    def closed_error(self) -> ProducerClosedError:
+        return ProducerClosedError(self.closed_reason, producer_failed=self.closed_by_failure)
+
+    def stop(self) -> None:
+        """The worker is gone for good: release everyone waiting for its progress."""
+        self.stopped = True
+        self._progress_lot.unpark_all()
 
     def request_flush(self) -> int:
         """Ask the worker to hand on what is pending now; return the accepted count."""
@@ -125,8 +147,14 @@ class BatchChannel:
         return self.batch.accepted
 
     async def wait_produced(self, target: int) -> None:
-        """Return once the worker has handed ``target`` messages to the sink."""
+        """Return once the worker has handed ``target`` messages to the sink.
+
+        Raises:
+            ProducerClosedError: The worker stopped before it got that far.
+        """
         while self.produced < target:
+            if self.stopped:
+                raise self.closed_error()
             await self._progress_lot.park()
 
     def _wake_worker(self) -> None:
@@ -179,6 +207,7 @@ class BatchChannel:
         return rest + self.batch.items
 
 
+@trio.lowlevel.enable_ki_protection
 async def run_worker(
     channel: BatchChannel,
     sink: Sink,
@@ -186,6 +215,9 @@ async def run_worker(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The receive loop: batch → sink, until the channel is closed and empty.
+
+    KeyboardInterrupt-protected: a Ctrl-C never lands between handing messages to the
+    sink and recording how far it got (it is delivered to the main task at a checkpoint).
 
     There is no "shutting down" flag here. The loop ends only when ``receive_batch``
     reports the end of the stream, which happens after the last accepted message has

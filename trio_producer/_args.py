@@ -1,0 +1,159 @@
+"""Argument coercion for the send methods: validate completely, then build the queue item.
+
+Everything here runs before a message is accepted, so a bad argument raises at the call
+and nothing is accepted. The hot path (``bytes`` value, known topic, no headers) is a few
+type checks and a set lookup, inlined in ``Producer.send``; the rest comes here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, TypeAlias
+
+from ._delivery import Tracked
+
+if TYPE_CHECKING:
+    import trio
+
+    from ._batch import Item
+
+
+def _utf8(what: str, value: str) -> bytes:
+    try:
+        return value.encode()
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{what} is a str that cannot be encoded as UTF-8 ({exc.reason} at index "
+            f"{exc.start}: {value[exc.start : exc.end]!r}); pass bytes, or a valid str"
+        ) from None
+
+
+def bytes_arg(name: str, value: object) -> bytes | None:
+    """The slow path of argument coercion: str is encoded, bytes-likes are copied."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return _utf8(name, value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    allowed = "bytes, bytearray, memoryview, str (encoded as UTF-8) or None"
+    raise TypeError(f"{name} must be {allowed}, not {type(value).__name__} {value!r:.50}")
+
+
+def check_headers(headers: object) -> list[tuple[str, bytes | None]]:
+    """Headers as ``(name, bytes-or-None)`` pairs, encoded here: a value that cannot be
+    encoded raises at the call, never later in a background task."""
+    if isinstance(headers, Mapping):
+        pairs = list(headers.items())
+    elif isinstance(headers, list | tuple):
+        pairs = list(headers)
+    else:
+        raise TypeError(
+            "headers must be a mapping or a list of (name, value) pairs, "
+            f"not {type(headers).__name__}"
+        )
+    out: list[tuple[str, bytes | None]] = []
+    for pair in pairs:
+        if not isinstance(pair, tuple) or len(pair) != 2:
+            raise TypeError(f"each header must be a (name, value) pair, not {pair!r:.50}")
+        name, value = pair
+        if not isinstance(name, str):
+            raise TypeError(f"header names must be str, not {type(name).__name__} {name!r:.50}")
+        _utf8(f"header name {name!r:.50}", name)
+        if isinstance(value, str):
+            value = _utf8(f"header {name!r:.50}", value)
+        elif isinstance(value, bytearray | memoryview):
+            value = bytes(value)
+        elif value is not None and not isinstance(value, bytes):
+            raise TypeError(
+                f"header {name!r} must have a bytes, str or None value, not {type(value).__name__}"
+            )
+        out.append((name, value))
+    return out
+
+
+#: What ``send_many`` takes: a value, or a ``(key, value)`` pair.
+BulkMessage: TypeAlias = bytes | str | tuple[bytes | str | None, bytes | str | None] | None
+
+
+def bulk_item(topic: str, element: object) -> tuple[Item, int]:
+    if isinstance(element, tuple):
+        if len(element) != 2:
+            raise TypeError(
+                f"send_many takes values or (key, value) pairs, not a {len(element)}-tuple"
+            )
+        key = bytes_arg("key", element[0])
+        value = bytes_arg("value", element[1])
+    else:
+        key = None
+        value = bytes_arg("value", element)
+    size = (len(value) if value is not None else 0) + (len(key) if key is not None else 0)
+    return (topic, value, key, None, -1, 0, None), size
+
+
+_TOPIC_RE = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+#: Topic names already checked (the check is a regex; the hot path is a set lookup).
+valid_topics: set[str] = set()
+_VALID_TOPICS_MAX = 10_000
+
+
+def bad_topic(topic: object) -> TypeError | ValueError:
+    if not isinstance(topic, str):
+        return TypeError(f"topic must be a non-empty str, not {type(topic).__name__} {topic!r:.50}")
+    if not topic:
+        return ValueError(f"topic must be a non-empty str, not {topic!r}")
+    return ValueError(
+        f"topic {topic!r:.80} is not a valid Kafka topic name: use 1 to 249 of "
+        "the characters a-z A-Z 0-9 . _ - (and not '.' or '..')"
+    )
+
+
+def check_topic(topic: object) -> None:
+    """Raise unless ``topic`` is a legal Kafka topic name; remember the good ones."""
+    if type(topic) is str and topic in valid_topics:
+        return
+    if type(topic) is not str or topic in (".", "..") or not _TOPIC_RE.fullmatch(topic):
+        raise bad_topic(topic)
+    if len(valid_topics) < _VALID_TOPICS_MAX:
+        valid_topics.add(topic)
+
+
+def make_item(
+    topic: str,
+    value: object,
+    key: object,
+    headers: object,
+    partition: int | None,
+    timestamp: int | None,
+    event: trio.Event | None,
+) -> tuple[Item, int]:
+    """Validate one message and build its queue item and size. Raises before accepting."""
+    check_topic(topic)
+    if type(value) is not bytes:
+        value = bytes_arg("value", value)
+    if key is not None and type(key) is not bytes:
+        key = bytes_arg("key", key)
+    size = (len(value) if value is not None else 0) + (len(key) if key is not None else 0)
+    if partition is None:
+        part = -1
+    elif type(partition) is int and partition >= 0:
+        part = partition
+    else:
+        raise TypeError(f"partition must be an int >= 0 or None, not {partition!r}")
+    if timestamp is None:
+        ts = 0
+    elif type(timestamp) is int and timestamp > 0:
+        ts = timestamp
+    else:
+        raise TypeError(
+            "timestamp must be an int of milliseconds since the epoch > 0 or None, "
+            f"not {timestamp!r}"
+        )
+    tracked = None
+    if headers is not None:
+        headers = check_headers(headers)
+        tracked = Tracked(headers, event)
+    elif event is not None:
+        tracked = Tracked(None, event)
+    return (topic, value, key, headers, part, ts, tracked), size
