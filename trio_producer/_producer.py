@@ -708,7 +708,9 @@ async def _drain(
     if interrupt is None and state.aborted is None:
         return None
     # Cut short: nothing more goes to librdkafka; what is queued there is purged now;
-    # what is already at the broker gets CUT_SHORT_GRACE to be confirmed.
+    # what is already at the broker gets CUT_SHORT_GRACE to be confirmed. Failures from
+    # now on (the purged messages) are handed back at the exit, not to the hook.
+    state.closed = True
     worker_scope.cancel(reason="trio_producer: the drain was cut short")
     try:
         with trio.CancelScope(deadline=trio.current_time() + CUT_SHORT_GRACE, shield=True):
