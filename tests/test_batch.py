@@ -6,21 +6,28 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trio_producer._batch import Batch, Item
+from trio_producer._batch import Batch, Pending
 
 
-def item(i: int) -> Item:
-    return ("t", str(i).encode(), None, None, -1, 0, None)
+def item(i: int) -> Pending:
+    return {"topic": "t", "value": str(i).encode()}
+
+
+def lingering(max_messages: int, max_bytes: int, capacity: int) -> Batch:
+    """A batch whose receiver lingers: append says when a size trigger fires."""
+    batch = Batch(max_messages, max_bytes, capacity)
+    batch.want_trigger()
+    return batch
 
 
 def test_count_trigger_fires_at_max_messages() -> None:
-    batch = Batch(max_messages=3, max_bytes=10**9, capacity=10)
+    batch = lingering(max_messages=3, max_bytes=10**9, capacity=10)
     assert [batch.append(item(i), 1) for i in range(3)] == [False, False, True]
     assert batch.trigger() == "messages"
 
 
 def test_bytes_trigger_fires_at_max_bytes() -> None:
-    batch = Batch(max_messages=100, max_bytes=10, capacity=100)
+    batch = lingering(max_messages=100, max_bytes=10, capacity=100)
     assert batch.append(item(0), 4) is False
     assert batch.append(item(1), 5) is False
     assert batch.append(item(2), 1) is True
@@ -28,7 +35,7 @@ def test_bytes_trigger_fires_at_max_bytes() -> None:
 
 
 def test_full_queue_is_a_count_trigger_when_capacity_is_smaller() -> None:
-    batch = Batch(max_messages=100, max_bytes=10**9, capacity=2)
+    batch = lingering(max_messages=100, max_bytes=10**9, capacity=2)
     assert batch.count_trigger == 2
     batch.append(item(0), 1)
     assert batch.append(item(1), 1) is True
@@ -43,7 +50,7 @@ def test_take_hands_out_everything_in_order_and_resets() -> None:
         batch.append(item(i), 3)
     assert batch.nbytes == 15
     taken = batch.take()
-    assert [m[1] for m in taken] == [b"0", b"1", b"2", b"3", b"4"]
+    assert [m["value"] for m in taken] == [b"0", b"1", b"2", b"3", b"4"]
     assert (len(batch), batch.nbytes, batch.taken, batch.accepted) == (0, 0, 5, 5)
     assert batch.trigger() is None
 
@@ -52,10 +59,10 @@ def test_take_cuts_at_max_messages_and_keeps_the_rest() -> None:
     batch = Batch(max_messages=3, max_bytes=10**9, capacity=10)
     for i in range(7):
         batch.append(item(i), 1)
-    assert [m[1] for m in batch.take()] == [b"0", b"1", b"2"]
+    assert [m["value"] for m in batch.take()] == [b"0", b"1", b"2"]
     assert (len(batch), batch.nbytes, batch.trigger()) == (4, 4, "messages")
-    assert [m[1] for m in batch.take()] == [b"3", b"4", b"5"]
-    assert [m[1] for m in batch.take()] == [b"6"]
+    assert [m["value"] for m in batch.take()] == [b"3", b"4", b"5"]
+    assert [m["value"] for m in batch.take()] == [b"6"]
     assert batch.taken == 7
 
 
@@ -63,7 +70,7 @@ def test_take_cuts_at_max_bytes() -> None:
     batch = Batch(max_messages=100, max_bytes=4, capacity=100)
     for i in range(6):  # values b"0".. b"5": one byte each
         batch.append(item(i), 1)
-    assert [m[1] for m in batch.take()] == [b"0", b"1", b"2", b"3"]
+    assert [m["value"] for m in batch.take()] == [b"0", b"1", b"2", b"3"]
     assert batch.nbytes == 2
 
 
@@ -76,18 +83,55 @@ def test_take_cuts_at_max_bytes() -> None:
 def test_nothing_is_lost_or_reordered(
     sizes: list[int], max_messages: int, max_bytes: int, takes: set[int]
 ) -> None:
-    batch = Batch(max_messages, max_bytes, capacity=1000)
-    out: list[Item] = []
+    batch = lingering(max_messages, max_bytes, capacity=1000)
+    out: list[Pending] = []
     for i, size in enumerate(sizes):
-        fired = batch.append(("t", b"x" * size, None, None, -1, 0, i), size)
+        fired = batch.append({"topic": "t", "value": b"x" * size, "partition": i}, size)
         assert fired == (len(batch) >= max_messages or batch.nbytes >= max_bytes)
         if fired or i in takes:
             taken = batch.take()
             assert 1 <= len(taken) <= max_messages
-            assert sum(len(m[1]) for m in taken[:-1]) < max_bytes
+            assert sum(len(m["value"] or b"") for m in taken[:-1]) < max_bytes
+            assert batch.nbytes == sum(len(m["value"] or b"") for m in batch.items)
             out.extend(taken)
     while len(batch):
         out.extend(batch.take())
     assert batch.nbytes == 0
-    assert [m[6] for m in out] == list(range(len(sizes)))
+    assert [m.get("partition") for m in out] == list(range(len(sizes)))
     assert batch.taken == len(sizes)
+
+
+@given(
+    elements=st.lists(
+        st.one_of(
+            st.binary(max_size=20),
+            st.text(max_size=5),
+            st.tuples(st.binary(max_size=5), st.binary(max_size=5)),
+            st.integers(),
+        ),
+        max_size=60,
+    ),
+    capacity=st.integers(min_value=1, max_value=70),
+)
+def test_extend_appends_exactly_what_it_took(elements: list[object], capacity: int) -> None:
+    """The bulk path: bytes directly, the rest through convert; a bad element is consumed
+    and not appended; everything appended before it stays, counted."""
+    from trio_producer._args import bulk_item
+
+    batch = Batch(max_messages=10, max_bytes=10**9, capacity=capacity)
+    it = iter(elements)
+    try:
+        taken = batch.extend("t", it, bulk_item)
+    except TypeError:
+        bad = next(i for i, e in enumerate(elements) if type(e) is int)
+        assert len(batch) == bad
+        assert list(it) == elements[bad + 1 :]
+    else:
+        assert taken == min(capacity, len(elements)) == len(batch)
+        assert list(it) == elements[taken:]
+    expected = []
+    for e in elements[: len(batch)]:
+        key, value = e if isinstance(e, tuple) else (None, e)
+        expected.append((key, value.encode() if isinstance(value, str) else value))
+    assert [(m.get("key"), m["value"]) for m in batch.items] == expected
+    assert batch.nbytes == sum(len(v or b"") + len(k or b"") for k, v in expected)

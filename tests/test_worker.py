@@ -7,13 +7,13 @@ import trio
 import trio.testing
 
 from trio_producer import ProducerClosedError
-from trio_producer._batch import Batch, Item
+from trio_producer._batch import Batch, Pending
 from trio_producer._worker import BatchChannel, run_worker
 from trio_producer.testing import RecordingSink
 
 
-def item(i: int) -> Item:
-    return ("t", str(i).encode(), None, None, -1, 0, None)
+def item(i: int) -> Pending:
+    return {"topic": "t", "value": str(i).encode()}
 
 
 def make(
@@ -79,7 +79,7 @@ async def test_bytes_trigger(autojump_clock: trio.abc.Clock) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(run_worker, channel, sink)
         for _i in range(5):
-            await channel.send(("t", b"x" * 40, None, None, -1, 0, None), 40)
+            await channel.send({"topic": "t", "value": b"x" * 40}, 40)
         await trio.testing.wait_all_tasks_blocked()
         assert [len(b) for b in sink.batches] == [3]
         channel.close()
@@ -209,7 +209,10 @@ async def test_send_many_bad_element_is_consumed_not_accepted() -> None:
     values = iter([b"a", ("k", "b"), 3, b"d"])
     with pytest.raises(TypeError, match=r"^value must be bytes, bytearray, memoryview, str"):
         await producer.send_many("t", values)
-    assert [(m[2], m[1]) for m in channel.batch.items] == [(None, b"a"), (b"k", b"b")]
+    assert [(m.get("key"), m["value"]) for m in channel.batch.items] == [
+        (None, b"a"),
+        (b"k", b"b"),
+    ]
     assert next(values) == b"d"
     with pytest.raises(TypeError, match=r"^send_many takes values or \(key, value\) pairs"):
         await producer.send_many("t", [(1, 2, 3)])

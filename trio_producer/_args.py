@@ -11,12 +11,12 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, TypeAlias
 
-from ._delivery import Tracked
+from ._client import TrackedReport
 
 if TYPE_CHECKING:
     import trio
 
-    from ._batch import Item
+    from ._batch import Pending
 
 
 def _utf8(what: str, value: str) -> bytes:
@@ -77,7 +77,8 @@ def check_headers(headers: object) -> list[tuple[str, bytes | None]]:
 BulkMessage: TypeAlias = bytes | str | tuple[bytes | str | None, bytes | str | None] | None
 
 
-def bulk_item(topic: str, element: object) -> tuple[Item, int]:
+def bulk_item(topic: str, element: object) -> tuple[Pending, int]:
+    """One element of ``send_many`` that is not plain ``bytes``: a str value or a pair."""
     if isinstance(element, tuple):
         if len(element) != 2:
             raise TypeError(
@@ -88,8 +89,10 @@ def bulk_item(topic: str, element: object) -> tuple[Item, int]:
     else:
         key = None
         value = bytes_arg("value", element)
-    size = (len(value) if value is not None else 0) + (len(key) if key is not None else 0)
-    return (topic, value, key, None, -1, 0, None), size
+    size = len(value) if value is not None else 0
+    if key is None:
+        return {"topic": topic, "value": value}, size
+    return {"topic": topic, "value": value, "key": key}, size + len(key)
 
 
 _TOPIC_RE = re.compile(r"[a-zA-Z0-9._-]{1,249}")
@@ -126,34 +129,35 @@ def make_item(
     headers: object,
     partition: int | None,
     timestamp: int | None,
-    event: trio.Event | None,
-) -> tuple[Item, int]:
-    """Validate one message and build its queue item and size. Raises before accepting."""
+    waiter: trio.Event | None,
+) -> tuple[Pending, int]:
+    """Validate one message completely and build it, with its size. Raises before
+    anything is accepted."""
     check_topic(topic)
     if type(value) is not bytes:
         value = bytes_arg("value", value)
-    if key is not None and type(key) is not bytes:
-        key = bytes_arg("key", key)
-    size = (len(value) if value is not None else 0) + (len(key) if key is not None else 0)
-    if partition is None:
-        part = -1
-    elif type(partition) is int and partition >= 0:
-        part = partition
-    else:
-        raise TypeError(f"partition must be an int >= 0 or None, not {partition!r}")
-    if timestamp is None:
-        ts = 0
-    elif type(timestamp) is int and timestamp > 0:
-        ts = timestamp
-    else:
-        raise TypeError(
-            "timestamp must be an int of milliseconds since the epoch > 0 or None, "
-            f"not {timestamp!r}"
-        )
-    tracked = None
+    item: Pending = {"topic": topic, "value": value}
+    size = len(value) if value is not None else 0
+    if key is not None:
+        key_bytes = key if isinstance(key, bytes) else bytes_arg("key", key)
+        if key_bytes is not None:
+            item["key"] = key_bytes
+            size += len(key_bytes)
+    if partition is not None:
+        if type(partition) is not int or partition < 0:
+            raise TypeError(f"partition must be an int >= 0 or None, not {partition!r}")
+        item["partition"] = partition
+    if timestamp is not None:
+        if type(timestamp) is not int or timestamp <= 0:
+            raise TypeError(
+                "timestamp must be an int of milliseconds since the epoch > 0 or None, "
+                f"not {timestamp!r}"
+            )
+        item["timestamp"] = timestamp
+    pairs = None
     if headers is not None:
-        headers = check_headers(headers)
-        tracked = Tracked(headers, event)
-    elif event is not None:
-        tracked = Tracked(None, event)
-    return (topic, value, key, headers, part, ts, tracked), size
+        pairs = check_headers(headers)
+        item["headers"] = pairs
+    if pairs is not None or waiter is not None:
+        item["callback"] = TrackedReport(pairs, waiter)
+    return item, size

@@ -1,35 +1,76 @@
 """The batching rules, as plain synchronous code: no Trio, no Kafka (sans-IO).
 
-The worker asks three things of a batch: may one more message come in (``has_room``),
-has a trigger fired (``trigger``), and give me what is pending (``take``). Keeping these
-rules here lets them be tested exhaustively without an event loop or a broker.
+:class:`Batch` is the one owner of the pending messages and their byte count: every
+append -- one message from ``send``, or many from ``send_many`` -- goes through it, and so
+does every take. It also says when the receiver (the worker) must be woken, so the
+channel only acts on its answers. Keeping these rules here lets them be tested
+exhaustively, on exactly the code production runs, without an event loop or a broker.
 """
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias
+import math
+from itertools import islice
+from typing import TYPE_CHECKING, NotRequired, Protocol, TypedDict
 
-#: One accepted message on its way to librdkafka:
-#: ``(topic, value, key, headers, partition, timestamp, tracker)`` where ``partition``
-#: is ``-1`` for "let the partitioner choose", ``timestamp`` is ``0`` for "now", and
-#: ``tracker`` is ``None`` for a plain fire-and-forget message.
-Item: TypeAlias = tuple[str, bytes | None, bytes | None, Any, int, int, Any]
+from ._message import Message
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+
+class ReportCallback(Protocol):
+    """What librdkafka calls with a delivery report (on the poll thread)."""
+
+    def __call__(self, err: object, msg: object, /) -> None: ...
+
+
+class Pending(TypedDict):
+    """One accepted message on its way to librdkafka.
+
+    Shaped the way ``confluent_kafka.Producer.produce_batch`` takes a message, so that
+    the worker hands runs of them over without building anything per message. Absent
+    keys mean the defaults: no key, the partitioner's choice, the time of producing.
+    Only plain messages (``topic``, ``value`` and maybe ``key``) go through the batch
+    call; ``partition``, ``timestamp``, ``headers`` or ``callback`` (a per-message report
+    callback) make a message go through ``produce()``: the batch call ignores the first
+    two and cannot carry the others.
+    """
+
+    topic: str
+    value: bytes | None
+    key: NotRequired[bytes]
+    partition: NotRequired[int]
+    timestamp: NotRequired[int]
+    headers: NotRequired[list[tuple[str, bytes | None]]]
+    callback: NotRequired[ReportCallback]
+
 
 #: Why a batch was handed on; the keys of ``ProducerStatistics.batches``.
 TRIGGERS = ("messages", "bytes", "linger", "flush", "drain")
 
 
-def item_size(item: Item) -> int:
-    """The size an item counts for in ``max_bytes``: its value plus its key."""
-    value, key = item[1], item[2]
+def pending_size(item: Pending) -> int:
+    """The size a message counts for in ``max_bytes``: its value plus its key."""
+    value = item["value"]
+    key = item.get("key")
     return (len(value) if value is not None else 0) + (len(key) if key is not None else 0)
 
 
-class Batch:
-    """Pending messages and the rules for when they leave.
+def message_from_pending(item: Pending) -> Message:
+    """The :class:`~trio_producer.Message` to hand back for a pending message."""
+    return Message(
+        topic=item["topic"],
+        value=item["value"],
+        key=item.get("key"),
+        headers=item.get("headers"),
+        partition=item.get("partition"),
+        timestamp=item.get("timestamp"),
+    )
 
-    ``items`` and ``nbytes`` are public on purpose: the producer's ``send_nowait`` is
-    the hot path and appends to them directly (see ``BatchChannel.send_nowait``).
+
+class Batch:
+    """Pending messages, the rules for when they leave, and when to wake the receiver.
 
     Args:
         max_messages: The count trigger.
@@ -37,16 +78,29 @@ class Batch:
         capacity: How many messages may be pending at once.
     """
 
-    __slots__ = ("capacity", "items", "max_bytes", "max_messages", "nbytes", "taken")
+    __slots__ = (
+        "capacity",
+        "items",
+        "max_bytes",
+        "max_messages",
+        "nbytes",
+        "taken",
+        "wake_bytes",
+        "wake_count",
+    )
 
     def __init__(self, max_messages: int, max_bytes: int, capacity: int) -> None:
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self.capacity = capacity
-        self.items: list[Item] = []
+        self.items: list[Pending] = []
         self.nbytes = 0
         #: Messages handed out by ``take`` so far.
         self.taken = 0
+        # The receiver wants to be woken when the pending count or bytes reach these;
+        # infinite while it is busy (so appends do not ask for wake-ups per message).
+        self.wake_count: float = math.inf
+        self.wake_bytes: float = math.inf
 
     @property
     def count_trigger(self) -> int:
@@ -57,17 +111,76 @@ class Batch:
         """Whether one more message may be appended."""
         return len(self.items) < self.capacity
 
-    def append(self, item: Item, size: int) -> bool:
-        """Add one message; return whether a trigger has now fired.
+    def room(self) -> int:
+        """How many more messages may be appended now."""
+        return self.capacity - len(self.items)
+
+    def append(self, item: Pending, size: int) -> bool:
+        """Add one message; return whether the receiver must be woken now.
 
         Raises:
-            OverflowError: The batch is at capacity (callers check ``has_room`` first).
+            OverflowError: The batch is at capacity (check ``has_room`` first).
         """
-        if len(self.items) >= self.capacity:
+        items = self.items
+        if len(items) >= self.capacity:
             raise OverflowError(f"batch is at capacity ({self.capacity} messages)")
-        self.items.append(item)
+        items.append(item)
         self.nbytes += size
-        return self.trigger() is not None
+        return len(items) >= self.wake_count or self.nbytes >= self.wake_bytes
+
+    def extend(
+        self,
+        topic: str,
+        elements: Iterator[object],
+        convert: Callable[[str, object], tuple[Pending, int]],
+    ) -> int:
+        """Append up to ``room()`` elements taken from ``elements`` (the bulk path).
+
+        ``bytes`` elements become plain messages here; others go through ``convert``,
+        which builds the message or raises (a bad element is consumed, not appended).
+        Whatever was appended before an exception stays appended and counted.
+
+        Returns:
+            How many elements were taken from the iterator. Ask :meth:`wants_wake`
+            afterwards (also after an exception) whether to wake the receiver.
+        """
+        items = self.items
+        append = items.append
+        before = len(items)
+        nbytes = 0
+        taken = 0
+        try:
+            for element in islice(elements, self.capacity - before):
+                taken += 1
+                if type(element) is bytes:
+                    append({"topic": topic, "value": element})
+                    nbytes += len(element)
+                else:
+                    item, size = convert(topic, element)
+                    append(item)
+                    nbytes += size
+        finally:
+            self.nbytes += nbytes
+        return taken
+
+    def wants_wake(self) -> bool:
+        """Whether the receiver asked to be woken at the current count or bytes."""
+        return len(self.items) >= self.wake_count or self.nbytes >= self.wake_bytes
+
+    def want_first(self) -> None:
+        """The receiver waits for a first message: wake it on the next append."""
+        self.wake_count = 1
+        self.wake_bytes = math.inf
+
+    def want_trigger(self) -> None:
+        """The receiver lingers: wake it when a size trigger fires."""
+        self.wake_count = self.count_trigger
+        self.wake_bytes = self.max_bytes
+
+    def want_nothing(self) -> None:
+        """The receiver is busy, or already woken: appends need not wake it."""
+        self.wake_count = math.inf
+        self.wake_bytes = math.inf
 
     def trigger(self) -> str | None:
         """``"messages"`` or ``"bytes"`` when a size trigger has fired, else ``None``."""
@@ -77,7 +190,7 @@ class Batch:
             return "bytes"
         return None
 
-    def take(self) -> list[Item]:
+    def take(self) -> list[Pending]:
         """Hand out the oldest pending messages: at most ``max_messages`` of them, and
         no more than it takes to reach ``max_bytes`` (always at least one).
 
@@ -92,7 +205,7 @@ class Batch:
         cut = min(len(items), self.max_messages)
         taken_bytes = 0
         for i in range(cut):
-            taken_bytes += item_size(items[i])
+            taken_bytes += pending_size(items[i])
             if taken_bytes >= self.max_bytes:
                 cut = i + 1
                 break

@@ -1,7 +1,13 @@
-"""The only module that imports confluent_kafka: produce, poll, purge, close.
+"""The producer's only module that imports confluent_kafka: produce, poll, purge, close.
 
-Everything librdkafka hands back (errors, delivery reports) is turned into this
-library's own types here, so the rest of the package never sees a confluent object.
+A boundary converts: every confluent object (error, delivery report, message) is turned
+into this library's own types here -- :class:`~trio_producer.KafkaErrorInfo`,
+:class:`~trio_producer.DeliveryError`, :class:`~trio_producer.RecordMetadata` -- on the
+poll thread, as the report is served. Nothing downstream holds a confluent object.
+
+The report callbacks (:class:`DeliveryReports` for a whole group of fire-and-forget
+messages, :class:`TrackedReport` for one message that needs more than a count) only
+count and append to lists: they run on librdkafka's poll thread and never touch Trio.
 """
 
 from __future__ import annotations
@@ -9,24 +15,24 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import confluent_kafka
 from confluent_kafka import KafkaError, KafkaException
 
+from ._batch import Pending, message_from_pending
 from ._config import is_secret
 from ._exceptions import ConfigError, DeliveryError, TransactionError
-from ._message import ConsumedRecord, KafkaErrorInfo, Message, RecordMetadata
+from ._message import KafkaErrorInfo, Message, RecordMetadata
 
 if TYPE_CHECKING:
-    from ._batch import Item
-    from ._delivery import Epoch
+    import trio
 
 logger = logging.getLogger("trio_producer")
 librdkafka_logger = logging.getLogger("trio_producer.librdkafka")
 
-#: Error for messages that were accepted but never reached librdkafka.
+#: Error for messages that were accepted but never handed to librdkafka.
 NOT_PRODUCED = KafkaErrorInfo(
     code=-10_000,
     name="_NOT_PRODUCED",
@@ -34,10 +40,11 @@ NOT_PRODUCED = KafkaErrorInfo(
 )
 
 _TIMESTAMP_NOT_AVAILABLE = confluent_kafka.TIMESTAMP_NOT_AVAILABLE
+_QUEUE_FULL = KafkaError._QUEUE_FULL
 
 
-def error_info(err: Any) -> KafkaErrorInfo:
-    """Copy a confluent ``KafkaError`` into a :class:`KafkaErrorInfo`."""
+def error_info(err: object) -> KafkaErrorInfo:
+    """Copy a confluent ``KafkaError`` (or ``KafkaException``) into a :class:`KafkaErrorInfo`."""
     if isinstance(err, KafkaErrorInfo):
         return err
     if isinstance(err, KafkaException):
@@ -53,33 +60,30 @@ def error_info(err: Any) -> KafkaErrorInfo:
     return KafkaErrorInfo(code=-1, name=type(err).__name__, reason=str(err))
 
 
-def normalize_headers(headers: Any) -> list[tuple[str, bytes | None]] | None:
-    """Headers as ``(name, bytes-or-None)`` pairs, the shape messages are handed back in."""
+def normalize_headers(headers: object) -> list[tuple[str, bytes | None]] | None:
+    """Headers of a consumed record as ``(name, bytes-or-None)`` pairs."""
     if headers is None:
         return None
-    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    pairs: Any = headers.items() if isinstance(headers, Mapping) else headers
     return [(name, value.encode() if isinstance(value, str) else value) for name, value in pairs]
 
 
-def _timestamp(msg: Any) -> int | None:
+def record_timestamp(msg: Any) -> int | None:
+    """A confluent message's timestamp in milliseconds, or ``None``."""
     kind, value = msg.timestamp()
     return None if kind == _TIMESTAMP_NOT_AVAILABLE else int(value)
 
 
-def failure_from_report(err: Any, msg: Any, tracked: Any) -> DeliveryError:
-    """Build the DeliveryError for one failed delivery report or failed produce()."""
-    headers = normalize_headers(tracked.headers) if tracked is not None else None
-    if isinstance(msg, tuple):  # an Item that failed at produce() or never left us
-        topic, value, key, _headers, partition, timestamp, _tracked = msg
-        message = Message(
-            topic=topic,
-            value=value,
-            key=key,
-            headers=headers,
-            partition=None if partition < 0 else partition,
-            timestamp=timestamp or None,
-        )
-    else:
+def failure_from_report(
+    err: object, msg: Any, headers: list[tuple[str, bytes | None]] | None
+) -> DeliveryError:
+    """The :class:`DeliveryError` of one failed delivery report.
+
+    librdkafka's reports do not carry headers: the message's own are passed in.
+    It cannot fail: one odd report must never stop the poll thread's callbacks (which
+    would strand every other message); what could not be read is said in the error.
+    """
+    try:
         partition = msg.partition()
         message = Message(
             topic=msg.topic(),
@@ -87,40 +91,121 @@ def failure_from_report(err: Any, msg: Any, tracked: Any) -> DeliveryError:
             key=msg.key(),
             headers=headers,
             partition=None if partition is None or partition < 0 else partition,
-            timestamp=_timestamp(msg),
+            timestamp=record_timestamp(msg),
         )
-    return DeliveryError(message, error_info(err))
-
-
-def safe_failure(err: Any, msg: Any, tracked: Any) -> DeliveryError:
-    """:func:`failure_from_report` that cannot fail: one odd report must never stop the
-    delivery task (which would strand every other message)."""
-    try:
-        return failure_from_report(err, msg, tracked)
+        return DeliveryError(message, error_info(err))
     except Exception as exc:  # pragma: no cover - a bug; the message is still handed back
-        logger.exception("could not convert a delivery report; handing back what is known")
-        fields = msg if isinstance(msg, tuple) else ()
-        message = Message(
-            topic=str(fields[0]) if fields else "<unknown>",
-            value=fields[1] if fields and isinstance(fields[1], bytes) else None,
-            key=fields[2] if fields and isinstance(fields[2], bytes) else None,
-        )
+        logger.exception("could not read a delivery report; handing back what is known")
         info = KafkaErrorInfo(code=-1, name="_INTERNAL", reason=f"{err!r} ({exc!r})")
-        return DeliveryError(message, info)
+        return DeliveryError(Message(topic="<unknown>", value=None, headers=headers), info)
+
+
+def failure_from_pending(item: Pending, info: KafkaErrorInfo) -> DeliveryError:
+    """The :class:`DeliveryError` of a message that never became a delivery report."""
+    return DeliveryError(message_from_pending(item), info)
 
 
 def metadata_from_report(msg: Any) -> RecordMetadata:
     return RecordMetadata(
-        topic=msg.topic(), partition=msg.partition(), offset=msg.offset(), timestamp=_timestamp(msg)
+        topic=msg.topic(),
+        partition=msg.partition(),
+        offset=msg.offset(),
+        timestamp=record_timestamp(msg),
     )
+
+
+class Failure(NamedTuple):
+    """One failed message: the error to hand back, and its tracker if it had one."""
+
+    error: DeliveryError
+    tracked: TrackedReport | None
+
+
+class DeliveryReports:
+    """The shared report callback of a group of messages: counts, and failures converted.
+
+    Called by librdkafka on the poll thread. Subclassed by the delivery task's epochs.
+    """
+
+    __slots__ = ("completed", "delivered", "failures")
+
+    def __init__(self) -> None:
+        self.delivered = 0
+        self.failures: list[Failure] = []
+        #: Trackers with a waiter whose outcome arrived (the delivery task wakes them).
+        self.completed: list[TrackedReport] = []
+
+    def __call__(self, err: object, msg: Any) -> None:
+        if err is None:
+            self.delivered += 1
+        else:
+            self.failures.append(Failure(failure_from_report(err, msg, None), None))
+
+    def fail_now(self, item: Pending, info: KafkaErrorInfo) -> None:
+        """Settle one message librdkafka refused at once, as a failed delivery."""
+        error = failure_from_pending(item, info)
+        tracked = item.get("callback")
+        if isinstance(tracked, TrackedReport):
+            tracked.settle_failed(error, self)
+        else:
+            self.failures.append(Failure(error, None))
+
+
+class TrackedReport:
+    """The report callback of one message that needs more than a count.
+
+    Used for ``send_and_wait`` (``waiter`` is the Event its caller waits on) and for
+    messages with headers (kept because librdkafka's reports do not carry them).
+
+    Attributes:
+        failure: The converted failure, once it came.
+        metadata: Where it was written, once confirmed (only when there is a waiter).
+        abandoned: The waiter gave up before the outcome came: a failure is routed like
+            a fire-and-forget one. Set and read on the Trio thread only.
+    """
+
+    __slots__ = ("abandoned", "failure", "headers", "metadata", "reports", "waiter")
+
+    def __init__(
+        self, headers: list[tuple[str, bytes | None]] | None, waiter: trio.Event | None
+    ) -> None:
+        self.headers = headers
+        self.waiter = waiter
+        self.abandoned = False
+        self.reports: DeliveryReports | None = None
+        self.failure: DeliveryError | None = None
+        self.metadata: RecordMetadata | None = None
+
+    def __call__(self, err: object, msg: Any) -> None:
+        reports = self.reports
+        assert reports is not None
+        if err is None:
+            if self.waiter is not None:
+                self.metadata = metadata_from_report(msg)
+            reports.delivered += 1
+            if self.waiter is not None:
+                reports.completed.append(self)
+        else:
+            self.settle_failed(failure_from_report(err, msg, self.headers), reports)
+
+    def settle_failed(self, error: DeliveryError, reports: DeliveryReports) -> None:
+        self.failure = error
+        reports.failures.append(Failure(error, self))
+        if self.waiter is not None:
+            reports.completed.append(self)
+
+    @property
+    def has_waiter(self) -> bool:
+        """A ``send_and_wait`` caller still owns this message's outcome."""
+        return self.waiter is not None and not self.abandoned
 
 
 class KafkaClient:
     """A thin wrapper of ``confluent_kafka.Producer``.
 
-    Created first and closed last by ``open_producer``. ``produce_batch`` runs on the
-    Trio thread; ``poll`` runs in the delivery task's worker thread; the callbacks it
-    serves (delivery reports, ``error_cb``, logs) only append to plain lists.
+    Created first and closed last by ``open_producer``. ``produce`` runs on the Trio
+    thread; ``poll`` runs in the delivery task's worker thread; the callbacks it serves
+    (delivery reports, ``error_cb``, logs) only append to plain lists.
     """
 
     def __init__(self, props: Mapping[str, Any]) -> None:
@@ -131,11 +216,7 @@ class KafkaClient:
         conf["logger"] = librdkafka_logger
         try:
             self._producer = confluent_kafka.Producer(conf)
-        except KafkaException as exc:
-            raise ConfigError(
-                f"librdkafka rejected the configuration: {_scrub(exc, props)}"
-            ) from None
-        except (TypeError, ValueError) as exc:
+        except (KafkaException, TypeError, ValueError) as exc:
             raise ConfigError(
                 f"librdkafka rejected the configuration: {_scrub(exc, props)}"
             ) from None
@@ -156,52 +237,91 @@ class KafkaClient:
             return -1
         return served
 
-    def _on_error(self, err: Any) -> None:
+    def _on_error(self, err: object) -> None:
         # Runs on the poll thread: record only, never touch Trio.
         self.errors.append(error_info(err))
 
-    def produce_batch(self, batch: list[Item], start: int, epoch: Epoch) -> int:
-        """Hand ``batch[start:]`` to librdkafka; return the index of the first item not taken.
+    def produce(self, items: list[Pending], start: int, reports: DeliveryReports) -> int:
+        """Hand ``items[start:]`` to librdkafka; return the index of the first one not taken.
 
-        ``BufferError`` (librdkafka's queue is full) stops the loop there: nothing is
-        dropped, the caller waits for delivery reports and calls again. A
-        ``KafkaException`` for one message (too large, unknown partition, ...) fails
-        that message like a failed delivery and the loop goes on.
+        Runs of plain messages (topic, value, key) for one topic go through librdkafka's
+        batch call in one go; a message with headers, a partition, a timestamp or its own
+        callback goes through ``produce()`` (the batch call cannot carry those). A full
+        librdkafka queue stops the loop there: nothing is dropped, the caller waits for
+        delivery reports and calls again from the returned index (order is kept). A
+        message librdkafka refuses at once (too large, unknown partition, ...) is failed
+        like a failed delivery and the loop goes on.
         """
-        produce = self._producer.produce
-        n = len(batch)
+        produce_batch = self._producer.produce_batch
+        n = len(items)
         i = start
         while i < n:
+            first = items[i]
+            size = len(first)
+            if not (size == 2 or (size == 3 and "key" in first)):
+                # Not a plain {topic, value[, key]}: librdkafka's batch call would drop
+                # its headers, partition or timestamp, or its own callback.
+                if not self._produce_one(first, reports):
+                    return i
+                i += 1
+                continue
+            topic = first["topic"]
+            j = i + 1
+            while j < n:
+                item = items[j]
+                size = len(item)
+                if item["topic"] != topic or not (size == 2 or (size == 3 and "key" in item)):
+                    break
+                j += 1
+            run = items if i == 0 and j == n else items[i:j]
             try:
-                # The common case first: no headers, no timestamp, no tracker.
-                for item in batch[i:] if i else batch:
-                    topic, value, key, headers, partition, timestamp, tracked = item
-                    if tracked is None and not timestamp:
-                        produce(topic, value, key, partition, epoch)
-                    else:
-                        if tracked is not None:
-                            tracked.epoch = epoch
-                        produce(
-                            topic,
-                            value,
-                            key,
-                            partition,
-                            tracked if tracked is not None else epoch,
-                            timestamp=timestamp,
-                            headers=headers,
-                        )
-                    i += 1
-            except BufferError:
-                break
-            except KafkaException as exc:
-                _fail_item(epoch, error_info(exc), batch[i], batch[i][6])
-                i += 1
-            except (TypeError, ValueError) as exc:
-                info = KafkaErrorInfo(code=-1, name="_INVALID_ARG", reason=str(exc))
-                _fail_item(epoch, info, batch[i], batch[i][6])
-                i += 1
-        epoch.produced += i - start
+                queued = produce_batch(
+                    topic, cast("list[dict[str, Any]]", run), on_delivery=reports
+                )
+            except (KafkaException, TypeError, ValueError) as exc:
+                # The whole call was refused (e.g. a bad topic for librdkafka): fail the
+                # run message by message so that each is handed back.
+                info = _call_error(exc)
+                for item in run:
+                    reports.fail_now(item, info)
+                i = j
+                continue
+            if queued == len(run):
+                i = j
+                continue
+            for k, item in enumerate(run):
+                err = cast("dict[str, Any]", item).pop("_error", None)
+                if err is None:
+                    continue
+                if err.code() == _QUEUE_FULL:
+                    # librdkafka queued nothing from here on: try the rest again later.
+                    for later in run[k + 1 :]:
+                        cast("dict[str, Any]", later).pop("_error", None)
+                    return i + k
+                reports.fail_now(item, error_info(err))
+            i = j
         return i
+
+    def _produce_one(self, item: Pending, reports: DeliveryReports) -> bool:
+        """``produce()`` one message; False when librdkafka's queue is full."""
+        callback = item.get("callback")
+        if isinstance(callback, TrackedReport):
+            callback.reports = reports
+        try:
+            self._producer.produce(
+                item["topic"],
+                item["value"],
+                item.get("key"),
+                item.get("partition", -1),
+                callback if callback is not None else reports,
+                timestamp=item.get("timestamp", 0),
+                headers=cast("Any", item.get("headers")),
+            )
+        except BufferError:
+            return False
+        except (KafkaException, TypeError, ValueError) as exc:
+            reports.fail_now(item, _call_error(exc))
+        return True
 
     # ---- transactions (blocking calls: run them in a thread, bounded by ``timeout``) ----
 
@@ -228,10 +348,6 @@ class KafkaClient:
 
     def abort_transaction(self, timeout: float) -> None:
         self._txn("abort_transaction", self._producer.abort_transaction, timeout)
-
-    def outstanding(self) -> int:
-        """Messages (and requests) librdkafka still holds, delivery reports not yet served."""
-        return len(self._producer)
 
     def purge(self, *, in_flight: bool = True) -> None:
         """Purge queued (and in-flight) messages; their reports come with _PURGE_* errors.
@@ -267,14 +383,10 @@ class KafkaClient:
         del self._producer
 
 
-def _fail_item(epoch: Epoch, info: KafkaErrorInfo, item: Item, tracked: Any) -> None:
-    """Settle one message that produce() refused, as a failed delivery."""
-    epoch.failures.append((info, item, tracked))
-    if tracked is not None:
-        tracked.err = info
-        tracked.msg = item
-        if tracked.event is not None:
-            epoch.completed.append(tracked)
+def _call_error(exc: BaseException) -> KafkaErrorInfo:
+    if isinstance(exc, KafkaException):
+        return error_info(exc)
+    return KafkaErrorInfo(code=-1, name="_INVALID_ARG", reason=str(exc))
 
 
 def _scrub(exc: BaseException, props: Mapping[str, Any]) -> str:
@@ -283,112 +395,3 @@ def _scrub(exc: BaseException, props: Mapping[str, Any]) -> str:
         if is_secret(name) and isinstance(value, str) and value:
             text = text.replace(value, "***")
     return text
-
-
-# ---- helpers for tests, the CLI and benchmarks (admin and consumer side) -------------
-
-
-def create_topics(
-    bootstrap_servers: str, topics: Iterable[str], *, partitions: int = 1, timeout: float = 30.0
-) -> None:
-    """Create topics (an existing topic is fine)."""
-    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
-
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
-    futures = admin.create_topics(
-        [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics],
-        operation_timeout=timeout,
-        request_timeout=timeout,
-    )
-    for future in futures.values():
-        try:
-            future.result(timeout)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise
-
-
-def delete_topics(bootstrap_servers: str, topics: Iterable[str], *, timeout: float = 30.0) -> None:
-    """Delete topics (a missing topic is fine)."""
-    from confluent_kafka.admin import AdminClient
-
-    conf: dict[str, Any] = {"bootstrap.servers": bootstrap_servers, "logger": librdkafka_logger}
-    admin = AdminClient(conf)
-    for future in admin.delete_topics(list(topics), operation_timeout=timeout).values():
-        try:
-            future.result(timeout)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
-                raise
-
-
-def consume_all(
-    bootstrap_servers: str,
-    topic: str,
-    *,
-    partitions: Sequence[int] | None = None,
-    expected: int | None = None,
-    idle_timeout: float = 2.0,
-    timeout: float = 60.0,
-    isolation_level: str = "read_uncommitted",
-) -> list[ConsumedRecord]:
-    """Read a topic from the beginning by assigning partitions explicitly
-    (all of its partitions when ``partitions`` is ``None``).
-
-    Stops once ``expected`` records were read, or when nothing arrives for
-    ``idle_timeout`` seconds, or after ``timeout`` seconds in all. Records come in
-    the order they were read (offset order within each partition).
-    """
-    consumer = confluent_kafka.Consumer(
-        {
-            "bootstrap.servers": bootstrap_servers,
-            "group.id": "trio-producer-readback",
-            "enable.auto.commit": False,
-            "isolation.level": isolation_level,
-            "logger": librdkafka_logger,
-        }
-    )
-    try:
-        if partitions is None:
-            metadata = consumer.list_topics(topic, timeout=timeout).topics[topic]
-            if metadata.error is not None:
-                raise KafkaException(metadata.error)
-            partitions = sorted(metadata.partitions)
-        consumer.assign(
-            [
-                confluent_kafka.TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING)
-                for p in partitions
-            ]
-        )
-        out: list[ConsumedRecord] = []
-        start = last = time.monotonic()
-        while time.monotonic() - start < timeout:
-            if expected is not None and len(out) >= expected:
-                break
-            batch = consumer.consume(10_000, 0.2)
-            now = time.monotonic()
-            if not batch:
-                if now - last > idle_timeout:
-                    break
-                continue
-            last = now
-            for m in batch:
-                error = m.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        continue
-                    raise KafkaException(error)
-                out.append(
-                    ConsumedRecord(
-                        topic=m.topic() or topic,
-                        partition=m.partition() or 0,
-                        offset=m.offset() or 0,
-                        key=m.key(),
-                        value=m.value(),
-                        headers=normalize_headers(m.headers()),
-                        timestamp=_timestamp(m),
-                    )
-                )
-        return out
-    finally:
-        consumer.close()

@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 
-from ._client import KafkaClient, safe_failure
+from ._client import DeliveryReports, KafkaClient
 from ._exceptions import ProducerClosedError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ._batch import Item
+    from ._batch import Pending
     from ._exceptions import DeliveryError
     from ._message import KafkaErrorInfo
 
@@ -43,75 +43,29 @@ IDLE_POLL_INTERVAL = 1.0
 #: errors, instead of holding every message until ``close_timeout``.
 AUTHENTICATION_ERRORS = frozenset({"_AUTHENTICATION", "SASL_AUTHENTICATION_FAILED", "_SSL"})
 
-#: ``(error, report-or-item, tracker)`` as recorded on the poll thread.
-Failure = tuple[Any, Any, Any]
 
+class Epoch(DeliveryReports):
+    """The messages produced between two ``flush()`` calls, and their shared callback.
 
-class Epoch:
-    """The messages produced between two ``flush()`` calls; also their shared callback."""
+    librdkafka calls it (as a :class:`DeliveryReports`) on the poll thread; the rest of
+    its state belongs to the Trio thread.
+    """
 
-    __slots__ = (
-        "completed",
-        "delivered",
-        "done",
-        "failures",
-        "produced",
-        "routed",
-        "settled_at_stop",
-    )
+    __slots__ = ("done", "produced", "routed", "settled_at_stop")
 
     def __init__(self) -> None:
+        super().__init__()
         self.produced = 0
+        #: Failures already handed over by ``process``.
+        self.routed = 0
+        self.done: trio.Event | None = None
         #: Retired (or released) while the producer was stopping: its failures were
         #: purged messages, handed back by open_producer rather than confirmed.
         self.settled_at_stop = False
-        self.delivered = 0
-        self.failures: list[Failure] = []
-        self.routed = 0
-        self.completed: list[Tracked] = []
-        self.done: trio.Event | None = None
-
-    def __call__(self, err: Any, msg: Any) -> None:
-        # librdkafka delivery report, on the poll thread.
-        if err is None:
-            self.delivered += 1
-        else:
-            self.failures.append((err, msg, None))
 
     @property
     def settled(self) -> int:
         return self.delivered + len(self.failures)
-
-
-class Tracked:
-    """The callback of one message that needs more than a count.
-
-    Used for ``send_and_wait`` (``event`` is set) and for messages with headers (their
-    headers are kept because librdkafka's delivery reports do not carry them).
-    """
-
-    __slots__ = ("abandoned", "epoch", "err", "event", "headers", "msg")
-
-    def __init__(self, headers: Any, event: trio.Event | None) -> None:
-        self.headers = headers
-        self.event = event
-        self.abandoned = False
-        self.epoch: Epoch | None = None
-        self.err: Any = None
-        self.msg: Any = None
-
-    def __call__(self, err: Any, msg: Any) -> None:
-        # On the poll thread.
-        epoch = self.epoch
-        assert epoch is not None
-        self.err = err
-        self.msg = msg
-        if err is None:
-            epoch.delivered += 1
-        else:
-            epoch.failures.append((err, msg, self))
-        if self.event is not None:
-            epoch.completed.append(self)
 
 
 class DeliveryTracker:
@@ -162,8 +116,10 @@ class DeliveryTracker:
 
     # ---- the sink -----------------------------------------------------------------------
 
-    def produce(self, batch: list[Item], start: int) -> int:
-        pos = self.client.produce_batch(batch, start, self.epochs[-1])
+    def produce(self, batch: list[Pending], start: int) -> int:
+        epoch = self.epochs[-1]
+        pos = self.client.produce(batch, start, epoch)
+        epoch.produced += pos - start
         if self._idle:
             self._activity.unpark_all()
         return pos
@@ -287,15 +243,15 @@ class DeliveryTracker:
             if epoch.completed:
                 completed, epoch.completed = epoch.completed, []
                 for tracked in completed:
-                    assert tracked.event is not None
-                    tracked.event.set()
+                    assert tracked.waiter is not None
+                    tracked.waiter.set()
             failures = epoch.failures
             while epoch.routed < len(failures):
-                err, msg, tracked = failures[epoch.routed]
+                failure = failures[epoch.routed]
                 epoch.routed += 1
-                if tracked is not None and tracked.event is not None and not tracked.abandoned:
+                if failure.tracked is not None and failure.tracked.has_waiter:
                     continue  # its send_and_wait caller owns it (see Producer.send_and_wait)
-                self._route_failure(safe_failure(err, msg, tracked))
+                self._route_failure(failure.error)
         self._retire()
         self._progress.unpark_all()
 

@@ -7,7 +7,6 @@ import logging
 import time
 from contextlib import asynccontextmanager
 from functools import partial
-from itertools import islice
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -16,10 +15,10 @@ import trio
 
 from . import _signals
 from ._args import BulkMessage, bulk_item, check_topic, make_item, valid_topics
-from ._batch import Batch, Item
-from ._client import NOT_PRODUCED, KafkaClient, metadata_from_report, safe_failure
+from ._batch import Batch, Pending
+from ._client import NOT_PRODUCED, KafkaClient, TrackedReport, failure_from_pending
 from ._config import ProducerConfig, make_config
-from ._delivery import DeliveryTracker, Tracked
+from ._delivery import DeliveryTracker
 from ._exceptions import (
     ConfigError,
     DeliveryError,
@@ -139,8 +138,12 @@ class Producer:
             and topic in valid_topics
             and (key is None or type(key) is bytes)
         ):
-            item: Item = (topic, value, key, None, -1, 0, None)
-            size = len(value) + len(key) if key is not None else len(value)
+            if key is None:
+                item: Pending = {"topic": topic, "value": value}
+                size = len(value)
+            else:
+                item = {"topic": topic, "value": value, "key": key}
+                size = len(value) + len(key)
         else:
             item, size = make_item(topic, value, key, headers, partition, timestamp, None)
         await self._channel.send(item, size)
@@ -173,8 +176,12 @@ class Producer:
             and topic in valid_topics
             and (key is None or type(key) is bytes)
         ):
-            size = len(value) + len(key) if key is not None else len(value)
-            self._channel.send_nowait((topic, value, key, None, -1, 0, None), size)
+            if key is None:
+                self._channel.send_nowait({"topic": topic, "value": value}, len(value))
+            else:
+                self._channel.send_nowait(
+                    {"topic": topic, "value": value, "key": key}, len(value) + len(key)
+                )
             return
         item, size = make_item(topic, value, key, headers, partition, timestamp, None)
         self._channel.send_nowait(item, size)
@@ -205,31 +212,16 @@ class Producer:
         it = iter(messages)
         accepted = 0
         while True:
-            if channel.closed:
-                raise channel.closed_error()
-            room = batch.capacity - len(batch.items)
-            if room <= 0:
+            room = batch.room()
+            if room <= 0 and not channel.closed:
                 await channel.wait_for_room()
                 await trio.lowlevel.checkpoint_if_cancelled()
                 continue
-            items = batch.items
-            before = len(items)
-            nbytes = 0
-            taken = 0
+            before = batch.accepted
             try:
-                for element in islice(it, room):
-                    taken += 1
-                    if type(element) is bytes:
-                        items.append((topic, element, None, None, -1, 0, None))
-                        nbytes += len(element)
-                    else:
-                        item, size = bulk_item(topic, element)
-                        items.append(item)
-                        nbytes += size
+                taken = channel.extend_nowait(topic, it, bulk_item)
             finally:
-                batch.nbytes += nbytes
-                accepted += len(items) - before
-                channel.after_bulk_append()
+                accepted += batch.accepted - before
             if taken < room:
                 break
         await trio.lowlevel.cancel_shielded_checkpoint()
@@ -262,8 +254,9 @@ class Producer:
         """
         event = trio.Event()
         item, size = make_item(topic, value, key, headers, partition, timestamp, event)
+        tracked = item["callback"]
+        assert isinstance(tracked, TrackedReport)
         await self._channel.send(item, size)
-        tracked: Tracked = item[6]
         try:
             # Not event.wait(): when the report is already here, its extra checkpoint
             # could raise Cancelled with the outcome in hand (and nobody to give it to).
@@ -273,16 +266,18 @@ class Producer:
             if not event.is_set():
                 # No report yet: the delivery task routes it when it comes.
                 tracked.abandoned = True
-            elif tracked.err is not None:
+            elif tracked.failure is not None:
                 # The report came while this task was being cancelled: the delivery
                 # task left it to us, so we pass it on.
-                failure = safe_failure(tracked.err, tracked.msg, tracked)
-                if not self._state.adopt_failure(failure):
-                    raise failure from exc  # the producer has ended: we are the last owner
+                tracked.abandoned = True
+                if not self._state.adopt_failure(tracked.failure):
+                    # The producer has ended: we are the last owner.
+                    raise tracked.failure from exc
             raise
-        if tracked.err is not None:
-            raise safe_failure(tracked.err, tracked.msg, tracked)
-        return metadata_from_report(tracked.msg)
+        if tracked.failure is not None:
+            raise tracked.failure
+        assert tracked.metadata is not None
+        return tracked.metadata
 
     @enable_ki_protection
     async def flush(self) -> None:
@@ -722,15 +717,16 @@ async def _drain(
     return interrupt
 
 
-def _hand_back_unsent(item: Item, state: _State) -> None:
+def _hand_back_unsent(item: Pending, state: _State) -> None:
     """A message accepted but never handed to librdkafka: to its waiter, or the exit."""
-    tracked: Tracked | None = item[6]
-    if tracked is not None and tracked.event is not None and not tracked.abandoned:
-        tracked.err = NOT_PRODUCED
-        tracked.msg = item
-        tracked.event.set()  # its send_and_wait caller (in another task) raises it
+    error = failure_from_pending(item, NOT_PRODUCED)
+    tracked = item.get("callback")
+    if isinstance(tracked, TrackedReport) and tracked.has_waiter:
+        assert tracked.waiter is not None
+        tracked.failure = error
+        tracked.waiter.set()  # its send_and_wait caller (in another task) raises it
         return
-    state.failures.append(safe_failure(NOT_PRODUCED, item, tracked))
+    state.failures.append(error)
 
 
 @enable_ki_protection

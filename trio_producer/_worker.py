@@ -17,19 +17,21 @@ channel's semantics where they matter --
 
 from __future__ import annotations
 
-import math
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
-from ._batch import TRIGGERS, Batch, Item
+from ._batch import TRIGGERS, Batch, Pending
 from ._exceptions import ProducerClosedError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
 
 
 class Sink(Protocol):
     """Where the worker puts batches: librdkafka in production, a recorder in tests."""
 
-    def produce(self, batch: list[Item], start: int) -> int:
+    def produce(self, batch: list[Pending], start: int) -> int:
         """Hand ``batch[start:]`` on; return the index of the first item not taken.
 
         Returning less than ``len(batch)`` means "my queue is full": the worker then
@@ -55,21 +57,17 @@ class BatchChannel:
         self._worker_lot = trio.lowlevel.ParkingLot()
         self._space_lot = trio.lowlevel.ParkingLot()
         self._progress_lot = trio.lowlevel.ParkingLot()
-        # The worker is woken when the pending count or bytes reach these; infinite
-        # while it is busy, so that the hot path does not call unpark per message.
-        self._wake_count: float = math.inf
-        self._wake_bytes: float = math.inf
         self._flush_requested = False
         #: Messages the worker has fully handed to the sink.
         self.produced = 0
         #: The batch the worker is handing on, and how far it got.
-        self.in_hand: list[Item] = []
+        self.in_hand: list[Pending] = []
         self.in_hand_pos = 0
         self.batches = dict.fromkeys(TRIGGERS, 0)
 
     # ---- sending side ---------------------------------------------------------------
 
-    def send_nowait(self, item: Item, size: int) -> None:
+    def send_nowait(self, item: Pending, size: int) -> None:
         """Accept one message or raise; never blocks.
 
         Raises:
@@ -79,25 +77,37 @@ class BatchChannel:
         if self.closed:
             raise self.closed_error()
         batch = self.batch
-        items = batch.items
-        if len(items) >= batch.capacity:
+        if len(batch.items) >= batch.capacity:
             raise trio.WouldBlock
-        items.append(item)
-        batch.nbytes += size
-        if len(items) >= self._wake_count or batch.nbytes >= self._wake_bytes:
+        if batch.append(item, size):
             self._wake_worker()
 
     async def wait_for_room(self) -> None:
         """Park until the worker takes a batch (or the channel closes). A checkpoint."""
         await self._space_lot.park()
 
-    def after_bulk_append(self) -> None:
-        """Wake the worker if appends made directly to ``batch.items`` fired a trigger."""
-        batch = self.batch
-        if len(batch.items) >= self._wake_count or batch.nbytes >= self._wake_bytes:
-            self._wake_worker()
+    def extend_nowait(
+        self,
+        topic: str,
+        elements: Iterator[object],
+        convert: Callable[[str, object], tuple[Pending, int]],
+    ) -> int:
+        """Accept up to the free room of elements from ``elements``; return how many
+        were taken from it (see :meth:`Batch.extend`). Never blocks.
 
-    async def send(self, item: Item, size: int) -> None:
+        Raises:
+            ProducerClosedError: The channel is closed (nothing taken).
+        """
+        if self.closed:
+            raise self.closed_error()
+        try:
+            return self.batch.extend(topic, elements, convert)
+        finally:
+            # Also after a bad element: what was appended before it is accepted.
+            if self.batch.wants_wake():
+                self._wake_worker()
+
+    async def send(self, item: Pending, size: int) -> None:
         """Accept one message, waiting while the channel is full.
 
         Always a checkpoint. If it raises (``Cancelled`` included), the message was
@@ -158,30 +168,26 @@ class BatchChannel:
             await self._progress_lot.park()
 
     def _wake_worker(self) -> None:
-        self._wake_count = math.inf
-        self._wake_bytes = math.inf
+        self.batch.want_nothing()
         self._worker_lot.unpark_all()
 
     # ---- receiving side (the worker) --------------------------------------------------
 
-    async def receive_batch(self) -> tuple[list[Item], str] | None:
+    async def receive_batch(self) -> tuple[list[Pending], str] | None:
         """Wait for the next batch and why it leaves; ``None`` once closed *and* empty."""
         batch = self.batch
         while not batch.items:
             if self.closed:
                 return None
-            self._wake_count = 1
-            self._wake_bytes = math.inf
+            batch.want_first()
             await self._worker_lot.park()
         reason = self._reason()
         if reason is None and self.linger > 0:
-            self._wake_count = batch.count_trigger
-            self._wake_bytes = batch.max_bytes
+            batch.want_trigger()
             with trio.move_on_after(self.linger):
                 await self._worker_lot.park()
             reason = self._reason()
-        self._wake_count = math.inf
-        self._wake_bytes = math.inf
+        batch.want_nothing()
         self._flush_requested = False
         reason = reason or "linger"
         self.batches[reason] += 1
@@ -200,7 +206,7 @@ class BatchChannel:
         self.produced += count
         self._progress_lot.unpark_all()
 
-    def unsent(self) -> list[Item]:
+    def unsent(self) -> list[Pending]:
         """What was accepted but never reached the sink: the rest of the batch in hand,
         then the pending messages (in acceptance order)."""
         rest = self.in_hand[self.in_hand_pos :]

@@ -10,10 +10,10 @@
   back what was produced.
 """
 
-from .._client import consume_all as consume_all
-from .._client import create_topics as create_topics
-from .._client import delete_topics as delete_topics
 from .._message import ConsumedRecord as ConsumedRecord
+from ._admin import consume_all as consume_all
+from ._admin import create_topics as create_topics
+from ._admin import delete_topics as delete_topics
 from ._broker import BOOTSTRAP_ENV as BOOTSTRAP_ENV
 from ._broker import BrokerError as BrokerError
 from ._broker import EmbeddedBroker as EmbeddedBroker

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from .._client import create_topics
+from ._admin import create_topics
 from ._broker import BOOTSTRAP_ENV, EmbeddedBroker
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import trio
 
 if TYPE_CHECKING:
-    from .._batch import Item
+    from .._batch import Pending
 
 
 class RecordingSink:
@@ -20,28 +20,30 @@ class RecordingSink:
     """
 
     def __init__(self, capacity: int | None = None) -> None:
-        self.batches: list[list[Item]] = []
+        self.batches: list[list[Pending]] = []
         self.capacity = capacity
         self.held = 0
         self._room = trio.lowlevel.ParkingLot()
+        self._last_input: list[Pending] | None = None
 
     @property
-    def messages(self) -> list[Item]:
+    def messages(self) -> list[Pending]:
         return [item for batch in self.batches for item in batch]
 
     @property
     def values(self) -> list[bytes | None]:
-        return [item[1] for item in self.messages]
+        return [item["value"] for item in self.messages]
 
-    def produce(self, batch: list[Item], start: int) -> int:
+    def produce(self, batch: list[Pending], start: int) -> int:
         end = len(batch)
         if self.capacity is not None:
             end = min(end, start + max(0, self.capacity - self.held))
         if end > start:
-            if start == 0 or not self.batches or self.batches[-1] is not batch:
-                self.batches.append(batch[start:end])
+            if start > 0 and batch is self._last_input:
+                self.batches[-1].extend(batch[start:end])  # the rest of a batch held up
             else:
-                self.batches[-1].extend(batch[start:end])
+                self.batches.append(batch[start:end])
+            self._last_input = batch
             self.held += end - start
         return end
 
