@@ -15,19 +15,39 @@ from typing import Any
 
 from trio_producer.testing import EmbeddedBroker, create_topics, delete_topics
 
-THROUGHPUT = ["raw", "raw_dr", "aio", "aiokafka", "trio_send", "trio_nowait", "trio_many"]
+THROUGHPUT = [
+    "raw",
+    "raw_dr",
+    "aio",
+    "aiokafka",
+    "trio_send",
+    "trio_nowait",
+    "trio_many",
+    "aio_fanin",
+    "aiokafka_fanin",
+    "trio_fanin",
+]
 OTHERS = ["trio_send_and_wait", "trio_drain", "raw_flush", "raw_dr_flush", "trio_idle"]
+#: Clients that --baseline runs again from another checkout, for a before/after table.
+BASELINE = ["trio_send", "trio_nowait", "trio_many", "trio_fanin", "trio_drain"]
+SUFFIX = "@baseline"
+HERE = Path(__file__).resolve().parent.parent
 
 
 def measure(name: str, bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any]:
     create_topics(bootstrap, [topic], partitions=1)
     args = json.dumps({"bootstrap": bootstrap, "topic": topic, "count": count, "size": size})
+    tree = HERE
+    if name.endswith(SUFFIX):
+        name, tree = name.removesuffix(SUFFIX), BASELINE_TREE
+    # This checkout's clients, with the trio_producer of `tree` first on the path.
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.clients", name, args],
+        [sys.executable, str(HERE / "benchmarks" / "clients.py"), name, args],
         capture_output=True,
         text=True,
         timeout=600,
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=tree,
+        env={**os.environ, "PYTHONPATH": str(tree)},
     )
     delete_topics(bootstrap, [topic])  # Tansu keeps everything in memory
     if proc.returncode != 0:
@@ -36,8 +56,18 @@ def measure(name: str, bootstrap: str, topic: str, count: int, size: int) -> dic
     return out
 
 
+BASELINE_TREE = HERE
+
+
 def median(runs: list[dict[str, Any]], key: str) -> float:
     return statistics.median(r[key] for r in runs)
+
+
+def _figure(runs: list[dict[str, Any]]) -> float:
+    """msg/s for throughput runs; total seconds for the drain."""
+    if runs and "rate" in runs[0]:
+        return median(runs, "rate")
+    return median(runs, "total_seconds")
 
 
 def main() -> None:
@@ -54,27 +84,40 @@ def main() -> None:
     )
     parser.add_argument("--smoke", action="store_true", help="tiny N, one round: checks it runs")
     parser.add_argument(
+        "--baseline",
+        default=None,
+        help="another checkout (e.g. a git worktree of an older commit): its trio_producer "
+        "is measured in the same rounds, for a before/after table",
+    )
+    parser.add_argument(
         "--json", default="benchmarks/results/latest.json", help="where to write JSON"
     )
     args = parser.parse_args()
+    global BASELINE_TREE
+    baseline = []
+    if args.baseline:
+        BASELINE_TREE = Path(args.baseline).resolve()
+        baseline = [name + SUFFIX for name in BASELINE]
     if args.smoke:
         args.count, args.runs, args.drain_count, args.soak = 5_000, 1, 5_000, 0
 
-    results: dict[str, list[dict[str, Any]]] = {name: [] for name in THROUGHPUT + OTHERS}
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in THROUGHPUT + OTHERS + baseline}
     started = time.time()
     with EmbeddedBroker() as broker:
         bootstrap = broker.bootstrap_servers
         for run in range(args.runs):
-            order = THROUGHPUT[run % len(THROUGHPUT) :] + THROUGHPUT[: run % len(THROUGHPUT)]
+            measured = THROUGHPUT + baseline
+            order = measured[run % len(measured) :] + measured[: run % len(measured)]
             for name in order + OTHERS:
                 if args.only is not None and name not in args.only:
                     continue
                 count = (
                     args.drain_count
-                    if name in ("trio_drain", "raw_flush", "raw_dr_flush")
+                    if name.removesuffix(SUFFIX) in ("trio_drain", "raw_flush", "raw_dr_flush")
                     else args.count
                 )
-                out = measure(name, bootstrap, f"bench-{name}-{run}", count, args.size)
+                topic = f"bench-{name.replace(SUFFIX, '-base')}-{run}"
+                out = measure(name, bootstrap, topic, count, args.size)
                 results[name].append(out)
                 shown = f"{out['rate']:,.0f} msg/s" if "rate" in out else json.dumps(out)
                 print(
@@ -119,6 +162,17 @@ def main() -> None:
         "send_vs_aiokafka": round(by["trio_send"] / by["aiokafka"], 2),
         "send_vs_aio": round(by["trio_send"] / by["aio"], 2),
         "nowait_vs_raw": round(by["trio_nowait"] / by["raw"], 2),
+        "many_vs_raw": round(by["trio_many"] / by["raw"], 2),
+        "many_vs_raw_dr": round(by["trio_many"] / by["raw_dr"], 2),
+        "fanin_vs_aio": round(by["trio_fanin"] / by["aio_fanin"], 2),
+        "fanin_vs_aiokafka": round(by["trio_fanin"] / by["aiokafka_fanin"], 2),
+        "before_after": {
+            name.removesuffix(SUFFIX): {
+                "before": _figure(results[name]),
+                "after": _figure(results[name.removesuffix(SUFFIX)]),
+            }
+            for name in baseline
+        },
         "send_and_wait_p50_ms": round(median(results["trio_send_and_wait"], "p50_ms"), 3),
         "send_and_wait_p99_ms": round(median(results["trio_send_and_wait"], "p99_ms"), 3),
         "drain_seconds": round(drain, 4),
@@ -157,17 +211,37 @@ def main() -> None:
     send_aiokafka = summary["send_vs_aiokafka"]
     send_aio = summary["send_vs_aio"]
     nowait_raw = summary["nowait_vs_raw"]
-    drain_raw = summary["accept_and_drain_vs_raw"]
     idle = summary["idle_cpu_percent"]
+    drain_raw_dr = summary["accept_and_drain_vs_raw_dr"]
     checks = [
-        ("await send() vs aiokafka", send_aiokafka, ">= 1.5", send_aiokafka >= 1.5),
+        ("await send() vs aiokafka", send_aiokafka, ">= 1.6", send_aiokafka >= 1.6),
         ("await send() vs AIOProducer", send_aio, ">= 2", send_aio >= 2),
-        ("send_nowait bulk vs raw loop", nowait_raw, ">= 0.75", nowait_raw >= 0.75),
+        ("send_nowait loop vs raw loop", nowait_raw, ">= 0.7", nowait_raw >= 0.7),
+        ("send_many vs raw loop", summary["many_vs_raw"], ">= 0.8", summary["many_vs_raw"] >= 0.8),
         (
-            f"{args.drain_count:,} send_nowait + leave block, vs raw produce + flush()",
-            drain_raw,
-            "<= 1.2",
-            drain_raw <= 1.2,
+            "send_many vs raw loop with delivery callbacks",
+            summary["many_vs_raw_dr"],
+            ">= 1.0",
+            summary["many_vs_raw_dr"] >= 1.0,
+        ),
+        (
+            "100 tasks x await send() vs 100 tasks on AIOProducer",
+            summary["fanin_vs_aio"],
+            ">= 3",
+            summary["fanin_vs_aio"] >= 3,
+        ),
+        (
+            "100 tasks x await send() vs 100 tasks on aiokafka",
+            summary["fanin_vs_aiokafka"],
+            ">= 3",
+            summary["fanin_vs_aiokafka"] >= 3,
+        ),
+        (
+            f"{args.drain_count:,} send_nowait + leave block, vs raw produce with "
+            "callbacks + flush()",
+            drain_raw_dr,
+            "<= 1.5",
+            drain_raw_dr <= 1.5,
         ),
         ("idle producer CPU %", idle, "~ 0", idle < 0.5),
     ]
@@ -186,6 +260,17 @@ def main() -> None:
         f"- leaving the block alone: {summary['drain_seconds']} s; raw flush() alone: "
         f"{summary['raw_flush_seconds']} s (ours also hands the messages to librdkafka)"
     )
+    if baseline:
+        print(f"\nbefore ({args.baseline}) / after (this checkout), same rounds, medians:\n")
+        print(f"| {'client':<13} | {'before':>12} | {'after':>12} | {'after/before':>12} |")
+        print(f"|{'-' * 15}|{'-' * 14}|{'-' * 14}|{'-' * 14}|")
+        for name, pair in summary["before_after"].items():  # type: ignore[union-attr]
+            before, after = pair["before"], pair["after"]
+            # drain is seconds (lower is better); the rest msg/s (higher is better)
+            ratio = before / after if name == "trio_drain" else after / before
+            unit = name == "trio_drain"
+            shown = [f"{v:,.3f} s" if unit else f"{v:,.0f}" for v in (before, after)]
+            print(f"| {name:<13} | {shown[0]:>12} | {shown[1]:>12} | {ratio:>12.2f} |")
     if soak is not None:
         marks = summary["soak"]["rss_mb_at"]  # type: ignore[index]
         print(f"- RSS over {args.soak:,} messages (MB at message #): {marks}")

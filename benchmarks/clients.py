@@ -214,20 +214,6 @@ def aiokafka(bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any
 # ---- trio_producer ----------------------------------------------------------------------------
 
 
-def _trio(body: Callable[..., Any], bootstrap: str, **fields: Any) -> Any:
-    import trio
-
-    from trio_producer import open_producer
-
-    async def main() -> Any:
-        async with open_producer(
-            bootstrap_servers=bootstrap, librdkafka=PROPS, **fields
-        ) as producer:
-            return await body(producer)
-
-    return trio.run(main)
-
-
 def trio_send(bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any]:
     """`await producer.send()` per message; the clock stops when the block has exited."""
     import trio
@@ -372,7 +358,92 @@ def trio_idle(bootstrap: str, topic: str, count: int, size: int) -> dict[str, An
     return {"idle_cpu_percent": 100 * cpu / seconds, "rss_peak_mb": rss_peak_mb()}
 
 
+# ---- fan-in: many tasks sending at once ---------------------------------------------------
+
+FAN_IN_TASKS = 100
+
+
+def trio_fanin(bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any]:
+    """100 Trio tasks, each `await producer.send()` count/100 messages."""
+    import trio
+
+    from trio_producer import open_producer
+
+    value = b"x" * size
+    each = count // FAN_IN_TASKS
+
+    async def main() -> float:
+        start = time.perf_counter()
+        async with open_producer(bootstrap_servers=bootstrap, librdkafka=PROPS) as producer:
+            send = producer.send
+
+            async def task() -> None:
+                for _ in range(each):
+                    await send(topic, value)
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(FAN_IN_TASKS):
+                    nursery.start_soon(task)
+        return time.perf_counter() - start
+
+    return result(each * FAN_IN_TASKS, trio.run(main))
+
+
+def aio_fanin(bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any]:
+    """100 asyncio tasks on one confluent AIOProducer, each awaiting produce()."""
+    from confluent_kafka.aio import AIOProducer
+
+    each = count // FAN_IN_TASKS
+
+    async def main() -> dict[str, Any]:
+        producer = AIOProducer({"bootstrap.servers": bootstrap, **PROPS})
+        value = b"x" * size
+        start = time.perf_counter()
+
+        async def task() -> list[Any]:
+            return [await producer.produce(topic, value) for _ in range(each)]
+
+        batches = await asyncio.gather(*(task() for _ in range(FAN_IN_TASKS)))
+        await producer.flush()
+        await asyncio.gather(*(f for batch in batches for f in batch))
+        seconds = time.perf_counter() - start
+        await producer.close()
+        return result(each * FAN_IN_TASKS, seconds)
+
+    return asyncio.run(main())
+
+
+def aiokafka_fanin(bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any]:
+    """100 asyncio tasks on one aiokafka producer, each awaiting send()."""
+    from aiokafka import AIOKafkaProducer
+
+    each = count // FAN_IN_TASKS
+
+    async def main() -> dict[str, Any]:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks=1, linger_ms=5, enable_idempotence=False
+        )
+        await producer.start()
+        value = b"x" * size
+        start = time.perf_counter()
+
+        async def task() -> list[Any]:
+            return [await producer.send(topic, value) for _ in range(each)]
+
+        batches = await asyncio.gather(*(task() for _ in range(FAN_IN_TASKS)))
+        await producer.flush()
+        await asyncio.gather(*(f for batch in batches for f in batch))
+        seconds = time.perf_counter() - start
+        await producer.stop()
+        return result(each * FAN_IN_TASKS, seconds)
+
+    return asyncio.run(main())
+
+
 CLIENTS: dict[str, Callable[[str, str, int, int], dict[str, Any]]] = {
+    "trio_fanin": trio_fanin,
+    "aio_fanin": aio_fanin,
+    "aiokafka_fanin": aiokafka_fanin,
     "raw": raw,
     "raw_dr": raw_dr,
     "trio_many": trio_many,

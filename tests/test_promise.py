@@ -617,6 +617,31 @@ async def test_every_async_method_checkpoints_on_its_idle_path(
     assert missing == [], f"no checkpoint in: {', '.join(missing)}"
 
 
+async def test_every_async_method_checkpoints_when_the_producer_is_closed(
+    kafka_bootstrap: str, kafka_topic: str
+) -> None:
+    """Every path, the refusals included: a loop of refused calls cannot freeze the loop."""
+    with trio.fail_after(10):
+        async with open_producer(bootstrap_servers=kafka_bootstrap, close_timeout=2) as p:
+            pass
+    calls: dict[str, Callable[[], Awaitable[object]]] = {
+        "send()": lambda: p.send(kafka_topic, b"one"),
+        "send_many()": lambda: p.send_many(kafka_topic, [b"two"]),
+        "send_and_wait()": lambda: p.send_and_wait(kafka_topic, b"three"),
+        "flush()": p.flush,
+    }
+    missing = []
+    for name, call in calls.items():
+        try:
+            # assert_checkpoints checks nothing when its block raises: catch inside it.
+            with trio.testing.assert_checkpoints():
+                with pytest.raises(ProducerClosedError):
+                    await call()
+        except AssertionError:
+            missing.append(name)
+    assert missing == [], f"no checkpoint in: {', '.join(missing)}"
+
+
 # ---- 13. on_delivery_error must be a plain callable --------------------------------------
 
 

@@ -22,6 +22,7 @@ from ._delivery import DeliveryTracker
 from ._exceptions import (
     ConfigError,
     DeliveryError,
+    ProducerClosedError,
     TransactionError,
     TrioProducerError,
 )
@@ -220,6 +221,9 @@ class Producer:
             before = batch.accepted
             try:
                 taken = channel.extend_nowait(topic, it, bulk_item)
+            except ProducerClosedError:
+                await trio.lowlevel.cancel_shielded_checkpoint()  # a checkpoint on every path
+                raise
             finally:
                 accepted += batch.accepted - before
             if taken < room:

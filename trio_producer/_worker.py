@@ -117,6 +117,9 @@ class BatchChannel:
         while True:
             try:
                 self.send_nowait(item, size)
+            except ProducerClosedError:
+                await trio.lowlevel.cancel_shielded_checkpoint()  # a checkpoint on every path
+                raise
             except trio.WouldBlock:
                 await self.wait_for_room()
                 # Woken by the worker or by close(): if the caller was cancelled
