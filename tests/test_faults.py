@@ -12,7 +12,6 @@ import os
 import random
 import resource
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -118,19 +117,16 @@ async def test_cancellation_at_a_random_moment_loses_nothing(
 def test_signal_mid_stream_drains_every_accepted_message(
     kafka_bootstrap: str, kafka_topic: str, mode: str
 ) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, str(APPS / "produce_until_signal.py"), kafka_bootstrap, kafka_topic, mode],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "producing"
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGINT if mode == "sigint" else signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == (130 if mode == "sigint" else 0), err
-    accepted = int(out.strip().rsplit("accepted=", 1)[1])
+    from .test_signals import Child  # SIGINT at its default in the child; always killed
+
+    app = [sys.executable, str(APPS / "produce_until_signal.py"), kafka_bootstrap, kafka_topic]
+    with Child([*app, mode]) as child:
+        child.wait_for(b"producing\n", stream="out")
+        time.sleep(1.0)
+        child.signal(signal.SIGINT if mode == "sigint" else signal.SIGTERM)
+        code = child.wait(timeout=30)
+    assert code == (130 if mode == "sigint" else 0), child.output()
+    accepted = int(child.out.decode().strip().rsplit("accepted=", 1)[1])
     assert accepted > 1_000
     records = consume_all(kafka_bootstrap, kafka_topic, expected=accepted + 1, idle_timeout=1.0)
     assert [r.value for r in records] == [b"%d" % i for i in range(accepted)]

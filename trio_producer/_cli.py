@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import time
 from contextlib import ExitStack
 from functools import partial
@@ -15,10 +16,16 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import attrs
 import trio
 
-from ._client import consume_all, create_topics
 from ._config import ProducerConfig
-from ._exceptions import DeliveryError, TrioProducerError, UndeliveredMessagesError
+from ._exceptions import (
+    DeliveryError,
+    KafkaFatalError,
+    TrioProducerError,
+    UndeliveredMessagesError,
+)
 from ._producer import Producer, open_producer
+from ._signals import cancel_on_signals
+from .testing._admin import consume_all, create_topics
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
@@ -64,19 +71,33 @@ class ProduceResult:
     failed: list[DeliveryError] = attrs.Factory(list)
     rejected: list[tuple[bytes, str]] = attrs.Factory(list)
     undelivered: list[Message] = attrs.Factory(list)
+    #: Lines read but never sent: the reading stopped in the middle of a chunk.
+    unsent: list[bytes] = attrs.Factory(list)
+    #: The signal that stopped the reading (its name), if one did.
     interrupted: str | None = None
+    #: The signal that cut the drain short (its number), if one did.
+    cut_short: int | None = None
     error: str | None = None
 
     @property
     def ok(self) -> bool:
         return self.delivered == self.read and not (
-            self.failed or self.rejected or self.undelivered
+            self.failed or self.rejected or self.undelivered or self.unsent
         )
+
+    @property
+    def exit_status(self) -> int:
+        """0: every line read was delivered; 1: some were not; 128 + N: signal N cut the
+        drain short (130 for SIGINT, 143 for SIGTERM)."""
+        if self.cut_short is not None:
+            return 128 + self.cut_short
+        return 0 if self.ok else 1
 
     def summary(self) -> str:
         return (
             f"sent={self.sent} delivered={self.delivered} "
-            f"failed={len(self.failed) + len(self.rejected)} undelivered={len(self.undelivered)}"
+            f"failed={len(self.failed) + len(self.rejected)} "
+            f"undelivered={len(self.undelivered) + len(self.unsent)}"
         )
 
 
@@ -128,57 +149,154 @@ class LineFormat:
         return value
 
 
-async def _lines(stream: trio.abc.ReceiveStream) -> AsyncIterator[list[bytes]]:
-    """Complete lines, a chunk at a time (a last line without newline counts)."""
-    rest = b""
-    while True:
-        chunk = await stream.receive_some(_CHUNK)
-        if not chunk:
-            break
-        parts = (rest + chunk).split(b"\n")
-        rest = parts.pop()
-        if parts:
-            yield parts
-    if rest:
-        yield [rest]
+@attrs.define(eq=False)
+class _LineReader:
+    """Complete lines from a stream, a chunk at a time (a last line without newline counts).
+
+    ``partial`` is what was read after the last newline, not yet a line: when the reading
+    stops early (a signal), it was read but will not be sent.
+    """
+
+    stream: trio.abc.ReceiveStream
+    partial: bytes = b""
+
+    async def chunks(self) -> AsyncIterator[list[bytes]]:
+        while True:
+            chunk = await self.stream.receive_some(_CHUNK)
+            if not chunk:
+                break
+            parts = (self.partial + chunk).split(b"\n")
+            self.partial = parts.pop()
+            if parts:
+                yield parts
+        if self.partial:
+            last, self.partial = self.partial, b""
+            yield [last]
 
 
-async def _watch_signals(
-    read_scope: trio.CancelScope,
-    result: ProduceResult,
-    *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        task_status.started()
-        async for signum in signals:
-            name = signal.Signals(signum).name
-            if result.interrupted is None:
-                result.interrupted = name
-                print(f"{PROG}: {name}: stopped reading, draining", file=sys.stderr, flush=True)
-                read_scope.cancel(reason=f"received {name}")
-            else:
-                print(f"{PROG}: {name}: already draining", file=sys.stderr, flush=True)
+def _say(text: str) -> None:
+    print(f"{PROG}: {text}", file=sys.stderr, flush=True)
 
 
-async def _progress(producer: Producer, result: ProduceResult) -> None:
+def _signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
+
+
+@attrs.define(eq=False)
+class _Shutdown:
+    """How a ``produce`` run stops: what each signal does, and what the drain says.
+
+    The first SIGINT/SIGTERM while reading stops the reading (``cancel_on_signals``
+    cancels ``read_scope``): the producer drains. A signal while it drains (the second
+    one, or the first one after EOF) cuts the drain short: ``Producer.abort``.
+    """
+
+    producer: Producer
+    result: ProduceResult
+    close_timeout: float
+    reading: bool = True
+    closed: bool = False
+    #: The "draining: ..." lines; cancelled when the drain is cut short.
+    report_scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
+
+    def left(self) -> int:
+        stats = self.producer.statistics()
+        return stats.queued + stats.in_flight
+
+    def on_signal(self, signum: int, count: int) -> None:
+        """``cancel_on_signals``' ``on_signal``: called before the helper acts on it."""
+        name = _signal_name(signum)
+        if self.closed:
+            return  # the producer has closed: nothing left to stop
+        if self.result.cut_short is not None:
+            _say(f"{name}: already cutting the drain short")
+            return
+        if count == 1 and self.reading:
+            self.result.interrupted = name
+            _say(f"{name}: stopped reading, draining")
+            return
+        # A signal while draining: the helper aborts every open producer on the second
+        # signal; after EOF the first signal is already one "while draining".
+        self.result.cut_short = signum
+        self.report_scope.cancel(reason=f"received {name}")
+        _say(f"{name}: cutting the drain short ({self.left()} message(s) left)")
+        if count == 1:
+            self.producer.abort(f"received {name} while draining")
+
+    async def report_drain(self, deadline: float, delay: float, hint: str) -> None:
+        """Say how many messages are left about once a second until the producer closes."""
+        with self.report_scope:
+            await trio.sleep(delay)
+            while True:
+                left = self.left()
+                if left:
+                    until = max(0.0, deadline - trio.current_time())
+                    _say(
+                        f"draining: {left} message(s) left, {until:.0f} s until "
+                        f"close_timeout ({hint})"
+                    )
+                await trio.sleep(1.0)
+
+    def start_drain(self, nursery: trio.Nursery) -> None:
+        """The reading has stopped (EOF or a signal); the drain begins."""
+        self.reading = False
+        deadline = trio.current_time() + self.close_timeout
+        first = self.result.interrupted
+        if first is None:  # EOF: say something only when the drain takes a while
+            nursery.start_soon(self.report_drain, deadline, 1.0, "Ctrl-C to stop now")
+        else:
+            again = "Ctrl-C" if first == "SIGINT" else first
+            nursery.start_soon(self.report_drain, deadline, 0.0, f"{again} again to stop now")
+
+
+async def _progress(producer: Producer, result: ProduceResult, scope: trio.CancelScope) -> None:
     from rich.console import Console
 
     console = Console(stderr=True)
     start = time.monotonic()
     try:
-        while True:
-            await trio.sleep(0.5)
-            delivered = producer.statistics().delivered
-            rate = delivered / max(time.monotonic() - start, 1e-9)
-            console.print(
-                f"read {result.read}  sent {result.sent}  delivered {delivered}  "
-                f"({rate:,.0f} msg/s)",
-                end="\r",
-                highlight=False,
-            )
+        with scope:
+            while True:
+                await trio.sleep(0.5)
+                delivered = producer.statistics().delivered
+                rate = delivered / max(time.monotonic() - start, 1e-9)
+                console.print(
+                    f"read {result.read}  sent {result.sent}  delivered {delivered}  "
+                    f"({rate:,.0f} msg/s)",
+                    end="\r",
+                    highlight=False,
+                )
     finally:
         console.print(" " * 70, end="\r")
+
+
+async def _send_lines(
+    producer: Producer, topic: str, fmt: LineFormat, reader: _LineReader, result: ProduceResult
+) -> None:
+    """One message per line until EOF. When the reading stops early (a signal, or the
+    producer failing), the lines read but not sent go to ``result.unsent``."""
+    chunk: list[bytes] = []
+    done = 0  # lines of ``chunk`` sent or rejected
+    try:
+        async for chunk in reader.chunks():
+            done = 0
+            for line in chunk:
+                try:
+                    kwargs = fmt.parse(line)
+                    try:
+                        producer.send_nowait(topic, **kwargs)
+                    except trio.WouldBlock:
+                        await producer.send(topic, **kwargs)
+                except (ValueError, TypeError) as exc:
+                    result.rejected.append((line, str(exc)))
+                else:
+                    result.sent += 1
+                result.read += 1
+                done += 1
+            await trio.lowlevel.checkpoint()
+    finally:
+        result.unsent = chunk[done:] + ([reader.partial] if reader.partial else [])
+        result.read += len(result.unsent)
 
 
 async def run_produce(
@@ -189,38 +307,48 @@ async def run_produce(
     *,
     progress: bool = False,
 ) -> ProduceResult:
-    """Produce one message per line of ``stream``; stop on EOF, SIGINT or SIGTERM."""
+    """Produce one message per line of ``stream``; stop on EOF, SIGINT or SIGTERM.
+
+    The first signal stops the reading and the producer drains; a signal while it
+    drains cuts the drain short (``result.cut_short``).
+    """
     result = ProduceResult()
     producer: Producer | None = None
+    shutdown: _Shutdown | None = None
     setup_error: TrioProducerError | None = None
     async with stream, trio.open_nursery() as watchers:
         read_scope = trio.CancelScope()
-        await watchers.start(_watch_signals, read_scope, result)
+        progress_scope = trio.CancelScope()
         try:
             async with open_producer(config, on_delivery_error=result.failed.append) as producer:
+                shutdown = _Shutdown(producer, result, config.close_timeout)
+                # Started once the producer is open: a signal before that has its default
+                # effect (nothing was read yet); from here until the producer has closed,
+                # SIGINT and SIGTERM are handled (even when SIGINT was ignored).
+                await watchers.start(
+                    partial(cancel_on_signals, read_scope, on_signal=shutdown.on_signal)
+                )
                 if progress:
-                    watchers.start_soon(_progress, producer, result)
+                    watchers.start_soon(_progress, producer, result, progress_scope)
                 with read_scope:
-                    async for lines in _lines(stream):
-                        for line in lines:
-                            result.read += 1
-                            try:
-                                kwargs = fmt.parse(line)
-                                try:
-                                    producer.send_nowait(topic, **kwargs)
-                                except trio.WouldBlock:
-                                    await producer.send(topic, **kwargs)
-                            except (ValueError, TypeError) as exc:
-                                result.rejected.append((line, str(exc)))
-                                continue
-                            result.sent += 1
-                        await trio.lowlevel.checkpoint()
-        except UndeliveredMessagesError as exc:
+                    await _send_lines(producer, topic, fmt, _LineReader(stream), result)
+                progress_scope.cancel(reason="the reading has stopped")
+                shutdown.start_drain(watchers)
+        except (UndeliveredMessagesError, KafkaFatalError) as exc:
             result.undelivered = list(exc.messages)
             result.error = _unreachable_hint(config.bootstrap_servers) + str(exc)
         except TrioProducerError as exc:  # ConfigError at open: raised below, not grouped
             setup_error = exc
+        except KeyboardInterrupt:
+            # Ctrl-C outside the signal helper's watch (as the producer opened): the
+            # producer drained, cut short; what it did not deliver is handed back here.
+            if result.cut_short is None:
+                result.cut_short = signal.SIGINT
+            if producer is not None:
+                result.undelivered = [failure.message for failure in producer.undelivered]
         finally:
+            if shutdown is not None:
+                shutdown.closed = True
             watchers.cancel_scope.cancel(reason="done")
             if producer is not None:
                 result.delivered = producer.statistics().delivered
@@ -236,30 +364,64 @@ def _open_input(path: str | None) -> trio.lowlevel.FdStream:
     return trio.lowlevel.FdStream(os.open(path, os.O_RDONLY))
 
 
+#: Undelivered lines are named on stderr one by one up to these limits; beyond them
+#: (without --undelivered) they all go to a new file in the temporary directory.
+_NAME_AT_MOST_LINES = 20
+_NAME_AT_MOST_BYTES = 4096
+
+
+def _shorten(line: bytes, width: int = 80) -> str:
+    text = line.decode(errors="replace")
+    return text if len(text) <= width else f"{text[: width - 3]}..."
+
+
+def _keep_lost_lines(lines: list[bytes], path: str | None) -> None:
+    """Hand the lines that were not delivered back to the user: a file, or stderr."""
+    written_by_us = False
+    if path is None and (
+        len(lines) > _NAME_AT_MOST_LINES or sum(map(len, lines)) > _NAME_AT_MOST_BYTES
+    ):
+        # Too many to read on a terminal, too precious to drop: a file of our own.
+        try:
+            fd, path = tempfile.mkstemp(prefix=f"{PROG}-undelivered-", suffix=".txt")
+            os.close(fd)
+        except OSError:
+            path = None
+        else:
+            written_by_us = True
+            for line in lines[:3]:
+                _say(f"undelivered: {_shorten(line)}")
+            if len(lines) > 3:
+                _say(f"undelivered: ... and {len(lines) - 3} more")
+    if path is None:
+        for line in lines:
+            _say(f"undelivered: {line.decode(errors='replace')}")
+        return
+    with open(path, "wb") as out:
+        for line in lines:
+            out.write(line + b"\n")
+    hint = " (--undelivered FILE to choose the file)" if written_by_us else ""
+    _say(f"{len(lines)} line(s) not delivered, written to {path}{hint}")
+
+
 def _report(result: ProduceResult, fmt: LineFormat, undelivered_path: str | None) -> int:
+    """Print what happened (the summary line last); return the exit status."""
     lost_lines = [line for line, _ in result.rejected]
     lost_lines += [fmt.unparse(f.message) for f in result.failed]
     lost_lines += [fmt.unparse(m) for m in result.undelivered]
+    lost_lines += result.unsent
     for line, why in result.rejected[:5]:
-        print(f"{PROG}: rejected line {line[:60]!r}: {why}", file=sys.stderr)
+        _say(f"rejected line {line[:60]!r}: {why}")
     for failure in result.failed[:5]:
-        print(f"{PROG}: failed: {failure}", file=sys.stderr)
+        _say(f"failed: {failure}")
     if lost_lines:
-        if undelivered_path:
-            with open(undelivered_path, "wb") as out:
-                for line in lost_lines:
-                    out.write(line + b"\n")
-            print(
-                f"{PROG}: {len(lost_lines)} line(s) not delivered, written to {undelivered_path}",
-                file=sys.stderr,
-            )
-        else:
-            for line in lost_lines:
-                print(f"{PROG}: undelivered: {line.decode(errors='replace')}", file=sys.stderr)
+        _keep_lost_lines(lost_lines, undelivered_path)
     if result.error:
-        print(f"{PROG}: error: {result.error}", file=sys.stderr)
+        _say(f"error: {result.error}")
+    elif result.cut_short is not None:
+        _say(f"{_signal_name(result.cut_short)}: the drain was cut short")
     print(result.summary(), file=sys.stderr, flush=True)
-    return 0 if result.ok else 1
+    return result.exit_status
 
 
 # ---- demo -------------------------------------------------------------------------------
@@ -367,9 +529,12 @@ def _build() -> click_types.Group:
     ) -> None:
         """Produce one message per line of stdin (or --file).
 
-        On EOF, SIGINT or SIGTERM it stops reading, drains and exits with a summary line
-        `sent=N delivered=N failed=N undelivered=N` on stderr. Exit status 0 only when
-        every line read was delivered.
+        On EOF, SIGINT or SIGTERM it stops reading, drains (at most --close-timeout) and
+        exits with a summary line `sent=N delivered=N failed=N undelivered=N` on stderr.
+        A second SIGINT/SIGTERM cuts the drain short. Exit status: 0 when every line read
+        was delivered, 1 when some were not (they go to --undelivered FILE or are named
+        on stderr), 130 / 143 when a SIGINT / SIGTERM cut the drain short, 2 for a usage
+        or configuration error.
         """
         if key_separator is not None and jsonl:
             _fail("--key-separator and --jsonl do not go together", 2)

@@ -9,11 +9,17 @@ It prints ``accepted=N`` (messages whose send returned) on stdout when it ends.
 
 from __future__ import annotations
 
-import sys
+import signal
 
-import trio
+# First thing: a child of a shell's background job inherits SIGINT ignored, and Trio
+# only raises KeyboardInterrupt when SIGINT has Python's default handler.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
-from trio_producer import cancel_on_signals, open_producer
+import sys  # noqa: E402
+
+import trio  # noqa: E402
+
+from trio_producer import cancel_on_signals, open_producer  # noqa: E402
 
 BOOTSTRAP, TOPIC, MODE = sys.argv[1:4]
 accepted = 0
