@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -87,7 +85,6 @@ def scenario(name: str, *args: str, timeout: float = 20.0) -> dict[str, Any]:
             capture_output=True,
             text=True,
             timeout=timeout,
-            preexec_fn=_default_sigint,
         )
     except subprocess.TimeoutExpired as exc:
         err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
@@ -99,11 +96,6 @@ def scenario(name: str, *args: str, timeout: float = 20.0) -> dict[str, Any]:
     pytest.fail(
         f"scenario {name!r} printed no result (exit {proc.returncode}): {proc.stderr[-2000:]}"
     )
-
-
-def _default_sigint() -> None:
-    """In the child, before exec: default SIGINT (a background shell leaves it ignored)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 # ---- 1. a cancelled send_and_wait must not swallow its failed delivery --------------------
@@ -513,56 +505,7 @@ async def _cancel(scope: trio.CancelScope) -> None:
     scope.cancel()
 
 
-# ---- 11. a second SIGTERM cuts the drain short, it does not kill the process ---------------
-
-
-@pytest.mark.timeout(60)
-def test_second_sigterm_cuts_the_drain_short_and_hands_everything_back() -> None:
-    with socket.socket() as silent:  # accepts connections (backlog), never answers
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(64)
-        port = silent.getsockname()[1]
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                str(APPS / "second_sigterm_app.py"),
-                f"127.0.0.1:{port}",
-                "never-answered",
-            ],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},  # this checkout's trio_producer
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            preexec_fn=_default_sigint,
-        )
-        try:
-            assert proc.stdout is not None
-            assert proc.stdout.readline().strip() == "ready"
-            proc.send_signal(signal.SIGTERM)  # the drain starts (it would take 30 s)
-            time.sleep(1.0)
-            assert proc.poll() is None, "the first SIGTERM did not start a drain"
-            proc.send_signal(signal.SIGTERM)
-            second_at = time.monotonic()
-            try:
-                out, err = proc.communicate(timeout=5)
-            except subprocess.TimeoutExpired:
-                pytest.fail("the process did not end within 5 s of the second SIGTERM")
-            took = time.monotonic() - second_at
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
-    assert proc.returncode >= 0, (
-        f"killed by signal {-proc.returncode} (exit status {proc.returncode}); "
-        f"stdout={out!r} stderr tail={err[-500:]!r}"
-    )
-    assert took < 5
-    assert "left=UndeliveredMessagesError" in out, out + err[-2000:]
-    handed_back = int(out.split("handed_back=", 1)[1].split()[0])
-    accepted = int(out.rsplit("accepted=", 1)[1].split()[0])
-    assert accepted == 100
-    assert handed_back == accepted
+# ---- 11. a second SIGTERM cuts the drain short: tests/test_signals.py ---------------------
 
 
 # ---- 12. idle async methods are checkpoints ----------------------------------------------

@@ -148,10 +148,8 @@ class Batch:
         append = items.append
         before = len(items)
         nbytes = 0
-        taken = 0
         try:
             for element in islice(elements, self.capacity - before):
-                taken += 1
                 if type(element) is bytes:
                     append({"topic": topic, "value": element})
                     nbytes += len(element)
@@ -161,7 +159,7 @@ class Batch:
                     nbytes += size
         finally:
             self.nbytes += nbytes
-        return taken
+        return len(items) - before
 
     def wants_wake(self) -> bool:
         """Whether the receiver asked to be woken at the current count or bytes."""

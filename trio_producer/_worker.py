@@ -76,10 +76,11 @@ class BatchChannel:
         """
         if self.closed:
             raise self.closed_error()
-        batch = self.batch
-        if len(batch.items) >= batch.capacity:
-            raise trio.WouldBlock
-        if batch.append(item, size):
+        try:
+            wake = self.batch.append(item, size)
+        except OverflowError:  # at capacity: nothing appended
+            raise trio.WouldBlock from None
+        if wake:
             self._wake_worker()
 
     async def wait_for_room(self) -> None:

@@ -17,17 +17,22 @@ waits for I/O (raised from plain task code it would be raised in that helper tas
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import sys
-from typing import Any
 
-import trio
+# First thing: a child of a shell's background job inherits SIGINT ignored, and then
+# Trio installs no KeyboardInterrupt handler at all.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
-from tests.accounting import Ledger
-from tests.faultproxy import proxied_broker
-from trio_producer import Producer, open_producer
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+from typing import Any  # noqa: E402
+
+import trio  # noqa: E402
+
+from tests.accounting import Ledger  # noqa: E402
+from tests.faultproxy import proxied_broker  # noqa: E402
+from trio_producer import Producer, open_producer  # noqa: E402
 
 result: dict[str, Any] = {}
 
