@@ -1,0 +1,520 @@
+"""The durable spool's storage engine (trio_producer._spool): no broker, no Trio."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trio_producer._spool import (
+    _HEAD,
+    RECORD_OVERHEAD,
+    Spool,
+    SpoolError,
+    SpoolFullError,
+    SpoolLockedError,
+    SpoolRecord,
+    _parse_record,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+SEG = 4096
+
+
+def crash(spool: Spool) -> None:
+    """Drop the spool's files and lock as a killed process would: no cleanup at all."""
+    spool._release_all()
+
+
+def segment_files(path: Path) -> list[Path]:
+    return sorted(path.glob("*.seg"))
+
+
+def record_offsets(seg: Path) -> list[tuple[int, int]]:
+    """``(offset, length)`` of every valid record in a segment file, in order."""
+    data = seg.read_bytes()
+    out: list[tuple[int, int]] = []
+    pos = 64
+    while True:
+        parsed = _parse_record(data, pos, len(data))
+        if parsed is None:
+            return out
+        out.append((pos, parsed[0]))
+        pos += parsed[0]
+
+
+def fields(r: SpoolRecord) -> tuple[Any, ...]:
+    return (r.topic, r.value, r.key, r.headers, r.partition, r.timestamp)
+
+
+MESSAGES: list[tuple[Any, ...]] = [
+    ("events", b"v0", None, None, -1, 0),
+    ("events", b"v1", b"k1", [("trace", b"abc"), ("empty", None), ("z", b"")], 3, 1_700_000),
+    ("ünïcode-topic", None, b"tombstone-key", None, 0, 2**62),
+    ("events", b"", b"", [("naïve", b"\x00\xff")], 2**31 - 1, 1),
+    ("t", b"\x00" * 300, None, None, -1, 0),  # a value that ends in zero bytes
+]
+
+
+def test_every_field_round_trips(tmp_path: Path) -> None:
+    with Spool.open(tmp_path, max_bytes=1 << 20) as spool:
+        uuid = spool.uuid
+        seqs = [spool.append(*m) for m in MESSAGES]
+        first = spool.append_many(MESSAGES)
+        assert seqs == [0, 1, 2, 3, 4]
+        assert first == 5
+        ids = [spool.id_of(s) for s in range(10)]
+    with Spool.open(tmp_path, max_bytes=1 << 20) as spool:
+        assert [r.seq for r in spool.recovered] == list(range(10))
+        assert [fields(r) for r in spool.recovered] == MESSAGES + MESSAGES
+        assert [r.id for r in spool.recovered] == ids
+        assert ids[7] == uuid + (7).to_bytes(8, "big")
+        assert spool.uuid != uuid
+        assert spool.recovery.recovered == spool.recovery.duplicates_possible == 10
+        assert (spool.recovery.torn_tails, spool.recovery.corrupt_records) == (0, 0)
+        assert spool.next_seq == 10
+        assert spool.id_of(3) == ids[3]  # a recovered record keeps its id
+
+
+def test_empty_headers_come_back_as_none(tmp_path: Path) -> None:
+    with Spool.open(tmp_path, max_bytes=1 << 20) as spool:
+        spool.append("t", b"v", None, [])
+    with Spool.open(tmp_path, max_bytes=1 << 20) as spool:
+        assert spool.recovered[0].headers is None
+
+
+def test_confirmations_delete_segments_and_free_bytes(tmp_path: Path) -> None:
+    spool = Spool.open(tmp_path, max_bytes=16 * SEG, segment_bytes=SEG)
+    try:
+        value = b"x" * 300
+        size = RECORD_OVERHEAD + 1 + 300
+        per_segment = (SEG - 64) // size
+        seqs = [spool.append("t", value) for _ in range(3 * per_segment)]
+        assert len(segment_files(tmp_path)) == 3
+        assert spool.used_bytes == 3 * SEG
+        assert spool.pending == len(seqs)
+        first_seg = segment_files(tmp_path)[0]
+        spool.confirm_many(seqs[: per_segment - 1])
+        spool.maintain()
+        assert first_seg.exists()
+        spool.confirm(seqs[per_segment - 1])
+        spool.confirm(seqs[0])  # a second confirmation is ignored
+        assert spool.maintenance_due
+        spool.maintain()
+        assert not first_seg.exists()
+        assert not first_seg.with_suffix(".ack").exists()
+        # 2 live segments and a preallocated spare
+        assert spool.used_bytes == 3 * SEG
+        assert len(list(tmp_path.glob("spare-*.tmp"))) == 1
+        assert spool.pending == 2 * per_segment
+        # The active segment stays even when all of it is confirmed.
+        spool.confirm_many(seqs[per_segment:])
+        spool.maintain()
+        assert len(segment_files(tmp_path)) == 1
+        assert spool.pending == 0
+        spool.confirm(seqs[1])  # in a deleted segment: ignored
+        with pytest.raises(ValueError, match="seq 999999 was never appended"):
+            spool.confirm(999_999)
+    finally:
+        spool.close()
+    assert segment_files(tmp_path) == []  # close deletes the fully confirmed active one
+    with Spool.open(tmp_path, max_bytes=16 * SEG, segment_bytes=SEG) as spool:
+        assert spool.recovered == []
+        assert spool.next_seq == 0  # a fresh run: new uuid, ids cannot collide
+
+
+def test_restart_recovers_exactly_the_unconfirmed_in_order(tmp_path: Path) -> None:
+    rng = random.Random(12)
+    spool = Spool.open(tmp_path, max_bytes=64 * SEG, segment_bytes=SEG)
+    seqs = [spool.append("t", f"m{i}".encode(), None) for i in range(300)]
+    seqs += range(
+        spool.append_many([("t", f"m{i}".encode(), None, None, -1, 0) for i in range(300, 600)]),
+        600,
+    )
+    confirmed = set(rng.sample(seqs, 400))
+    spool.confirm_many(sorted(confirmed, key=lambda _: rng.random()))
+    crash(spool)  # no close: a kill -9 after the confirmations were written
+    expected = [s for s in seqs if s not in confirmed]
+    spool = Spool.open(tmp_path, max_bytes=64 * SEG, segment_bytes=SEG)
+    assert [r.seq for r in spool.recovered] == expected
+    assert [r.value for r in spool.recovered] == [f"m{s}".encode() for s in expected]
+    assert spool.next_seq == 600
+    # Confirm half of them, append more, restart again.
+    spool.confirm_many(expected[::2])
+    new = [spool.append("t", f"m{i}".encode()) for i in range(600, 650)]
+    spool.confirm_many(new[:10])
+    spool.close()
+    with Spool.open(tmp_path, max_bytes=64 * SEG, segment_bytes=SEG) as spool:
+        assert [r.seq for r in spool.recovered] == expected[1::2] + new[10:]
+
+
+def _one_segment_spool(path: Path, n: int = 6) -> Path:
+    spool = Spool.open(path, max_bytes=1 << 20, segment_bytes=64 << 10)
+    for i in range(n):
+        spool.append("events", f"value-{i}".encode() * 3, b"key", [("h", b"x")], i, 1000 + i)
+    crash(spool)
+    (seg,) = segment_files(path)
+    return seg
+
+
+@pytest.mark.parametrize("how", ["truncated", "zeroed"])
+def test_torn_tail_is_cut_and_counted_at_every_offset(tmp_path: Path, how: str) -> None:
+    seg = _one_segment_spool(tmp_path / "orig")
+    original = seg.read_bytes()
+    start, length = record_offsets(seg)[-1]
+    for cut in range(start, start + length):
+        work = tmp_path / f"{how}-{cut}"
+        shutil.copytree(seg.parent, work)
+        torn = work / seg.name
+        if how == "truncated":
+            os.truncate(torn, cut)
+        else:
+            torn.write_bytes(original[:cut] + bytes(len(original) - cut))
+        with Spool.open(work, max_bytes=1 << 20, segment_bytes=64 << 10) as spool:
+            assert [r.seq for r in spool.recovered] == [0, 1, 2, 3, 4], cut
+            assert spool.recovered[4].value == b"value-4" * 3
+            tail = len(original[start:cut].rstrip(b"\0"))
+            assert spool.recovery.torn_tail_bytes == tail, cut
+            assert spool.recovery.torn_tails == (1 if tail else 0), cut
+            assert spool.recovery.corrupt_records == 0
+        # The tail was cut: a second recovery finds nothing torn.
+        with Spool.open(work, max_bytes=1 << 20, segment_bytes=64 << 10) as spool:
+            assert len(spool.recovered) == 5
+            assert spool.recovery.torn_tails == 0
+        shutil.rmtree(work)
+
+
+@pytest.mark.parametrize(
+    "where", ["magic", "length", "seq", "topic", "value", "header", "crc", "last byte"]
+)
+def test_corrupt_middle_record_is_skipped_counted_and_logged(
+    tmp_path: Path, where: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    seg = _one_segment_spool(tmp_path, n=10)
+    start, length = record_offsets(seg)[4]
+    offset = {
+        "magic": 0,
+        "length": 4,
+        "seq": 8,
+        "topic": _HEAD.size + 2,
+        "value": _HEAD.size + len("events") + len("key") + 1,
+        "header": length - 6,
+        "crc": length - 2,
+        "last byte": length - 1,
+    }[where]
+    data = bytearray(seg.read_bytes())
+    data[start + offset] ^= 0x40
+    seg.write_bytes(bytes(data))
+    with caplog.at_level(logging.ERROR, logger="trio_producer"):
+        spool = Spool.open(tmp_path, max_bytes=1 << 20, segment_bytes=64 << 10)
+    with spool:
+        assert [r.seq for r in spool.recovered] == [0, 1, 2, 3, 5, 6, 7, 8, 9]
+        assert spool.recovered[4].value == b"value-5" * 3
+        assert spool.recovery.corrupt_records == 1
+        assert spool.recovery.corrupt_bytes == length
+        assert spool.recovery.torn_tails == 0
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert errors[0].name == "trio_producer"
+    assert "1 corrupt record(s) skipped" in errors[0].getMessage()
+    assert "seqs 4..4 lost" in errors[0].getMessage()
+
+
+def test_an_uncommitted_batch_is_torn_not_corrupt(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spool = Spool.open(tmp_path, max_bytes=1 << 20)
+    for i in range(3):
+        spool.append("t", b"single %d" % i)
+    spool.append_many([("t", b"batch %d" % i, None, None, -1, 0) for i in range(5)])
+    crash(spool)
+    (seg,) = segment_files(tmp_path)
+    start, _ = record_offsets(seg)[3]
+    end = sum(record_offsets(seg)[-1])
+    data = bytearray(seg.read_bytes())
+    data[start : start + 4] = bytes(4)  # killed before append_many wrote its first magic
+    seg.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="trio_producer"):
+        spool = Spool.open(tmp_path, max_bytes=1 << 20)
+    with spool:
+        assert [r.value for r in spool.recovered] == [b"single 0", b"single 1", b"single 2"]
+        assert spool.recovery.torn_tails == 1
+        assert spool.recovery.torn_tail_bytes == end - start
+        assert spool.recovery.corrupt_records == 0
+    assert caplog.records == []
+
+
+def test_corrupt_ack_batch_means_sent_again(tmp_path: Path) -> None:
+    spool = Spool.open(tmp_path, max_bytes=1 << 20)
+    for i in range(10):
+        spool.append("t", b"%d" % i)
+    spool.confirm_many([0, 1, 2])
+    spool.confirm_many([5, 6])
+    crash(spool)
+    (ack,) = tmp_path.glob("*.ack")
+    data = bytearray(ack.read_bytes())
+    data[10] ^= 1  # in the first batch's seqs
+    ack.write_bytes(bytes(data) + b"\x07\x00")  # and a torn third batch
+    with Spool.open(tmp_path, max_bytes=1 << 20) as spool:
+        assert [r.seq for r in spool.recovered] == [0, 1, 2, 3, 4, 7, 8, 9]
+        assert spool.recovery.corrupt_acks == 1
+        spool.confirm_many([0, 1])
+    with Spool.open(tmp_path, max_bytes=1 << 20) as spool:  # appended after the cut tail
+        assert [r.seq for r in spool.recovered] == [2, 3, 4, 7, 8, 9]
+
+
+def test_a_second_open_in_this_process_is_refused(tmp_path: Path) -> None:
+    with Spool.open(tmp_path, max_bytes=1 << 20) as spool:
+        spool.append("t", b"v")
+        with pytest.raises(SpoolLockedError) as info:
+            Spool.open(tmp_path, max_bytes=1 << 20)
+        assert info.value.path == tmp_path
+        assert info.value.pid == os.getpid()
+        assert str(info.value) == (
+            f"spool {str(tmp_path)!r} is locked by process {os.getpid()}: "
+            "one producer per spool directory"
+        )
+    with Spool.open(tmp_path, max_bytes=1 << 20) as spool:  # unlocked by close
+        assert len(spool.recovered) == 1
+
+
+HOLDER = """
+import sys
+from trio_producer._spool import Spool, SpoolLockedError
+try:
+    spool = Spool.open(sys.argv[1], max_bytes=1 << 20)
+except SpoolLockedError as exc:
+    print("locked", exc.pid, exc, flush=True)
+    raise SystemExit(0)
+spool.append("t", b"from the child")
+print("ready", flush=True)
+sys.stdin.readline()
+spool.close()
+"""
+
+
+def test_a_second_process_is_refused(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-c", HOLDER, str(tmp_path)]
+    with Spool.open(tmp_path, max_bytes=1 << 20):
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == (
+            f"locked {os.getpid()} spool {str(tmp_path)!r} is locked by process "
+            f"{os.getpid()}: one producer per spool directory"
+        )
+    child = subprocess.Popen(
+        cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdin is not None
+        assert child.stdout.readline() == "ready\n"
+        with pytest.raises(SpoolLockedError, match=f"locked by process {child.pid}"):
+            Spool.open(tmp_path, max_bytes=1 << 20)
+        child.stdin.write("\n")
+        child.stdin.close()
+        assert child.wait(timeout=60) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        child.stdout.close()  # type: ignore[union-attr]
+    with Spool.open(tmp_path, max_bytes=1 << 20) as spool:
+        assert [r.value for r in spool.recovered] == [b"from the child"]
+
+
+def test_a_full_spool_refuses_without_writing_and_frees_up(tmp_path: Path) -> None:
+    spool = Spool.open(tmp_path, max_bytes=4 * SEG, segment_bytes=SEG)
+    try:
+        value = b"x" * 500
+        size = RECORD_OVERHEAD + 1 + 500
+        seqs = []
+        while spool.has_room(size):
+            seqs.append(spool.append("t", value))
+        assert spool.used_bytes == 4 * SEG
+        assert len(seqs) == 4 * ((SEG - 64) // size)
+        with pytest.raises(SpoolFullError, match=r"is full \(16384 of 16384 bytes\)"):
+            spool.append("t", value)
+        with pytest.raises(SpoolFullError):
+            spool.append_many([("t", value, None, None, -1, 0)] * 10)
+        assert spool.next_seq == len(seqs)  # nothing was written
+        assert not spool.has_room(size)
+        assert spool.has_room(0)
+        spool.confirm_many(seqs[:3])  # not a whole segment yet
+        spool.maintain()
+        assert not spool.has_room(size)
+        spool.confirm_many(seqs[3:7])
+        spool.maintain()  # the first segment is deleted; a spare takes its place
+        assert spool.has_room(size)
+        more = spool.append_many([("t", value, None, None, -1, 0)] * 7)
+        assert more == len(seqs)
+    finally:
+        spool.close()
+    with Spool.open(tmp_path, max_bytes=4 * SEG, segment_bytes=SEG) as spool:
+        assert [r.seq for r in spool.recovered] == list(range(7, len(seqs) + 7))
+
+
+def test_a_record_larger_than_a_segment_is_refused(tmp_path: Path) -> None:
+    with Spool.open(tmp_path, max_bytes=4 * SEG, segment_bytes=SEG) as spool:
+        with pytest.raises(SpoolError, match="does not fit in a spool segment of 4096 bytes"):
+            spool.append("t", b"x" * SEG)
+        assert spool.next_seq == 0
+
+
+def test_append_many_across_segments_is_in_order(tmp_path: Path) -> None:
+    items = [("t", b"%05d" % i * 20, None, None, -1, 0) for i in range(500)]
+    with Spool.open(tmp_path, max_bytes=256 * SEG, segment_bytes=SEG) as spool:
+        assert spool.append_many(items[:1]) == 0
+        assert spool.append_many(items[1:]) == 1
+        assert spool.append_many([]) == 500
+        assert len(segment_files(tmp_path)) > 10
+    with Spool.open(tmp_path, max_bytes=256 * SEG, segment_bytes=SEG) as spool:
+        assert [r.value for r in spool.recovered] == [i[1] for i in items]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_bytes": 100}, "max_bytes must be an int >= 8192, not 100"),
+        ({"max_bytes": 1 << 20, "segment_bytes": 1 << 20}, "segment_bytes must be an int from"),
+        ({"max_bytes": 1 << 20, "sync": "sometimes"}, "sync must be one of"),
+        ({"max_bytes": 1 << 20, "sync_interval": 0}, "sync_interval must be a number"),
+    ],
+)
+def test_bad_settings(tmp_path: Path, kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Spool.open(tmp_path, **kwargs)
+
+
+@pytest.mark.parametrize("policy", ["never", "interval", "always"])
+def test_sync_and_maintain_in_another_thread(tmp_path: Path, policy: str) -> None:
+    spool = Spool.open(tmp_path, max_bytes=64 * SEG, segment_bytes=SEG, sync=policy)  # type: ignore[arg-type]
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def background() -> None:
+        try:
+            while not stop.is_set():
+                spool.sync()
+                spool.maintain()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=background)
+    thread.start()
+    try:
+        unconfirmed = []
+        for i in range(3000):
+            seq = spool.append("t", b"%d" % i * 10)
+            if i % 50 == 49:
+                spool.confirm_many(range(seq - 49, seq - 1))  # all but the last two
+                unconfirmed += [seq - 1, seq]
+            if i % 500 == 0:
+                time.sleep(0.001)
+    finally:
+        stop.set()
+        thread.join()
+    assert errors == []
+    assert spool.sync() == 2999
+    assert spool.synced_seq == 2999
+    spool.close()
+    with Spool.open(tmp_path, max_bytes=64 * SEG, segment_bytes=SEG) as spool:
+        assert [r.seq for r in spool.recovered] == unconfirmed
+        spool.confirm_many(unconfirmed)
+        spool.maintain()
+    assert spool.used_bytes == 0
+    assert list(tmp_path.iterdir()) == [tmp_path / "LOCK"]
+
+
+CHILD = """
+import sys
+from trio_producer._spool import Spool
+path, mode = sys.argv[1], sys.argv[2]
+spool = Spool.open(path, max_bytes=1 << 30, segment_bytes=64 << 10)
+print("open", spool.uuid.hex(), flush=True)
+i = 0
+while True:
+    if mode == "single":
+        seq = spool.append("t", b"value-%d" % i, b"k", [("n", b"%d" % i)], -1, i + 1)
+        print("a", seq, flush=True)
+        if seq % 3 == 0:
+            spool.confirm(seq)
+            print("c", seq, flush=True)
+        i += 1
+    else:
+        batch = [("t", b"value-%d" % j, b"k", [("n", b"%d" % j)], -1, j + 1)
+                 for j in range(i, i + 37)]
+        first = spool.append_many(batch)
+        print("a", *range(first, first + 37), flush=True)
+        spool.confirm_many(range(first, first + 37, 3))
+        print("c", *range(first, first + 37, 3), flush=True)
+        i += 37
+"""
+
+
+@pytest.mark.parametrize("mode", ["single", "batch"])
+def test_kill_9_loses_nothing_appended(tmp_path: Path, mode: str) -> None:
+    """SIGKILL a child that appends (and confirms every third message) at a random moment.
+
+    Keys are record ids (run uuid, seq): every fully printed "a" line must be recovered
+    unless its confirmation may have been written; no fully printed "c" may come back.
+    Records recovered in one round must come back in the next (nobody confirms them).
+    """
+    rng = random.Random(f"kill-9-{mode}")
+    carried: set[bytes] = set()
+    for round_ in range(4):
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(tmp_path), mode],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+        )
+        try:
+            assert child.stdout is not None
+            opened, run = child.stdout.readline().split()
+            assert opened == b"open"
+            time.sleep(rng.uniform(0.02, 0.4))
+            child.send_signal(signal.SIGKILL)
+            out = child.stdout.read()
+        finally:
+            if child.poll() is None:
+                child.kill()
+            child.wait()
+            child.stdout.close()  # type: ignore[union-attr]
+        assert child.returncode == -signal.SIGKILL
+        uuid = bytes.fromhex(run.decode())
+        appended: set[bytes] = set()
+        maybe_confirmed: set[bytes] = set()
+        confirmed: set[bytes] = set()
+        lines = out.split(b"\n")[:-1]  # the last piece has no newline: not fully printed
+        assert lines, f"round {round_}: nothing printed"
+        for line in lines:
+            kind, *numbers = line.split()
+            ids = [uuid + int(n).to_bytes(8, "big") for n in numbers]
+            if kind == b"a":
+                appended.update(ids)
+                maybe_confirmed.update(ids[::3] if mode == "batch" else ids[:1])
+            else:
+                confirmed.update(ids)
+        if mode == "single":
+            maybe_confirmed = {i for i in maybe_confirmed if int.from_bytes(i[16:]) % 3 == 0}
+        with Spool.open(tmp_path, max_bytes=1 << 30, segment_bytes=64 << 10) as spool:
+            got = {r.id: r for r in spool.recovered}
+            assert spool.recovery.corrupt_records == 0
+        missing = (appended - maybe_confirmed) | carried
+        assert missing <= got.keys(), f"round {round_}: lost {len(missing - got.keys())}"
+        assert not confirmed & got.keys(), f"round {round_}: confirmed but recovered again"
+        for r in got.values():
+            assert r.value is not None
+            n = int(r.value.removeprefix(b"value-"))
+            assert (r.key, r.headers, r.timestamp) == (b"k", [("n", b"%d" % n)], n + 1)
+        carried = set(got)

@@ -1,0 +1,1214 @@
+"""The durable spool's storage engine: a segment log in shared file mappings (sans-Trio).
+
+Plain synchronous code, standard library only. The producer owns one :class:`Spool` per
+spool directory and drives it from its Trio thread; the blocking work (``fsync``,
+unlinking, preallocating) is gathered in :meth:`Spool.sync` and :meth:`Spool.maintain`,
+which the producer runs in a worker thread.
+
+Layout of a spool directory::
+
+    LOCK                        fcntl.flock'ed by the owning process; holds its pid
+    0000000000000007.seg        a segment: 64-byte header, then CRC-framed records
+    0000000000000007.ack        its ack log: CRC-framed batches of confirmed seqs
+    spare-<hex>.tmp             a preallocated segment waiting to become the next one
+
+A segment is a file of ``segment_bytes`` preallocated with ``posix_fallocate`` (so a full
+disk fails at rotation with ``OSError``, never later with ``SIGBUS``) and mapped with
+``mmap(MAP_SHARED)``. ``append`` copies the encoded record into the mapping: the bytes
+are in the kernel's page cache when it returns, so they survive ``kill -9`` of the
+process; ``sync`` (``fsync``) makes them survive a power loss. The unwritten rest of a
+segment reads as zeros, which is how recovery finds its end.
+
+Record framing (little-endian)::
+
+    u32 magic | u32 length (whole record) | u64 seq | i64 timestamp | i32 partition
+    | i32 key length (-1: None) | i32 value length (-1: None) | u16 topic length
+    | u16 header count | topic | key | value | headers... | u32 crc32 (of all before it)
+
+    header: u16 name length | i32 value length (-1: None) | name | value
+
+Recovery reads records until the zeros. A record whose checksum fails, followed by valid
+ones, is corrupt: skipped, counted, logged at ERROR. Invalid bytes with nothing valid
+after them are a torn tail (a crash mid-append): cut off and counted. A copy is not
+ordered (``memcpy`` of a large batch may store its end before its start), so
+``append_many`` writes its first record's magic last: a zero magic followed by data is
+a batch that never returned, cut off as a torn tail too.
+
+Threading rule: ``append``, ``append_many``, ``confirm`` and ``confirm_many`` belong to
+one thread (the event loop). ``sync``, ``maintain`` and ``close`` may run in any other
+thread at the same time as those: they never write what the owning thread writes (each
+counter has a single writer), and they serialise among themselves with a lock.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import fcntl
+import logging
+import mmap
+import os
+import struct
+import threading
+import uuid as uuid_module
+import zlib
+from array import array
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias
+
+from ._exceptions import TrioProducerError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+logger = logging.getLogger("trio_producer")
+
+__all__ = [
+    "DEFAULT_ID_HEADER",
+    "RECORD_OVERHEAD",
+    "Spool",
+    "SpoolError",
+    "SpoolFullError",
+    "SpoolLockedError",
+    "SpoolRecord",
+    "SpoolRecovery",
+    "SyncPolicy",
+]
+
+#: The header name the producer is suggested to carry a record's stable id under.
+DEFAULT_ID_HEADER = "trio-producer-id"
+
+SyncPolicy: TypeAlias = Literal["never", "interval", "always"]
+_SYNC_POLICIES = ("never", "interval", "always")
+
+#: Headers as the spool stores them.
+HeaderList: TypeAlias = list[tuple[str, bytes | None]]
+
+_MAGIC = 0x7C5A_0D1E
+_MAGIC_BYTES = _MAGIC.to_bytes(4, "little")
+_HEAD = struct.Struct("<IIQqiiiHH")
+_HDR_ITEM = struct.Struct("<Hi")
+_U32 = struct.Struct("<I")
+_pack_head = _HEAD.pack
+_pack_u32 = _U32.pack
+_crc32 = zlib.crc32
+#: Bytes a record takes besides its topic, key, value and headers.
+RECORD_OVERHEAD = _HEAD.size + 4
+#: Bytes each header takes besides its name and value.
+HEADER_OVERHEAD = _HDR_ITEM.size
+
+_SEG_MAGIC = b"TPSPOOL1"
+_SEG_HEAD = struct.Struct("<8sHH16sQQ")  # magic, version, flags, uuid, first seq, index
+_SEG_HEADER_SIZE = 64
+_ACK_FRAME = struct.Struct("<II")  # count, crc32 of the packed seqs
+
+_MIN_SEGMENT = 4096
+_DEFAULT_SEGMENT = 64 << 20
+
+
+class SpoolError(TrioProducerError):
+    """The spool cannot do what was asked (see the message)."""
+
+
+class SpoolLockedError(SpoolError):
+    """Another process (or another open in this one) holds the spool directory.
+
+    Attributes:
+        path: The spool directory.
+        pid: The pid written by the holder, or ``None`` when it could not be read.
+    """
+
+    def __init__(self, path: Path, pid: int | None) -> None:
+        holder = f"process {pid}" if pid is not None else "another process"
+        super().__init__(
+            f"spool {str(path)!r} is locked by {holder}: one producer per spool directory"
+        )
+        self.path = path
+        self.pid = pid
+
+
+class SpoolFullError(SpoolError):
+    """The spool holds ``max_bytes``: nothing was written. Wait for confirmations."""
+
+
+class SpoolRecord(NamedTuple):
+    """One spooled message, as recovery hands it back.
+
+    Attributes:
+        seq: Its sequence number in this spool (what ``confirm`` takes).
+        id: Its stable id, 24 bytes: the 16-byte uuid of the process run that spooled
+            it, then ``seq`` as 8 big-endian bytes. The same after every recovery.
+        topic: The topic.
+        value: The value, or ``None``.
+        key: The key, or ``None``.
+        headers: ``(name, value)`` pairs, or ``None`` when it had none.
+        partition: The partition, or ``-1`` for "let the partitioner choose".
+        timestamp: Milliseconds since the epoch, or ``0`` for "now".
+    """
+
+    seq: int
+    id: bytes
+    topic: str
+    value: bytes | None
+    key: bytes | None
+    headers: HeaderList | None
+    partition: int
+    timestamp: int
+
+
+class SpoolRecovery(NamedTuple):
+    """What opening a spool found.
+
+    Attributes:
+        recovered: Unconfirmed records handed back in ``Spool.recovered``.
+        segments: Segment files read.
+        torn_tails: Segments that ended in a partly written record (a crash
+            mid-append); each was cut off after its last whole record.
+        torn_tail_bytes: Bytes cut off those tails.
+        corrupt_records: Records skipped because their checksum did not match (lost;
+            logged at ERROR).
+        corrupt_bytes: Bytes skipped with them.
+        corrupt_acks: Ack batches skipped (their messages count as unconfirmed: sent
+            again, never lost).
+        duplicates_possible: How many of the recovered records may already be in Kafka
+            (delivered but not yet confirmed when the earlier process died): at most
+            what it had in flight, here counted as every recovered record.
+    """
+
+    recovered: int = 0
+    segments: int = 0
+    torn_tails: int = 0
+    torn_tail_bytes: int = 0
+    corrupt_records: int = 0
+    corrupt_bytes: int = 0
+    corrupt_acks: int = 0
+    duplicates_possible: int = 0
+
+
+class _Segment:
+    """One segment file and its confirmations."""
+
+    __slots__ = (
+        "ack_bytes",
+        "ack_fd",
+        "count",
+        "done",
+        "fd",
+        "first_seq",
+        "index",
+        "mm",
+        "ndone",
+        "path",
+        "sealed",
+        "size",
+        "uuid",
+    )
+
+    def __init__(self, path: Path, index: int, first_seq: int, uuid: bytes, size: int) -> None:
+        self.path = path
+        self.index = index
+        self.first_seq = first_seq
+        self.uuid = uuid
+        #: Bytes the file takes on disk (what ``max_bytes`` counts).
+        self.size = size
+        self.fd = -1
+        self.mm: mmap.mmap | None = None
+        self.ack_fd = -1
+        self.ack_bytes = 0
+        #: One byte per seq from ``first_seq``: 1 once confirmed (or never to be).
+        self.done = bytearray()
+        self.ndone = 0
+        #: Records in the segment; known once it is sealed.
+        self.count = -1
+        self.sealed = False
+
+    @property
+    def ack_path(self) -> Path:
+        return self.path.with_suffix(".ack")
+
+
+def _seg_name(index: int) -> str:
+    return f"{index:016d}.seg"
+
+
+def _encode_headers(headers: Sequence[tuple[str, bytes | None]]) -> bytes:
+    parts: list[bytes] = []
+    for name, value in headers:
+        nb = name.encode()
+        if value is None:
+            parts.append(_HDR_ITEM.pack(len(nb), -1))
+            parts.append(nb)
+        else:
+            parts.append(_HDR_ITEM.pack(len(nb), len(value)))
+            parts.append(nb)
+            parts.append(value)
+    return b"".join(parts)
+
+
+def _record_bytes(
+    seq: int,
+    tb: bytes,
+    value: bytes | None,
+    key: bytes | None,
+    headers: Sequence[tuple[str, bytes | None]] | None,
+    partition: int,
+    timestamp: int,
+) -> bytes:
+    """The framed record (the slow general path; ``Spool.append`` inlines the common one)."""
+    kl = -1 if key is None else len(key)
+    vl = -1 if value is None else len(value)
+    hb = _encode_headers(headers) if headers else b""
+    nh = len(headers) if headers else 0
+    length = RECORD_OVERHEAD + len(tb) + (kl if kl > 0 else 0) + (vl if vl > 0 else 0) + len(hb)
+    rec = b"".join(
+        (
+            _HEAD.pack(_MAGIC, length, seq, timestamp, partition, kl, vl, len(tb), nh),
+            tb,
+            key or b"",
+            value or b"",
+            hb,
+        )
+    )
+    return rec + _U32.pack(zlib.crc32(rec))
+
+
+def _parse_record(buf: Any, pos: int, end: int) -> tuple[int, int, Any] | None:
+    """``(length, seq, fields)`` of a valid record at ``pos``, else ``None``."""
+    if pos + RECORD_OVERHEAD > end:
+        return None
+    magic, length, seq, ts, part, kl, vl, tl, nh = _HEAD.unpack_from(buf, pos)
+    if magic != _MAGIC or length < RECORD_OVERHEAD or pos + length > end:
+        return None
+    stop = pos + length - 4
+    if zlib.crc32(buf[pos:stop]) != _U32.unpack_from(buf, stop)[0]:
+        return None
+    p = pos + _HEAD.size
+    topic = bytes(buf[p : p + tl]).decode()
+    p += tl
+    key = None
+    if kl >= 0:
+        key = bytes(buf[p : p + kl])
+        p += kl
+    value = None
+    if vl >= 0:
+        value = bytes(buf[p : p + vl])
+        p += vl
+    headers: HeaderList | None = None
+    if nh:
+        headers = []
+        for _ in range(nh):
+            nl, hl = _HDR_ITEM.unpack_from(buf, p)
+            p += _HDR_ITEM.size
+            name = bytes(buf[p : p + nl]).decode()
+            p += nl
+            if hl < 0:
+                headers.append((name, None))
+            else:
+                headers.append((name, bytes(buf[p : p + hl])))
+                p += hl
+    if p != stop:
+        return None
+    return length, seq, (topic, value, key, headers, part, ts)
+
+
+class Spool:
+    """An append-only, CRC-framed segment log of messages waiting for confirmation.
+
+    Open it with :meth:`Spool.open`. Not thread-safe beyond the rule in the module
+    docstring: one owning thread appends and confirms; ``sync``/``maintain``/``close`` may
+    run in another thread.
+
+    Attributes:
+        path: The spool directory.
+        uuid: This run's 16 random bytes: the first part of every id it gives out.
+        recovered: The unconfirmed records an earlier process left, in append order.
+            They stay in the spool until confirmed. The producer should take the list
+            (and may then clear it) to send them before anything new.
+        recovery: Counters of what opening found (:class:`SpoolRecovery`).
+        sync_policy: ``"never"``, ``"interval"`` or ``"always"``. The spool only records
+            it (and fsyncs sealed segments in :meth:`maintain` unless ``"never"``); the
+            producer calls :meth:`sync` accordingly.
+        sync_interval: Seconds between syncs for ``"interval"``.
+        max_bytes: The bound on the segment files' total size.
+        segment_bytes: The size of each segment file.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int,
+        segment_bytes: int,
+        sync: SyncPolicy,
+        sync_interval: float,
+    ) -> None:
+        # Use Spool.open(); this only sets the fields.
+        self.path = path
+        self.max_bytes = max_bytes
+        self.segment_bytes = segment_bytes
+        self.sync_policy: SyncPolicy = sync
+        self.sync_interval = sync_interval
+        self.uuid = uuid_module.uuid4().bytes
+        self.recovered: list[SpoolRecord] = []
+        self.recovery = SpoolRecovery()
+        self._lock_fd = -1
+        self._io_lock = threading.Lock()
+        self._closed = False
+        # Owned by the appending thread.
+        self._topics: dict[str, bytes] = {}
+        self._seq = 0
+        self._run_first_seq = 0
+        self._next_index = 0
+        self._seg: _Segment | None = None
+        self._mm: Any = None
+        self._pos = 0
+        self._limit = 0
+        self._segments: list[_Segment] = []
+        self._firsts: list[int] = []
+        self._fg_allocated = 0
+        self._dir_dirty = False
+        # Handed to the background thread (list append/pop are atomic).
+        self._to_close: list[_Segment] = []
+        self._dead: list[_Segment] = []
+        # Written only by the background thread (except _spare -> None, see _take_spare).
+        self._spare: _Segment | None = None
+        self._bg_allocated = 0
+        self._freed = 0
+        self._synced_seq = -1
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        max_bytes: int,
+        segment_bytes: int | None = None,
+        sync: SyncPolicy = "never",
+        sync_interval: float = 0.1,
+    ) -> Spool:
+        """Lock the spool directory (creating it), recover what it holds, and open it.
+
+        Blocking (reads every segment): call it from a thread in async code.
+
+        Args:
+            path: The spool directory; created if missing.
+            max_bytes: The most the segment files may take on disk together.
+            segment_bytes: The size of each segment file (default: 64 MiB, or a quarter
+                of ``max_bytes`` when that is smaller). At most ``max_bytes // 2``; the
+                largest record must fit in one segment.
+            sync: The sync policy (see :attr:`sync_policy`).
+            sync_interval: Seconds between syncs for ``"interval"``.
+
+        Raises:
+            SpoolLockedError: Another process holds the directory.
+            ValueError: A size or policy is not allowed.
+            OSError: The directory cannot be created, read or written.
+        """
+        if type(max_bytes) is not int or max_bytes < 2 * _MIN_SEGMENT:
+            raise ValueError(f"max_bytes must be an int >= {2 * _MIN_SEGMENT}, not {max_bytes!r}")
+        if segment_bytes is None:
+            segment_bytes = max(_MIN_SEGMENT, min(_DEFAULT_SEGMENT, max_bytes // 4))
+        if type(segment_bytes) is not int or not (_MIN_SEGMENT <= segment_bytes <= max_bytes // 2):
+            raise ValueError(
+                f"segment_bytes must be an int from {_MIN_SEGMENT} to max_bytes // 2 "
+                f"({max_bytes // 2}), not {segment_bytes!r}"
+            )
+        if sync not in _SYNC_POLICIES:
+            raise ValueError(f"sync must be one of {_SYNC_POLICIES}, not {sync!r}")
+        if not isinstance(sync_interval, int | float) or not sync_interval > 0:
+            raise ValueError(
+                f"sync_interval must be a number of seconds > 0, not {sync_interval!r}"
+            )
+        spool = cls(
+            Path(path),
+            max_bytes=max_bytes,
+            segment_bytes=segment_bytes,
+            sync=sync,
+            sync_interval=float(sync_interval),
+        )
+        spool.path.mkdir(parents=True, exist_ok=True)
+        spool._lock()
+        try:
+            spool._recover()
+            spool._start_segment(spool._new_segment_file(spool.segment_bytes), spool.segment_bytes)
+        except BaseException:
+            spool._release_all()
+            raise
+        return spool
+
+    def _lock(self) -> None:
+        lock_path = self.path / "LOCK"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                pid: int | None = int(os.pread(fd, 32, 0).decode().strip())
+            except ValueError:
+                pid = None
+            os.close(fd)
+            raise SpoolLockedError(self.path, pid) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _recover(self) -> None:
+        for tmp in self.path.glob("spare-*.tmp"):
+            tmp.unlink()
+        found = SpoolRecovery()
+        max_seq = -1
+        max_index = -1
+        for seg_path in sorted(self.path.glob("*.seg")):
+            try:
+                index = int(seg_path.stem)
+            except ValueError:
+                continue
+            max_index = max(max_index, index)
+            found = found._replace(segments=found.segments + 1)
+            seg, records, found, top = self._recover_segment(seg_path, index, found)
+            max_seq = max(max_seq, top)
+            if seg is None:
+                seg_path.unlink()
+                seg_path.with_suffix(".ack").unlink(missing_ok=True)
+                self._dir_dirty = True
+                continue
+            self.recovered.extend(records)
+            self._segments.append(seg)
+            self._firsts.append(seg.first_seq)
+            self._fg_allocated += seg.size
+        for ack in self.path.glob("*.ack"):
+            if not ack.with_suffix(".seg").exists():
+                ack.unlink()
+        self._seq = self._run_first_seq = max_seq + 1
+        self._next_index = max_index + 1
+        n = len(self.recovered)
+        self.recovery = found._replace(recovered=n, duplicates_possible=n)
+        if n or found.torn_tails or found.corrupt_records:
+            logger.info(
+                "spool %s: recovered %d unconfirmed message(s) from %d segment(s) "
+                "(torn tails: %d, %d bytes; corrupt records: %d)",
+                self.path,
+                n,
+                found.segments,
+                found.torn_tails,
+                found.torn_tail_bytes,
+                found.corrupt_records,
+            )
+
+    def _recover_segment(
+        self, seg_path: Path, index: int, found: SpoolRecovery
+    ) -> tuple[_Segment | None, list[SpoolRecord], SpoolRecovery, int]:
+        data = seg_path.read_bytes()
+        size = len(data)
+        top = -1
+        if size >= _SEG_HEAD.size + 4 and data[:8] == _SEG_MAGIC:
+            fields = _SEG_HEAD.unpack_from(data, 0)
+            head_ok = (
+                zlib.crc32(data[: _SEG_HEAD.size]) == _U32.unpack_from(data, _SEG_HEAD.size)[0]
+            )
+        else:
+            head_ok = False
+        if not head_ok:
+            if not data.strip(b"\0"):
+                return None, [], found, top  # a segment created but never written
+            logger.error(
+                "spool %s: segment %s has a corrupt header; its records get new ids",
+                self.path,
+                seg_path.name,
+            )
+            seg_uuid = uuid_module.uuid4().bytes
+            first_seq = -1
+        else:
+            _, _, _, seg_uuid, first_seq, _ = fields
+            top = first_seq - 1
+        data_end = len(data.rstrip(b"\0"))
+        # Scan the records.
+        entries: list[tuple[int, Any]] = []
+        pos = _SEG_HEADER_SIZE
+        prev_seq = first_seq - 1 if first_seq >= 0 else None
+        cut_at = -1
+        while pos < data_end:
+            parsed = _parse_record(data, pos, size)
+            if parsed is not None:
+                length, seq, rec = parsed
+                entries.append((seq, rec))
+                prev_seq = seq
+                pos += length
+                continue
+            # A zero magic is an uncommitted write (append_many writes its first magic
+            # last): everything from here on was never accepted.
+            uncommitted = data[pos : pos + 4] == b"\0\0\0\0"
+            nxt = None if uncommitted else self._resync(data, pos + 1, data_end, size)
+            if nxt is None:
+                found = found._replace(
+                    torn_tails=found.torn_tails + 1,
+                    torn_tail_bytes=found.torn_tail_bytes + data_end - pos,
+                )
+                cut_at = pos
+                break
+            next_seq = _HEAD.unpack_from(data, nxt)[2]
+            lost = next_seq - prev_seq - 1 if prev_seq is not None else 1
+            lost = max(lost, 1)
+            logger.error(
+                "spool %s: segment %s: %d corrupt record(s) skipped at offset %d "
+                "(%d bytes, checksum mismatch); seqs %s lost, the rest recovered",
+                self.path,
+                seg_path.name,
+                lost,
+                pos,
+                nxt - pos,
+                f"{prev_seq + 1}..{next_seq - 1}" if prev_seq is not None else "unknown",
+            )
+            found = found._replace(
+                corrupt_records=found.corrupt_records + lost,
+                corrupt_bytes=found.corrupt_bytes + nxt - pos,
+            )
+            pos = nxt
+        if cut_at >= 0:
+            # Cut the torn tail so a later recovery does not count it again.
+            fd = os.open(seg_path, os.O_RDWR)
+            try:
+                os.pwrite(fd, bytes(min(size, data_end) - cut_at), cut_at)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        # Confirmations.
+        acked, bad_acks = self._read_acks(seg_path.with_suffix(".ack"))
+        if bad_acks:
+            found = found._replace(corrupt_acks=found.corrupt_acks + bad_acks)
+        if entries:
+            top = max(top, max(seq for seq, _ in entries))
+            if first_seq < 0:
+                first_seq = min(seq for seq, _ in entries)
+        pending = [(seq, rec) for seq, rec in entries if seq not in acked]
+        if not pending:
+            return None, [], found, top
+        seg = _Segment(seg_path, index, first_seq, seg_uuid, size)
+        span = top - first_seq + 1
+        seg.done = bytearray(b"\x01") * span
+        for seq, _ in pending:
+            seg.done[seq - first_seq] = 0
+        seg.count = span
+        seg.ndone = span - len(pending)
+        seg.sealed = True
+        seg.ack_bytes = (
+            seg_path.with_suffix(".ack").stat().st_size
+            if seg_path.with_suffix(".ack").exists()
+            else 0
+        )
+        records = [
+            SpoolRecord(seq, seg_uuid + seq.to_bytes(8, "big"), *rec) for seq, rec in pending
+        ]
+        return seg, records, found, top
+
+    @staticmethod
+    def _resync(data: bytes, start: int, data_end: int, size: int) -> int | None:
+        """The offset of the next valid record at or after ``start``, or ``None``."""
+        pos = data.find(_MAGIC_BYTES, start, data_end)
+        while pos >= 0:
+            if _parse_record(data, pos, size) is not None:
+                return pos
+            pos = data.find(_MAGIC_BYTES, pos + 1, data_end)
+        return None
+
+    def _read_acks(self, ack_path: Path) -> tuple[set[int], int]:
+        try:
+            data = ack_path.read_bytes()
+        except FileNotFoundError:
+            return set(), 0
+        acked: set[int] = set()
+        bad = 0
+        pos = 0
+        while pos + _ACK_FRAME.size <= len(data):
+            count, crc = _ACK_FRAME.unpack_from(data, pos)
+            stop = pos + _ACK_FRAME.size + 8 * count
+            if count == 0 or stop > len(data):
+                break  # a torn last batch: those seqs are sent again
+            body = data[pos + _ACK_FRAME.size : stop]
+            if zlib.crc32(body) == crc:
+                acked.update(array("Q", body))
+            else:
+                bad += 1
+                logger.warning(
+                    "spool %s: %s: a corrupt ack batch at offset %d: %d message(s) will be "
+                    "sent again",
+                    self.path,
+                    ack_path.name,
+                    pos,
+                    count,
+                )
+            pos = stop
+        if pos < len(data):
+            # A torn last batch (or an unreadable count): cut it, so that new batches
+            # appended after it can be read. Its seqs count as unconfirmed.
+            os.truncate(ack_path, pos)
+        return acked, bad
+
+    # ------------------------------------------------------------------ segments
+
+    def _new_segment_file(self, size: int) -> _Segment:
+        """Create and preallocate a spare segment file (blocking: ~1 ms)."""
+        tmp = self.path / f"spare-{os.urandom(8).hex()}.tmp"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            os.posix_fallocate(fd, 0, size)
+            mm = mmap.mmap(fd, size)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        seg = _Segment(tmp, -1, -1, self.uuid, size)
+        seg.fd = fd
+        seg.mm = mm
+        return seg
+
+    def _start_segment(self, seg: _Segment, size: int) -> None:
+        """Make a spare file the active segment (owning thread)."""
+        index = self._next_index
+        self._next_index += 1
+        seg.index = index
+        seg.first_seq = self._seq
+        head = _SEG_HEAD.pack(_SEG_MAGIC, 1, 0, self.uuid, self._seq, index)
+        mm = seg.mm
+        assert mm is not None
+        mm[: len(head) + 4] = head + _U32.pack(zlib.crc32(head))
+        final = self.path / _seg_name(index)
+        os.rename(seg.path, final)
+        seg.path = final
+        self._dir_dirty = True
+        self._segments.append(seg)
+        self._firsts.append(seg.first_seq)
+        self._fg_allocated += size
+        self._seg = seg
+        self._mm = mm
+        self._pos = _SEG_HEADER_SIZE
+        self._limit = size
+
+    def _take_spare(self) -> _Segment | None:
+        # Only the background thread sets _spare (when it saw None); only this thread
+        # clears it (when it saw a segment): no update is lost.
+        spare = self._spare
+        if spare is not None:
+            self._spare = None
+            self._fg_allocated -= spare.size  # counted by the background thread already
+        return spare
+
+    def _room_for_segment(self) -> bool:
+        return self._spare is not None or self.used_bytes + self.segment_bytes <= self.max_bytes
+
+    def _check_fits(self, need: int) -> None:
+        if self._closed or self._seg is None:
+            raise SpoolError(f"spool {str(self.path)!r} is closed")
+        if need > self.segment_bytes - _SEG_HEADER_SIZE:
+            raise SpoolError(
+                f"a record of {need} bytes does not fit in a spool segment of "
+                f"{self.segment_bytes} bytes (segment_bytes - {_SEG_HEADER_SIZE})"
+            )
+
+    def _full_error(self, extra: str = "") -> SpoolFullError:
+        return SpoolFullError(
+            f"spool {str(self.path)!r} is full ({self.used_bytes} of {self.max_bytes} "
+            f"bytes{extra}): waiting for delivery confirmations"
+        )
+
+    def _rotate(self, need: int, fresh: _Segment | None = None) -> None:
+        """Seal the active segment and start the next, for a write of ``need`` bytes."""
+        self._check_fits(need)
+        if fresh is None:
+            fresh = self._take_spare()
+        if fresh is None:
+            if self.used_bytes + self.segment_bytes > self.max_bytes:
+                raise self._full_error()
+            fresh = self._new_segment_file(self.segment_bytes)
+        old = self._seg
+        assert old is not None
+        old.count = self._seq - old.first_seq
+        if len(old.done) < old.count:
+            old.done.extend(bytes(old.count - len(old.done)))
+        old.sealed = True
+        self._to_close.append(old)
+        self._start_segment(fresh, fresh.size)
+        if old.ndone >= old.count:
+            self._retire(old)
+
+    def _retire(self, seg: _Segment) -> None:
+        i = self._segments.index(seg)
+        del self._segments[i]
+        del self._firsts[i]
+        self._dead.append(seg)
+
+    # ------------------------------------------------------------------ appending
+
+    def append(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes | None]] | None = None,
+        partition: int = -1,
+        timestamp: int = 0,
+    ) -> int:
+        """Spool one message; return its seq. It survives ``kill -9`` once this returns.
+
+        One copy into the shared mapping; no system call except at a segment's end.
+
+        Args:
+            topic: The topic.
+            value: The value (bytes) or ``None``.
+            key: The key (bytes) or ``None``.
+            headers: ``(name, value)`` pairs with ``str`` names, or ``None``.
+            partition: A partition, or ``-1``.
+            timestamp: Milliseconds since the epoch, or ``0``.
+
+        Raises:
+            SpoolFullError: ``max_bytes`` reached; nothing was written.
+            SpoolError: The spool is closed, or the record exceeds a segment.
+        """
+        tb = self._topics.get(topic)
+        if tb is None:
+            tb = self._topics[topic] = topic.encode()
+        seq = self._seq
+        if headers:
+            rec = _record_bytes(seq, tb, value, key, headers, partition, timestamp)
+        else:
+            if key is None:
+                kl = -1
+                key = b""
+            else:
+                kl = len(key)
+            if value is None:
+                vl = -1
+                value = b""
+            else:
+                vl = len(value)
+            rec = b"".join(
+                (
+                    _pack_head(
+                        _MAGIC,
+                        RECORD_OVERHEAD + len(tb) + len(key) + len(value),
+                        seq,
+                        timestamp,
+                        partition,
+                        kl,
+                        vl,
+                        len(tb),
+                        0,
+                    ),
+                    tb,
+                    key,
+                    value,
+                )
+            )
+            rec += _pack_u32(_crc32(rec))
+        pos = self._pos
+        end = pos + len(rec)
+        if end > self._limit:
+            self._rotate(len(rec))
+            pos = self._pos
+            end = pos + len(rec)
+        self._mm[pos:end] = rec
+        self._pos = end
+        self._seq = seq + 1
+        return seq
+
+    def append_many(self, records: Iterable[Sequence[Any]]) -> int:
+        """Spool a batch; return the seq of its first record (the rest follow in order).
+
+        All or nothing: on an exception nothing of the batch was spooled. One copy into
+        the mapping per segment the batch touches.
+
+        Args:
+            records: Sequences whose first six fields are ``(topic, value, key, headers,
+                partition, timestamp)`` (the producer's queue items fit; more fields are
+                ignored).
+
+        Raises:
+            SpoolFullError: The whole batch does not fit in ``max_bytes``.
+            SpoolError: The spool is closed, or a record exceeds a segment.
+        """
+        first = seq = self._seq
+        topics = self._topics
+        pack = _pack_head
+        crc32 = _crc32
+        pack_crc = _pack_u32
+        chunks: list[bytes] = []
+        for r in records:
+            topic, value, key, headers = r[0], r[1], r[2], r[3]
+            tb = topics.get(topic)
+            if tb is None:
+                tb = topics[topic] = topic.encode()
+            if headers:
+                chunks.append(_record_bytes(seq, tb, value, key, headers, r[4], r[5]))
+            else:
+                if key is None:
+                    kl = -1
+                    key = b""
+                else:
+                    kl = len(key)
+                if value is None:
+                    vl = -1
+                    value = b""
+                else:
+                    vl = len(value)
+                rec = b"".join(
+                    (
+                        pack(
+                            _MAGIC,
+                            RECORD_OVERHEAD + len(tb) + len(key) + len(value),
+                            seq,
+                            r[5],
+                            r[4],
+                            kl,
+                            vl,
+                            len(tb),
+                            0,
+                        ),
+                        tb,
+                        key,
+                        value,
+                    )
+                )
+                chunks.append(rec + pack_crc(crc32(rec)))
+            seq += 1
+        data = b"".join(chunks)
+        pos = self._pos
+        end = pos + len(data)
+        if end <= self._limit:
+            # The first magic last: a batch cut short by a crash reads as uncommitted.
+            mm = self._mm
+            mm[pos + 4 : end] = memoryview(data)[4:]
+            mm[pos : pos + 4] = _MAGIC_BYTES
+            self._pos = end
+            self._seq = seq
+            return first
+        if not chunks:
+            return first
+        self._append_across(chunks)
+        self._seq = seq
+        return first
+
+    def _append_across(self, chunks: list[bytes]) -> None:
+        """``append_many``'s path when the batch crosses into new segments."""
+        # Plan, and create the new segment files, before writing anything: all or nothing.
+        room = self._limit - self._pos
+        seg_room = self.segment_bytes - _SEG_HEADER_SIZE
+        new_segments = 0
+        for c in chunks:
+            self._check_fits(len(c))
+            if len(c) > room:
+                new_segments += 1
+                room = seg_room
+            room -= len(c)
+        need = (new_segments - (self._spare is not None)) * self.segment_bytes
+        if need > 0 and self.used_bytes + need > self.max_bytes:
+            raise self._full_error(f"; the batch needs {need} more")
+        fresh: list[_Segment] = []
+        spare = self._take_spare()
+        if spare is not None:
+            fresh.append(spare)
+        try:
+            while len(fresh) < new_segments:
+                fresh.append(self._new_segment_file(self.segment_bytes))
+        except BaseException:
+            for seg in fresh:
+                self._fg_allocated += seg.size
+                self._dead.append(seg)  # maintain() deletes the files
+            raise
+        group: list[bytes] = []
+        room = self._limit - self._pos
+        seq = self._seq
+        for c in chunks:
+            if len(c) > room:
+                self._write_group(group)
+                self._seq = seq  # the new segment's first seq
+                self._rotate(len(c), fresh.pop(0))
+                group = []
+                room = self._limit - self._pos
+            group.append(c)
+            room -= len(c)
+            seq += 1
+        self._write_group(group)
+
+    def _write_group(self, group: list[bytes]) -> None:
+        if not group:
+            return
+        data = b"".join(group)
+        pos = self._pos
+        end = pos + len(data)
+        self._mm[pos + 4 : end] = memoryview(data)[4:]
+        self._mm[pos : pos + 4] = _MAGIC_BYTES
+        self._pos = end
+
+    # ------------------------------------------------------------------ confirming
+
+    def confirm(self, seq: int) -> None:
+        """Record that message ``seq`` was delivered (see :meth:`confirm_many`)."""
+        self.confirm_many((seq,))
+
+    def confirm_many(self, seqs: Iterable[int]) -> None:
+        """Record deliveries: one ``os.write`` to each touched segment's ack log.
+
+        Written to the OS before returning, so a ``kill -9`` afterwards does not send
+        them again. A segment whose records are all confirmed, and which is no longer
+        the active one, is handed to :meth:`maintain` for deletion. Seqs already
+        confirmed (or in deleted segments) are ignored.
+
+        Raises:
+            ValueError: A seq this spool never gave out.
+        """
+        firsts = self._firsts
+        segments = self._segments
+        touched: dict[_Segment, array[int]] = {}
+        top = self._seq
+        try:
+            for seq in seqs:
+                if not 0 <= seq < top:
+                    raise ValueError(f"seq {seq!r} was never appended to this spool")
+                i = bisect.bisect_right(firsts, seq) - 1
+                if i < 0:
+                    continue  # older than every live segment: confirmed and deleted
+                seg = segments[i]
+                done = seg.done
+                idx = seq - seg.first_seq
+                if idx >= len(done):
+                    if seg.sealed:
+                        continue
+                    done.extend(bytes(max(idx + 1, 2 * len(done), 1024) - len(done)))
+                elif done[idx]:
+                    continue
+                done[idx] = 1
+                seg.ndone += 1
+                acks = touched.get(seg)
+                if acks is None:
+                    acks = touched[seg] = array("Q")
+                acks.append(seq)
+        finally:
+            for seg, acks in touched.items():
+                self._write_acks(seg, acks)
+
+    def _write_acks(self, seg: _Segment, acks: array[int]) -> None:
+        body = acks.tobytes()
+        frame = _ACK_FRAME.pack(len(acks), zlib.crc32(body)) + body
+        if seg.ack_fd < 0:
+            seg.ack_fd = os.open(
+                seg.ack_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644
+            )
+            self._dir_dirty = True
+        os.write(seg.ack_fd, frame)
+        seg.ack_bytes += len(frame)
+        if seg.sealed and seg.ndone >= seg.count:
+            self._retire(seg)
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def used_bytes(self) -> int:
+        """Bytes the segment files take (live, spare, and deleted-but-not-yet-unlinked)."""
+        return self._fg_allocated + self._bg_allocated - self._freed
+
+    @property
+    def next_seq(self) -> int:
+        """The seq the next append gets."""
+        return self._seq
+
+    @property
+    def synced_seq(self) -> int:
+        """Every record with a seq up to this one is on disk (``-1``: none known)."""
+        return self._synced_seq
+
+    @property
+    def pending(self) -> int:
+        """Records appended (or recovered) and not yet confirmed."""
+        total = 0
+        for seg in self._segments:
+            count = seg.count if seg.sealed else self._seq - seg.first_seq
+            total += count - seg.ndone
+        return total
+
+    @property
+    def maintenance_due(self) -> bool:
+        """Whether :meth:`maintain` has work: segments to close or delete, no spare."""
+        return bool(self._to_close or self._dead) or (
+            self._spare is None
+            and not self._closed
+            and self.used_bytes + self.segment_bytes <= self.max_bytes
+        )
+
+    def has_room(self, nbytes: int) -> bool:
+        """Whether a record of ``nbytes`` encoded bytes can be appended now.
+
+        ``nbytes`` is ``RECORD_OVERHEAD`` + the UTF-8 topic + key + value (+ for each
+        header ``HEADER_OVERHEAD`` + name + value). When this is false, ``append``
+        raises :class:`SpoolFullError`: wait for confirmations (and :meth:`maintain`).
+        """
+        return self._pos + nbytes <= self._limit or self._room_for_segment()
+
+    def id_of(self, seq: int) -> bytes:
+        """The stable 24-byte id of a live record (see :attr:`SpoolRecord.id`).
+
+        Raises:
+            KeyError: ``seq`` is not in the spool (never appended, or confirmed and
+                deleted).
+        """
+        if self._run_first_seq <= seq < self._seq:
+            return self.uuid + seq.to_bytes(8, "big")
+        i = bisect.bisect_right(self._firsts, seq) - 1
+        if i < 0 or seq >= self._seq:
+            raise KeyError(seq)
+        return self._segments[i].uuid + seq.to_bytes(8, "big")
+
+    # ------------------------------------------------------------------ background
+
+    def sync(self) -> int:
+        """Make every record appended before the call, and every ack, durable (fsync).
+
+        Blocking (an ``fsync`` per touched file): run it in a thread. Safe while the
+        owning thread appends and confirms. Also does :meth:`maintain`'s work.
+
+        Returns:
+            The highest seq now on disk (also :attr:`synced_seq`); ``-1`` if none.
+        """
+        with self._io_lock:
+            if self._closed:
+                raise SpoolError(f"spool {str(self.path)!r} is closed")
+            target = self._seq - 1
+            active = self._seg  # read after target: a rotation in between lands in _to_close
+            sealed = list(self._to_close)
+            for seg in [*sealed, active]:
+                if seg is not None and seg.fd >= 0:
+                    os.fsync(seg.fd)
+            for seg in list(self._segments):
+                if seg.ack_fd >= 0:
+                    os.fsync(seg.ack_fd)
+            if self._dir_dirty:
+                self._dir_dirty = False
+                self._fsync_dir()
+            if target > self._synced_seq:
+                self._synced_seq = target
+            self._maintain_locked(synced=True)
+            return self._synced_seq
+
+    def maintain(self) -> None:
+        """Close sealed segments (fsynced first unless the policy is ``"never"``), delete
+        fully confirmed ones, and preallocate the next segment.
+
+        Blocking (unlink of a large file, ``posix_fallocate``): run it in a thread when
+        :attr:`maintenance_due`. Safe while the owning thread appends and confirms.
+        """
+        with self._io_lock:
+            if not self._closed:
+                self._maintain_locked(synced=False)
+
+    def _maintain_locked(self, *, synced: bool) -> None:
+        while self._to_close:
+            seg = self._to_close.pop(0)
+            if not synced and self.sync_policy != "never" and seg.fd >= 0:
+                os.fsync(seg.fd)
+            self._close_segment_files(seg, acks=False)
+        while self._dead:
+            seg = self._dead.pop(0)
+            self._close_segment_files(seg, acks=True)
+            seg.path.unlink(missing_ok=True)
+            seg.ack_path.unlink(missing_ok=True)
+            self._freed += seg.size
+            self._dir_dirty = True
+        if self._spare is None and self.used_bytes + self.segment_bytes <= self.max_bytes:
+            try:
+                spare = self._new_segment_file(self.segment_bytes)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                logger.warning("spool %s: no space for a spare segment: %s", self.path, exc)
+            else:
+                self._bg_allocated += spare.size
+                self._spare = spare
+
+    @staticmethod
+    def _close_segment_files(seg: _Segment, *, acks: bool) -> None:
+        if seg.mm is not None:
+            seg.mm.close()
+            seg.mm = None
+        if seg.fd >= 0:
+            os.close(seg.fd)
+            seg.fd = -1
+        if acks and seg.ack_fd >= 0:
+            os.close(seg.ack_fd)
+            seg.ack_fd = -1
+
+    def _fsync_dir(self) -> None:
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        """Close the spool: fsync (unless the policy is ``"never"``), delete what is
+        confirmed, unlock. Unconfirmed records stay for the next :meth:`open`.
+
+        Blocking: run it in a thread, after the last append and confirm. Idempotent.
+        """
+        with self._io_lock:
+            if self._closed:
+                return
+            try:
+                if self.sync_policy != "never":
+                    for seg in [*self._to_close, *self._segments]:
+                        if seg.fd >= 0:
+                            os.fsync(seg.fd)
+                        if seg.ack_fd >= 0:
+                            os.fsync(seg.ack_fd)
+                # Everything is sealed now; a fully confirmed active segment goes too.
+                active = self._seg
+                if active is not None and not active.sealed:
+                    active.count = self._seq - active.first_seq
+                    active.sealed = True
+                    if active.ndone >= active.count:
+                        self._retire(active)
+                while self._to_close:
+                    self._close_segment_files(self._to_close.pop(0), acks=False)
+                while self._dead:
+                    seg = self._dead.pop(0)
+                    self._close_segment_files(seg, acks=True)
+                    seg.path.unlink(missing_ok=True)
+                    seg.ack_path.unlink(missing_ok=True)
+                    self._freed += seg.size
+                spare = self._spare
+                if spare is not None:
+                    self._spare = None
+                    self._close_segment_files(spare, acks=True)
+                    spare.path.unlink(missing_ok=True)
+                    self._freed += spare.size
+                if self.sync_policy != "never":
+                    self._fsync_dir()
+            finally:
+                self._closed = True
+                self._release_all()
+
+    def _release_all(self) -> None:
+        for seg in [*self._to_close, *self._segments, *self._dead]:
+            self._close_segment_files(seg, acks=True)
+        self._mm = None
+        self._seg = None
+        self._pos = 1
+        self._limit = 0
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = -1
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"<Spool {str(self.path)!r} used={self.used_bytes}/{self.max_bytes} "
+            f"next_seq={self._seq} sync={self.sync_policy!r}>"
+        )
