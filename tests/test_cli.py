@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from trio_producer.testing import consume_all, free_port
+from trio_producer.testing import consume_all, create_topics, free_port
 
 from .test_signals import APPS, Child, black_holed_broker
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 pytestmark = pytest.mark.broker
 
@@ -40,7 +47,7 @@ def test_stdin_lines_with_keys_and_headers_arrive(kafka_bootstrap: str, kafka_to
         ["produce", "-b", kafka_bootstrap, "-t", kafka_topic, "-K", ":", "-H", "src=cli"], lines
     )
     assert proc.returncode == 0, proc.stderr
-    assert last_line(proc.stderr) == "sent=5 delivered=5 failed=0 undelivered=0"
+    assert last_line(proc.stderr) == "sent=5 delivered=5 rejected=0 failed=0 undelivered=0"
     records = consume_all(kafka_bootstrap, kafka_topic, expected=5)
     assert [(r.key, r.value, r.headers) for r in records] == [
         (b"k1", b"v1", [("src", b"cli")]),
@@ -74,14 +81,231 @@ def test_json_lines_mode(kafka_bootstrap: str, kafka_topic: str, tmp_path: Path)
             str(undelivered),
         ]
     )
-    assert proc.returncode == 1  # one line was not valid JSON
-    assert last_line(proc.stderr) == "sent=2 delivered=2 failed=1 undelivered=0"
+    assert proc.returncode == 1  # one line was not valid JSON: rejected
+    assert last_line(proc.stderr) == "sent=2 delivered=2 rejected=1 failed=0 undelivered=0"
     assert undelivered.read_bytes() == b"not json\n"
+    # the same word on its line as in the summary
+    assert "trio-producer: rejected: not json (Expecting value" in proc.stderr.decode()
     records = consume_all(kafka_bootstrap, kafka_topic, expected=2)
     assert [(r.key, r.value, r.headers) for r in records] == [
         (b"k", b"a", [("h", b"1")]),
         (None, b"b", None),
     ]
+
+
+def write(path: Path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)
+
+
+def test_several_files_are_produced_in_the_order_given(
+    kafka_bootstrap: str, kafka_topic: str, tmp_path: Path
+) -> None:
+    first = write(tmp_path / "a.txt", b"a1\na2")  # no newline at its end: still a line
+    second = write(tmp_path / "b.txt", b"b1\n")
+    third = write(tmp_path / "c.txt", b"c1\nc2\n")
+    args = ["produce", "-b", kafka_bootstrap, "-t", kafka_topic]
+    args += ["--file", first, "--file", "-", "--file", second, "-l", third]  # - is stdin
+    proc = run(args, b"in1\nin2\n")
+    assert proc.returncode == 0, proc.stderr
+    assert last_line(proc.stderr) == "sent=7 delivered=7 rejected=0 failed=0 undelivered=0"
+    records = consume_all(kafka_bootstrap, kafka_topic, expected=7)
+    assert [r.value for r in records] == [b"a1", b"a2", b"in1", b"in2", b"b1", b"c1", b"c2"]
+
+
+def test_a_missing_file_is_refused_before_anything_is_sent(
+    kafka_bootstrap: str, kafka_topic: str, tmp_path: Path
+) -> None:
+    first = write(tmp_path / "a.txt", b"a\n")
+    missing = str(tmp_path / "missing.txt")
+    proc = run(
+        ["produce", "-b", kafka_bootstrap, "-t", kafka_topic, "--file", first, missing, "-l"]
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.decode() == (
+        f"trio-producer: error: cannot read {missing}: No such file or directory\n"
+    )
+    assert consume_all(kafka_bootstrap, kafka_topic, idle_timeout=1.0) == []
+
+
+def test_a_signal_names_the_files_it_left_unread(
+    kafka_bootstrap: str, kafka_topic: str, tmp_path: Path
+) -> None:
+    later = write(tmp_path / "later.txt", b"never\n")
+    args = ["produce", "-b", kafka_bootstrap, "-t", kafka_topic, "--progress"]
+    args += ["--file", "-", "--file", later]
+    with Child([*SIGNALLED_CLI, *args], stdin=b"a\nb\n") as child:  # stdin stays open
+        child.wait_for(b"read 2 ")
+        child.signal(signal.SIGINT)
+        code = child.wait(timeout=60)
+    err = child.err.decode()
+    assert code == 0, err  # every line read was delivered
+    assert f"trio-producer: not read (the reading stopped first): {later}\n" in err
+    assert last_line(child.err) == "sent=2 delivered=2 rejected=0 failed=0 undelivered=0"
+    assert [r.value for r in consume_all(kafka_bootstrap, kafka_topic, expected=2)] == [b"a", b"b"]
+
+
+def test_kcat_flags_partition_fixed_key_null_compression_config_file(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    topic = f"cli-kcat-flags-{os.getpid()}"
+    create_topics(kafka_bootstrap, [topic], partitions=2)
+    config = tmp_path / "producer.properties"
+    config.write_text(
+        "# kcat -F FILE, kafka-console-producer --producer.config FILE\n"
+        "\n"
+        f"bootstrap.servers = {kafka_bootstrap}\n"  # no -b
+        "compression.type=no-such-codec\n"  # -z wins
+        "linger.ms=not-a-number\n"  # -X wins
+        "client.id=from-a-file\n"
+    )
+    args = ["produce", "-t", topic, "-F", str(config), "-X", "linger.ms=2", "-z", "lz4"]
+    args += ["-p", "1", "-K", ":", "-k", "fixed", "-Z"]
+    proc = run(args, b"k1:v1\nplain\nk2:\n:v3\n\n")
+    assert proc.returncode == 0, proc.stderr
+    assert last_line(proc.stderr) == "sent=5 delivered=5 rejected=0 failed=0 undelivered=0"
+    records = consume_all(kafka_bootstrap, topic, expected=5)
+    assert [(r.partition, r.key, r.value) for r in records] == [
+        (1, b"k1", b"v1"),
+        (1, b"fixed", b"plain"),  # -k: the key of a line without one
+        (1, b"k2", None),  # -Z: an empty value is null (a tombstone)
+        (1, None, b"v3"),  # -Z: and so is an empty key
+        (1, b"fixed", None),
+    ]
+
+
+def test_kafka_console_producer_properties(kafka_bootstrap: str, kafka_topic: str) -> None:
+    args = ["produce", "-b", kafka_bootstrap, "-t", kafka_topic, "--property", "parse.key=true"]
+    # a line without the separator is rejected, as kafka-console-producer does
+    proc = run([*args, "--property", "key.separator=:"], b"k1:v1\nno separator\n")
+    assert proc.returncode == 1
+    assert proc.stderr.decode().splitlines()[-2:] == [
+        "trio-producer: rejected: no separator (no key separator ':' in the line "
+        "(--property ignore.error=true to send it without a key))",
+        "sent=1 delivered=1 rejected=1 failed=0 undelivered=0",
+    ]
+    # ignore.error=true: sent without a key; key.separator defaults to a tab
+    proc = run([*args, "--property", "ignore.error=true"], b"k2\tv2\nplain\n")
+    assert proc.returncode == 0, proc.stderr
+    records = consume_all(kafka_bootstrap, kafka_topic, expected=3)
+    assert [(r.key, r.value) for r in records] == [
+        (b"k1", b"v1"),
+        (b"k2", b"v2"),
+        (None, b"plain"),
+    ]
+
+
+def test_a_failed_delivery_is_called_failed_and_handed_back_with_its_partition(
+    kafka_bootstrap: str, kafka_topic: str, tmp_path: Path
+) -> None:
+    undelivered = tmp_path / "left.jsonl"
+    args = ["produce", "-b", kafka_bootstrap, "-t", kafka_topic, "--jsonl"]
+    args += ["--undelivered", str(undelivered), "--close-timeout", "20"]
+    # the topic has one partition: partition 7 is unknown
+    proc = run(args, b'{"value": "p", "partition": 7}\n{"value": "q"}\n')
+    err = proc.stderr.decode()
+    assert proc.returncode == 1, err
+    assert 'trio-producer: failed: {"value": "p", "partition": 7} (_UNKNOWN_PARTITION: ' in err
+    assert last_line(proc.stderr) == "sent=2 delivered=1 rejected=0 failed=1 undelivered=0"
+    assert json.loads(undelivered.read_bytes()) == {"value": "p", "partition": 7}
+
+
+@pytest.mark.parametrize("option", [True, False], ids=["undelivered-file", "no-option"])
+def test_long_rejected_lines_are_shortened_on_stderr_kept_whole_in_the_file(
+    kafka_bootstrap: str, kafka_topic: str, tmp_path: Path, option: bool
+) -> None:
+    not_json = b"x" * 5_000_000
+    not_a_value = b'{"value": [' + b",".join([b"1"] * 1_000_000) + b"]}"  # a 3 MB list
+    args = ["produce", "-b", kafka_bootstrap, "-t", kafka_topic, "--jsonl"]
+    undelivered = tmp_path / "left.jsonl"
+    if option:
+        args += ["--undelivered", str(undelivered)]
+    stdin = not_json + b"\n" + not_a_value + b'\n{"value": "ok"}\n'
+    proc = subprocess.run(
+        CLI + args,
+        input=stdin,
+        capture_output=True,
+        timeout=60,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    err = proc.stderr.decode()
+    assert proc.returncode == 1, err[:2000]
+    assert len(err) < 1500, err[:2000]
+    lines = err.splitlines()
+    assert lines[0] == (
+        f"trio-producer: rejected: {'x' * 77}... (5,000,000 characters) "
+        "(Expecting value: line 1 column 1 (char 0))"
+    )
+    assert lines[1].startswith('trio-producer: rejected: {"value": [1,1,')
+    assert lines[-1] == "sent=1 delivered=1 rejected=2 failed=0 undelivered=0"
+    if not option:  # too long for stderr: a file of its own
+        found = re.search(r"2 line\(s\) not delivered, written to (\S+) \(--undelivered", err)
+        assert found, err
+        undelivered = Path(found[1])
+    assert undelivered.read_bytes() == not_json + b"\n" + not_a_value + b"\n"
+
+
+def run_on_a_terminal(
+    args: list[str], typed: bytes, wait: Callable[[bytearray], None]
+) -> tuple[int, bytes]:
+    """Run the command line with a terminal on stdin and on stderr: type ``typed``,
+    call ``wait(shown)``, type Ctrl-D; return the exit status and what stderr showed."""
+    keyboard, child_in = pty.openpty()
+    screen, child_err = pty.openpty()
+    proc = subprocess.Popen(CLI + args, stdin=child_in, stdout=subprocess.DEVNULL, stderr=child_err)
+    os.close(child_in)
+    os.close(child_err)
+    shown = bytearray()
+
+    def collect() -> None:
+        while True:
+            try:
+                data = os.read(screen, 1 << 16)
+            except OSError:  # EIO: the child has closed the terminal
+                return
+            if not data:
+                return
+            shown.extend(data)
+
+    reader = threading.Thread(target=collect, daemon=True)
+    reader.start()
+    try:
+        os.write(keyboard, typed)
+        wait(shown)
+        os.write(keyboard, b"\x04")  # Ctrl-D at the start of a line: EOF
+        code = proc.wait(timeout=60)
+        reader.join(timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(keyboard)
+        os.close(screen)
+    return code, bytes(shown)
+
+
+@pytest.mark.parametrize("asked", [False, True], ids=["default", "--progress"])
+def test_no_progress_line_over_a_terminal_on_stdin_unless_asked(
+    kafka_bootstrap: str, kafka_topic: str, asked: bool
+) -> None:
+    args = ["produce", "-b", kafka_bootstrap, "-t", kafka_topic]
+
+    def wait(shown: bytearray) -> None:
+        if asked:
+            deadline = time.monotonic() + 30
+            while b"msg/s" not in shown:
+                assert time.monotonic() < deadline, bytes(shown)
+                time.sleep(0.05)
+        else:  # delivered, and three progress intervals (0.5 s) without a progress line
+            consume_all(kafka_bootstrap, kafka_topic, expected=2)
+            time.sleep(1.5)
+
+    code, shown = run_on_a_terminal(args + ["--progress"] * asked, b"typed-1\ntyped-2\n", wait)
+    assert code == 0, shown
+    assert b"sent=2 delivered=2 rejected=0 failed=0 undelivered=0" in shown
+    assert (b"msg/s" in shown) == asked, shown
+    values = [r.value for r in consume_all(kafka_bootstrap, kafka_topic, expected=2)]
+    assert values == [b"typed-1", b"typed-2"]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -98,7 +322,7 @@ def test_signal_mid_stream_drains_everything_read(
         code = child.wait(timeout=60)
     err = child.err.decode()
     assert code == 0, err
-    assert last_line(child.err) == "sent=5000 delivered=5000 failed=0 undelivered=0"
+    assert last_line(child.err) == "sent=5000 delivered=5000 rejected=0 failed=0 undelivered=0"
     assert f"{sig.name}: stopped reading, draining" in err
     records = consume_all(kafka_bootstrap, kafka_topic, expected=5_000)
     assert [r.value for r in records] == [b"line-%d" % i for i in range(5_000)]
@@ -138,7 +362,7 @@ def test_second_signal_cuts_a_black_holed_drain_short(
     err = child.err.decode()
     assert code == status, err
     assert elapsed < 5.0, err
-    assert last_line(child.err) == "sent=2000 delivered=0 failed=0 undelivered=2000"
+    assert last_line(child.err) == "sent=2000 delivered=0 rejected=0 failed=0 undelivered=2000"
     assert f"trio-producer: {sig.name}: stopped reading, draining\n" in err
     assert f"trio-producer: {sig.name}: cutting the drain short (2000 message(s) left)\n" in err
     assert f"(the drain was cut short: received {sig.name} a second time)" in err
@@ -173,7 +397,7 @@ def test_signal_while_draining_after_eof_cuts_it_short(tmp_path: Path) -> None:
     # few and short: named on stderr, each once
     named = sorted(x for x in err.splitlines() if x.startswith("trio-producer: undelivered: "))
     assert named == [f"trio-producer: undelivered: {x}" for x in "abc"]
-    assert last_line(child.err) == "sent=3 delivered=0 failed=0 undelivered=3"
+    assert last_line(child.err) == "sent=3 delivered=0 rejected=0 failed=0 undelivered=3"
 
 
 def test_unreachable_broker_exits_nonzero_and_keeps_the_lines(tmp_path: Path) -> None:
@@ -197,7 +421,7 @@ def test_unreachable_broker_exits_nonzero_and_keeps_the_lines(tmp_path: Path) ->
     )
     assert time.monotonic() - start < 15
     assert proc.returncode == 1
-    assert last_line(proc.stderr) == "sent=3 delivered=0 failed=0 undelivered=3"
+    assert last_line(proc.stderr) == "sent=3 delivered=0 rejected=0 failed=0 undelivered=3"
     lines = proc.stderr.decode().strip().splitlines()
     assert lines[-2].startswith("trio-producer: error: could not reach the broker at 127.0.0.1:")
     assert lines[-2].endswith("; 3 accepted message(s) were not delivered: _PURGE_QUEUE x3")
@@ -221,6 +445,55 @@ def test_unreachable_broker_exits_nonzero_and_keeps_the_lines(tmp_path: Path) ->
         (
             ["produce", "-b", "127.0.0.1:1", "-t", "t", "--linger", "-1"],
             "trio-producer: error: linger must be a finite number of seconds >= 0, not -1.0",
+        ),
+        (
+            ["produce", "-b", "127.0.0.1:1", "-t", "t", "--property", "acks=all"],
+            "trio-producer: error: --property acks: not a kafka-console-producer line-reader "
+            "property (parse.key, key.separator, ignore.error); for a producer (librdkafka) "
+            "property use -X acks=VALUE",
+        ),
+        (
+            ["produce", "-b", "127.0.0.1:1", "-t", "t", "--property", "null.marker=NULL"],
+            "trio-producer: error: --property null.marker is not supported: use -Z to send "
+            "empty values (and keys) as null",
+        ),
+        (
+            ["produce", "-b", "127.0.0.1:1", "-t", "t", "--property", "key.separator=:"],
+            "trio-producer: error: --property key.separator needs --property parse.key=true",
+        ),
+        (
+            ["produce", "-b", "127.0.0.1:1", "-t", "t", "-K", ":", "--property", "parse.key=true"],
+            "trio-producer: error: -K and --property parse.key/key.separator do not go together",
+        ),
+        (
+            ["produce", "-t", "t"],
+            "trio-producer: error: -b/--bootstrap-servers is required "
+            "(or bootstrap.servers in -F FILE)",
+        ),
+        (
+            ["produce", "-b", "127.0.0.1:1", "-t", "t", "-F", "/no/such/file"],
+            "trio-producer: error: cannot read /no/such/file: No such file or directory",
+        ),
+        (
+            ["produce", "-b", "127.0.0.1:1", "-t", "t", "some-file"],
+            "trio-producer: error: a FILE argument is sent line by line only with -l (kcat "
+            "sends a whole file as one message, which is not supported): -l FILE... or "
+            "--file FILE",
+        ),
+        (
+            ["produce", "-P", "-b", "127.0.0.1:1", "-t", "t", "-D", ","],
+            "trio-producer: error: kcat's -D is not supported: one message per line; "
+            "--jsonl for values with newlines",
+        ),
+        (
+            ["produce", "-b", "127.0.0.1:1", "-t", "t", "-c", "10"],
+            "trio-producer: error: kcat's -c is not supported: to send the first N lines: "
+            "head -n N | trio-producer produce",
+        ),
+        (
+            ["produce", "-b", "127.0.0.1:1", "-t", "t", "-z", "brotli"],
+            "trio-producer: error: Invalid value for '-z' / '--compression': 'brotli' is not "
+            "one of 'none', 'gzip', 'snappy', 'lz4', 'zstd'.",
         ),
     ],
 )

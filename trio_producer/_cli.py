@@ -9,7 +9,7 @@ import signal
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
+from contextlib import AsyncExitStack, ExitStack
 from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -60,6 +60,72 @@ def _pairs(values: Sequence[str], what: str) -> list[tuple[str, str]]:
     return out
 
 
+def _properties_file(path: str) -> list[tuple[str, str]]:
+    """``-F FILE``: librdkafka properties, one ``name=value`` a line; blank lines and
+    lines starting with ``#`` or ``!`` are skipped; spaces around names and values are
+    stripped (kcat's format, and the simple case of a Java properties file)."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        _fail(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}", 2)
+    out = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith(("#", "!")):
+            continue
+        name, sep, value = line.partition("=")
+        if not sep or not name.strip():
+            # the line itself is not shown: it may hold a secret
+            _fail(f"{path}, line {number}: expected name=value", 2)
+        out.append((name.strip(), value.strip()))
+    return out
+
+
+#: kafka-console-producer's ``--property`` names that have another spelling here.
+_READER_PROPERTY_HINTS = {
+    "parse.headers": "use --jsonl for headers per line, -H name=value for fixed ones",
+    "headers.delimiter": "use --jsonl for headers per line, -H name=value for fixed ones",
+    "headers.separator": "use --jsonl for headers per line, -H name=value for fixed ones",
+    "headers.key.separator": "use --jsonl for headers per line, -H name=value for fixed ones",
+    "null.marker": "use -Z to send empty values (and keys) as null",
+}
+
+
+def _boolean(name: str, value: str) -> bool:
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    _fail(f"--property {name} must be true or false, not {value!r}", 2)
+
+
+def _reader_properties(values: Sequence[str]) -> tuple[str | None, bool]:
+    """kafka-console-producer's ``--property`` (its line reader's settings) as
+    ``(key separator or None, whether a line without it is rejected)``."""
+    parse_key = ignore_error = False
+    separator: str | None = None
+    for name, value in _pairs(values, "--property"):
+        if name == "parse.key":
+            parse_key = _boolean(name, value)
+        elif name == "ignore.error":
+            ignore_error = _boolean(name, value)
+        elif name == "key.separator":
+            separator = value
+        elif name in _READER_PROPERTY_HINTS:
+            _fail(f"--property {name} is not supported: {_READER_PROPERTY_HINTS[name]}", 2)
+        else:
+            _fail(
+                f"--property {name}: not a kafka-console-producer line-reader property "
+                "(parse.key, key.separator, ignore.error); for a producer (librdkafka) "
+                f"property use -X {name}=VALUE",
+                2,
+            )
+    if not parse_key:
+        if separator is not None:
+            _fail("--property key.separator needs --property parse.key=true", 2)
+        return None, False
+    return ("\t" if separator is None else separator), not ignore_error
+
+
 # ---- produce ----------------------------------------------------------------------------
 
 
@@ -68,11 +134,15 @@ class ProduceResult:
     read: int = 0
     sent: int = 0
     delivered: int = 0
+    #: Deliveries that failed (the broker or librdkafka said no).
     failed: list[DeliveryError] = attrs.Factory(list)
+    #: Lines never sent because they could not be made into a message, and why.
     rejected: list[tuple[bytes, str]] = attrs.Factory(list)
     undelivered: list[Message] = attrs.Factory(list)
     #: Lines read but never sent: the reading stopped in the middle of a chunk.
     unsent: list[bytes] = attrs.Factory(list)
+    #: Input files never opened for reading because the reading stopped first.
+    unread_files: list[str] = attrs.Factory(list)
     #: The signal that stopped the reading (its name), if one did.
     interrupted: str | None = None
     #: The signal that cut the drain short (its number), if one did.
@@ -95,9 +165,8 @@ class ProduceResult:
 
     def summary(self) -> str:
         return (
-            f"sent={self.sent} delivered={self.delivered} "
-            f"failed={len(self.failed) + len(self.rejected)} "
-            f"undelivered={len(self.undelivered) + len(self.unsent)}"
+            f"sent={self.sent} delivered={self.delivered} rejected={len(self.rejected)} "
+            f"failed={len(self.failed)} undelivered={len(self.undelivered) + len(self.unsent)}"
         )
 
 
@@ -106,10 +175,22 @@ class LineFormat:
     key_separator: bytes | None
     headers: tuple[tuple[str, bytes], ...]
     jsonl: bool
+    #: ``-k``: the key of every message whose line does not give one.
+    key: bytes | None = None
+    #: ``-p``: the partition of every message whose line does not give one.
+    partition: int | None = None
+    #: ``-Z``: an empty value (or key) is sent as null.
+    empty_is_null: bool = False
+    #: ``--property parse.key=true`` without ``ignore.error=true``: a line without the
+    #: key separator is rejected (as kafka-console-producer does).
+    require_key: bool = False
 
     def parse(self, line: bytes) -> dict[str, Any]:
         """One input line to ``send`` keyword arguments (raises ValueError)."""
         headers: list[tuple[str, bytes | str | None]] = list(self.headers)
+        key: bytes | str | None = self.key
+        value: Any = line
+        partition: Any = self.partition
         if self.jsonl:
             obj = json.loads(line)
             if not isinstance(obj, dict) or "value" not in obj:
@@ -118,34 +199,47 @@ class LineFormat:
             if not isinstance(extra, dict):
                 raise ValueError('"headers" must be an object of strings')
             headers += list(extra.items())
-            partition = obj.get("partition")
-            return {
-                "value": obj["value"],
-                "key": obj.get("key"),
-                "headers": headers or None,
-                "partition": partition,
-            }
-        key = None
-        value = line
-        if self.key_separator is not None:
+            value = obj["value"]
+            if obj.get("key") is not None:
+                key = obj["key"]
+            if obj.get("partition") is not None:
+                partition = obj["partition"]
+        elif self.key_separator is not None:
             head, sep, rest = line.partition(self.key_separator)
             if sep:
                 key, value = head, rest
-        return {"value": value, "key": key, "headers": headers or None, "partition": None}
+            elif self.require_key:
+                raise ValueError(
+                    f"no key separator {self.key_separator.decode(errors='replace')!r} "
+                    "in the line (--property ignore.error=true to send it without a key)"
+                )
+        if self.empty_is_null:
+            if value in (b"", ""):
+                value = None
+            if key in (b"", ""):
+                key = None
+        return {"value": value, "key": key, "headers": headers or None, "partition": partition}
 
     def unparse(self, message: Message) -> bytes:
         """A handed-back message as an input line again (for ``--undelivered``)."""
-        value = message.value or b""
         if self.jsonl:
-            obj: dict[str, Any] = {"value": value.decode(errors="replace")}
+            obj: dict[str, Any] = {
+                "value": None if message.value is None else message.value.decode(errors="replace")
+            }
             if message.key is not None:
                 obj["key"] = message.key.decode(errors="replace")
             own = [(n, v) for n, v in (message.headers or []) if (n, v) not in self.headers]
             if own:
                 obj["headers"] = {n: (v or b"").decode(errors="replace") for n, v in own}
+            if message.partition is not None and message.partition != self.partition:
+                obj["partition"] = message.partition
             return json.dumps(obj).encode()
-        if self.key_separator is not None and message.key is not None:
-            return message.key + self.key_separator + value
+        value = message.value or b""
+        key = message.key
+        if key is None and self.empty_is_null and self.key is not None:
+            key = b""  # a null key that was an empty one: not the -k key
+        if self.key_separator is not None and key is not None:
+            return key + self.key_separator + value
         return value
 
 
@@ -158,6 +252,8 @@ class _LineReader:
     """
 
     stream: trio.abc.ReceiveStream
+    #: The file name (``-`` for stdin).
+    name: str = "-"
     partial: bytes = b""
 
     async def chunks(self) -> AsyncIterator[list[bytes]]:
@@ -271,52 +367,80 @@ async def _progress(producer: Producer, result: ProduceResult, scope: trio.Cance
 
 
 async def _send_lines(
-    producer: Producer, topic: str, fmt: LineFormat, reader: _LineReader, result: ProduceResult
+    producer: Producer,
+    topic: str,
+    fmt: LineFormat,
+    readers: Sequence[_LineReader],
+    result: ProduceResult,
 ) -> None:
-    """One message per line until EOF. When the reading stops early (a signal, or the
-    producer failing), the lines read but not sent go to ``result.unsent``."""
+    """One message per line, file after file, until the last EOF. When the reading stops
+    early (a signal, or the producer failing), the lines read but not sent go to
+    ``result.unsent`` and the files not started to ``result.unread_files``."""
     chunk: list[bytes] = []
     done = 0  # lines of ``chunk`` sent or rejected
+    started = 0  # readers started
+    reader: _LineReader | None = None
     try:
-        async for chunk in reader.chunks():
-            done = 0
-            for line in chunk:
-                try:
-                    kwargs = fmt.parse(line)
+        for reader in readers:
+            started += 1
+            async for chunk in reader.chunks():
+                done = 0
+                for line in chunk:
                     try:
-                        producer.send_nowait(topic, **kwargs)
-                    except trio.WouldBlock:
-                        await producer.send(topic, **kwargs)
-                except (ValueError, TypeError) as exc:
-                    result.rejected.append((line, str(exc)))
-                else:
-                    result.sent += 1
-                result.read += 1
-                done += 1
-            await trio.lowlevel.checkpoint()
+                        kwargs = fmt.parse(line)
+                        try:
+                            producer.send_nowait(topic, **kwargs)
+                        except trio.WouldBlock:
+                            await producer.send(topic, **kwargs)
+                    except (ValueError, TypeError) as exc:
+                        result.rejected.append((line, str(exc)))
+                    else:
+                        result.sent += 1
+                    result.read += 1
+                    done += 1
+                await trio.lowlevel.checkpoint()
     finally:
-        result.unsent = chunk[done:] + ([reader.partial] if reader.partial else [])
+        partial = reader.partial if reader is not None else b""
+        result.unsent = chunk[done:] + ([partial] if partial else [])
         result.read += len(result.unsent)
+        result.unread_files = [r.name for r in readers[started:]]
 
 
 async def run_produce(
     config: ProducerConfig,
     topic: str,
-    stream: trio.abc.ReceiveStream,
+    streams: Sequence[tuple[str, trio.abc.ReceiveStream]],
     fmt: LineFormat,
     *,
     progress: bool = False,
 ) -> ProduceResult:
-    """Produce one message per line of ``stream``; stop on EOF, SIGINT or SIGTERM.
+    """Produce one message per line of each ``(name, stream)`` in turn; stop after the
+    last EOF, or on SIGINT or SIGTERM. Closes every stream.
 
     The first signal stops the reading and the producer drains; a signal while it
     drains cuts the drain short (``result.cut_short``).
     """
+    async with AsyncExitStack() as streams_open:
+        for _name, stream in streams:
+            await streams_open.enter_async_context(stream)
+        return await _produce(config, topic, streams, fmt, progress=progress)
+    raise AssertionError("unreachable")  # pragma: no cover - AsyncExitStack could swallow
+
+
+async def _produce(
+    config: ProducerConfig,
+    topic: str,
+    streams: Sequence[tuple[str, trio.abc.ReceiveStream]],
+    fmt: LineFormat,
+    *,
+    progress: bool,
+) -> ProduceResult:
     result = ProduceResult()
     producer: Producer | None = None
     shutdown: _Shutdown | None = None
     setup_error: TrioProducerError | None = None
-    async with stream, trio.open_nursery() as watchers:
+    readers = [_LineReader(stream, name) for name, stream in streams]
+    async with trio.open_nursery() as watchers:
         read_scope = trio.CancelScope()
         progress_scope = trio.CancelScope()
         try:
@@ -331,7 +455,7 @@ async def run_produce(
                 if progress:
                     watchers.start_soon(_progress, producer, result, progress_scope)
                 with read_scope:
-                    await _send_lines(producer, topic, fmt, _LineReader(stream), result)
+                    await _send_lines(producer, topic, fmt, readers, result)
                 progress_scope.cancel(reason="the reading has stopped")
                 shutdown.start_drain(watchers)
         except (UndeliveredMessagesError, KafkaFatalError) as exc:
@@ -357,31 +481,73 @@ async def run_produce(
     return result
 
 
-def _open_input(path: str | None) -> trio.lowlevel.FdStream:
-    """stdin or a file as a Trio stream (reads are cancellable, no thread)."""
-    if path is None:
-        return trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
-    return trio.lowlevel.FdStream(os.open(path, os.O_RDONLY))
+def _open_inputs(paths: Sequence[str]) -> list[tuple[str, trio.lowlevel.FdStream]]:
+    """stdin (no paths, or ``-``) or the files, in order, as Trio streams (reads are
+    cancellable, no thread). All are opened before anything is produced."""
+    fds: list[tuple[str, int]] = []
+    try:
+        for path in paths or ["-"]:
+            if path == "-":
+                fds.append((path, os.dup(sys.stdin.fileno())))
+                continue
+            try:
+                fds.append((path, os.open(path, os.O_RDONLY)))
+            except OSError as exc:
+                _fail(f"cannot read {path}: {exc.strerror}", 2)
+    except BaseException:
+        for _path, fd in fds:
+            os.close(fd)
+        raise
+    return [(path, trio.lowlevel.FdStream(fd)) for path, fd in fds]
 
 
-#: Undelivered lines are named on stderr one by one up to these limits; beyond them
-#: (without --undelivered) they all go to a new file in the temporary directory.
+#: Lines that were not delivered are named on stderr one by one up to these limits;
+#: beyond them (or with --undelivered) they go to a file, and stderr names a few.
 _NAME_AT_MOST_LINES = 20
 _NAME_AT_MOST_BYTES = 4096
+#: With a file: how many lines of each kind are still named on stderr (shortened).
+_NAME_FIRST = 3
+#: Lines and reasons named on stderr are shortened to about this many characters
+#: (the whole line is in the file).
+_LINE_WIDTH = 80
+_REASON_WIDTH = 200
+
+#: The three ways a line read is not delivered, as the summary line counts them.
+_KINDS = ("rejected", "failed", "undelivered")
 
 
-def _shorten(line: bytes, width: int = 80) -> str:
-    text = line.decode(errors="replace")
-    return text if len(text) <= width else f"{text[: width - 3]}..."
+def _shorten(text: str | bytes, width: int = _LINE_WIDTH) -> str:
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    if len(text) <= width:
+        return text
+    return f"{text[: width - 3]}... ({len(text):,} characters)"
 
 
-def _keep_lost_lines(lines: list[bytes], path: str | None) -> None:
+def _lost_lines(result: ProduceResult, fmt: LineFormat) -> list[tuple[str, bytes, str | None]]:
+    """Every line read and not delivered, once: ``(kind, line, reason)``."""
+    lost: list[tuple[str, bytes, str | None]] = []
+    lost += [("rejected", line, why) for line, why in result.rejected]
+    lost += [("failed", fmt.unparse(f.message), str(f.error)) for f in result.failed]
+    lost += [("undelivered", fmt.unparse(m), None) for m in result.undelivered]
+    lost += [("undelivered", line, None) for line in result.unsent]
+    return lost
+
+
+def _name_line(kind: str, line: bytes, why: str | None, *, whole: bool) -> None:
+    text = line.decode(errors="replace") if whole else _shorten(line)
+    reason = f" ({_shorten(why, _REASON_WIDTH)})" if why else ""
+    _say(f"{kind}: {text}{reason}")
+
+
+def _keep_lost_lines(lost: list[tuple[str, bytes, str | None]], path: str | None) -> None:
     """Hand the lines that were not delivered back to the user: a file, or stderr."""
+    lines = [line for _kind, line, _why in lost]
     written_by_us = False
     if path is None and (
         len(lines) > _NAME_AT_MOST_LINES or sum(map(len, lines)) > _NAME_AT_MOST_BYTES
     ):
-        # Too many to read on a terminal, too precious to drop: a file of our own.
+        # Too many or too long to read on a terminal, too precious to drop: a file of ours.
         try:
             fd, path = tempfile.mkstemp(prefix=f"{PROG}-undelivered-", suffix=".txt")
             os.close(fd)
@@ -389,14 +555,16 @@ def _keep_lost_lines(lines: list[bytes], path: str | None) -> None:
             path = None
         else:
             written_by_us = True
-            for line in lines[:3]:
-                _say(f"undelivered: {_shorten(line)}")
-            if len(lines) > 3:
-                _say(f"undelivered: ... and {len(lines) - 3} more")
-    if path is None:
-        for line in lines:
-            _say(f"undelivered: {line.decode(errors='replace')}")
+    if path is None:  # stderr is their only copy: whole
+        for kind, line, why in lost:
+            _name_line(kind, line, why, whole=True)
         return
+    for kind in _KINDS:  # the first few of each kind, shortened
+        of_kind = [(line, why) for k, line, why in lost if k == kind]
+        for line, why in of_kind[:_NAME_FIRST]:
+            _name_line(kind, line, why, whole=False)
+        if len(of_kind) > _NAME_FIRST:
+            _say(f"{kind}: ... and {len(of_kind) - _NAME_FIRST} more")
     with open(path, "wb") as out:
         for line in lines:
             out.write(line + b"\n")
@@ -406,16 +574,11 @@ def _keep_lost_lines(lines: list[bytes], path: str | None) -> None:
 
 def _report(result: ProduceResult, fmt: LineFormat, undelivered_path: str | None) -> int:
     """Print what happened (the summary line last); return the exit status."""
-    lost_lines = [line for line, _ in result.rejected]
-    lost_lines += [fmt.unparse(f.message) for f in result.failed]
-    lost_lines += [fmt.unparse(m) for m in result.undelivered]
-    lost_lines += result.unsent
-    for line, why in result.rejected[:5]:
-        _say(f"rejected line {line[:60]!r}: {why}")
-    for failure in result.failed[:5]:
-        _say(f"failed: {failure}")
-    if lost_lines:
-        _keep_lost_lines(lost_lines, undelivered_path)
+    lost = _lost_lines(result, fmt)
+    if lost:
+        _keep_lost_lines(lost, undelivered_path)
+    if result.unread_files:
+        _say(f"not read (the reading stopped first): {', '.join(result.unread_files)}")
     if result.error:
         _say(f"error: {result.error}")
     elif result.cut_short is not None:
@@ -488,20 +651,87 @@ def _build() -> click_types.Group:
             _stderr_handler.setLevel(logging.WARNING if verbose == 1 else logging.INFO)
 
     @cli.command()
-    @click.option("-b", "--bootstrap-servers", required=True, help="host:port[,host:port...]")
+    @click.option(
+        "-b",
+        "--bootstrap-servers",
+        "--bootstrap-server",
+        help="host:port[,host:port...] (or bootstrap.servers in -F FILE).",
+    )
     @click.option("-t", "--topic", required=True)
     @click.option(
-        "--file", "path", type=click.Path(dir_okay=False), help="Read this file, not stdin."
+        "--file",
+        "paths",
+        multiple=True,
+        type=click.Path(dir_okay=False, allow_dash=True),
+        help="Read this file, not stdin (repeatable: in the order given; - is stdin).",
     )
-    @click.option("-K", "--key-separator", help="The part of a line before SEP is the key.")
-    @click.option("-H", "--header", "headers", multiple=True, help="name=value, on every message.")
+    @click.option(
+        "-l",
+        "lines_of_files",
+        is_flag=True,
+        help="Read the FILES arguments line by line (kcat -l): as --file.",
+    )
+    @click.argument("files", nargs=-1, type=click.Path(dir_okay=False, allow_dash=True))
+    @click.option("-P", "kcat_produce", is_flag=True, hidden=True)  # kcat's mode: a no-op
+    @click.option("-D", "kcat_delimiter", hidden=True)
+    @click.option("-T", "kcat_tee", is_flag=True, hidden=True)
+    @click.option("-c", "kcat_count", hidden=True)
+    @click.option(
+        "-K", "--key-separator", metavar="SEP", help="The part of a line before SEP is the key."
+    )
+    @click.option(
+        "-k", "--key", metavar="KEY", help="The key of every message whose line gives none."
+    )
+    @click.option(
+        "-p",
+        "--partition",
+        type=click.IntRange(min=-1),
+        help="Send to this partition (-1: the partitioner, the default).",
+    )
+    @click.option("-Z", "--null-empty", is_flag=True, help="Send an empty value or key as null.")
+    @click.option(
+        "-H",
+        "--header",
+        "headers",
+        multiple=True,
+        metavar="NAME=VALUE",
+        help="name=value, on every message.",
+    )
     @click.option(
         "--jsonl", is_flag=True, help='Lines are JSON: {"value":..,"key":..,"headers":{..}}.'
+    )
+    @click.option(
+        "-z",
+        "--compression",
+        type=click.Choice(["none", "gzip", "snappy", "lz4", "zstd"]),
+        help="Compression codec (librdkafka compression.type).",
     )
     @click.option("--linger", type=float, default=0.005, show_default=True, help="Seconds.")
     @click.option("--batch-max-messages", type=int, default=10_000, show_default=True)
     @click.option("--close-timeout", type=float, default=30.0, show_default=True, help="Seconds.")
-    @click.option("-X", "--property", "props", multiple=True, help="Any librdkafka prop=value.")
+    @click.option(
+        "-X",
+        "--producer-property",
+        "props",
+        multiple=True,
+        metavar="NAME=VALUE",
+        help="Any librdkafka property name=value (repeatable).",
+    )
+    @click.option(
+        "-F",
+        "--producer.config",
+        "config_files",
+        multiple=True,
+        type=click.Path(dir_okay=False),
+        help="A file of librdkafka name=value lines (# comments); -X wins over it.",
+    )
+    @click.option(
+        "--property",
+        "reader_props",
+        multiple=True,
+        metavar="NAME=VALUE",
+        help="kafka-console-producer's parse.key=true, key.separator=SEP, ignore.error=true.",
+    )
     @click.option(
         "--undelivered",
         "undelivered_path",
@@ -511,31 +741,65 @@ def _build() -> click_types.Group:
     @click.option(
         "--progress/--no-progress",
         default=None,
-        help="A progress line on stderr (default: when stderr is a terminal).",
+        help="A progress line on stderr (default: when stderr is a terminal and stdin is not).",
     )
     def produce(
-        bootstrap_servers: str,
+        bootstrap_servers: str | None,
         topic: str,
-        path: str | None,
+        paths: tuple[str, ...],
+        lines_of_files: bool,
+        files: tuple[str, ...],
+        kcat_produce: bool,
+        kcat_delimiter: str | None,
+        kcat_tee: bool,
+        kcat_count: str | None,
         key_separator: str | None,
+        key: str | None,
+        partition: int | None,
+        null_empty: bool,
         headers: tuple[str, ...],
         jsonl: bool,
+        compression: str | None,
         linger: float,
         batch_max_messages: int,
         close_timeout: float,
         props: tuple[str, ...],
+        config_files: tuple[str, ...],
+        reader_props: tuple[str, ...],
         undelivered_path: str | None,
         progress: bool | None,
     ) -> None:
-        """Produce one message per line of stdin (or --file).
+        """Produce one message per line of stdin (or of each --file or -l FILE in turn).
 
         On EOF, SIGINT or SIGTERM it stops reading, drains (at most --close-timeout) and
-        exits with a summary line `sent=N delivered=N failed=N undelivered=N` on stderr.
-        A second SIGINT/SIGTERM cuts the drain short. Exit status: 0 when every line read
-        was delivered, 1 when some were not (they go to --undelivered FILE or are named
-        on stderr), 130 / 143 when a SIGINT / SIGTERM cut the drain short, 2 for a usage
-        or configuration error.
+        exits with a summary line `sent=N delivered=N rejected=N failed=N undelivered=N`
+        on stderr. A second SIGINT/SIGTERM cuts the drain short. Exit status: 0 when
+        every line read was delivered, 1 when some were not (they go to --undelivered
+        FILE or are named on stderr), 130 / 143 when a SIGINT / SIGTERM cut the drain
+        short, 2 for a usage or configuration error.
         """
+        unsupported = {
+            "-D": (kcat_delimiter, "one message per line; --jsonl for values with newlines"),
+            "-T": (kcat_tee, "no echo of the messages to stdout"),
+            "-c": (kcat_count, "to send the first N lines: head -n N | trio-producer produce"),
+        }
+        for flag, (given, hint) in unsupported.items():
+            if given:
+                _fail(f"kcat's {flag} is not supported: {hint}", 2)
+        if files and not lines_of_files:
+            _fail(
+                "a FILE argument is sent line by line only with -l (kcat sends a whole "
+                "file as one message, which is not supported): -l FILE... or --file FILE",
+                2,
+            )
+        paths += files
+        if paths.count("-") > 1:
+            _fail("--file - (stdin) can be given once", 2)
+        require_key = False
+        if reader_props:
+            if key_separator is not None:
+                _fail("-K and --property parse.key/key.separator do not go together", 2)
+            key_separator, require_key = _reader_properties(reader_props)
         if key_separator is not None and jsonl:
             _fail("--key-separator and --jsonl do not go together", 2)
         if key_separator == "":
@@ -544,21 +808,36 @@ def _build() -> click_types.Group:
             key_separator=key_separator.encode() if key_separator is not None else None,
             headers=tuple((n, v.encode()) for n, v in _pairs(headers, "-H")),
             jsonl=jsonl,
+            key=key.encode() if key is not None else None,
+            partition=None if partition is None or partition < 0 else partition,
+            empty_is_null=null_empty,
+            require_key=require_key,
         )
+        # librdkafka parses its string values itself ("true", "100", "lz4", ...)
+        librdkafka: dict[str, str] = {}
+        for config_file in config_files:
+            librdkafka.update(_properties_file(config_file))
+        librdkafka.update(_pairs(props, "-X"))
+        if compression is not None:
+            librdkafka.pop("compression.codec", None)
+            librdkafka["compression.type"] = compression
+        from_props = librdkafka.pop("bootstrap.servers", None)
+        from_props = librdkafka.pop("metadata.broker.list", None) or from_props
+        bootstrap_servers = bootstrap_servers or from_props
+        if not bootstrap_servers:
+            _fail("-b/--bootstrap-servers is required (or bootstrap.servers in -F FILE)", 2)
         config = ProducerConfig(
             bootstrap_servers=bootstrap_servers,
             linger=linger,
             batch_max_messages=batch_max_messages,
             close_timeout=close_timeout,
-            # librdkafka parses its string values itself ("true", "100", "lz4", ...)
-            librdkafka=dict(_pairs(props, "-X")),
+            librdkafka=librdkafka,
         )
-        show = sys.stderr.isatty() if progress is None else progress
-        try:
-            stream = _open_input(path)
-        except OSError as exc:
-            _fail(f"cannot read {path}: {exc.strerror}", 2)
-        result = trio.run(partial(run_produce, config, topic, stream, fmt, progress=show))
+        streams = _open_inputs(paths)
+        if progress is None:  # not over what the user types on a terminal
+            typing = (not paths or "-" in paths) and sys.stdin.isatty()
+            progress = sys.stderr.isatty() and not typing
+        result = trio.run(partial(run_produce, config, topic, streams, fmt, progress=progress))
         code = _report(result, fmt, undelivered_path)
         if code:
             raise SystemExit(code)
