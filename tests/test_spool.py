@@ -518,3 +518,33 @@ def test_kill_9_loses_nothing_appended(tmp_path: Path, mode: str) -> None:
             n = int(r.value.removeprefix(b"value-"))
             assert (r.key, r.headers, r.timestamp) == (b"k", [("n", b"%d" % n)], n + 1)
         carried = set(got)
+
+
+def test_read_from_gives_back_this_runs_records_across_segments(tmp_path: Path) -> None:
+    """Store and forward: what was spooled but not kept in memory is read back in order,
+    also after its segment was sealed and closed by maintain() (in another thread)."""
+    spool = Spool.open(tmp_path / "s", max_bytes=1 << 20, segment_bytes=8192)
+    try:
+        seqs = [
+            spool.append("t", b"v%d" % i, key=b"k" if i % 2 else None, headers=[("h", b"%d" % i)])
+            for i in range(300)
+        ]
+        assert spool.recovery.segments == 0
+        spool.maintain()  # closes the sealed segments' own mappings
+        got = []
+        seq = seqs[0]
+        while seq < spool.next_seq:
+            chunk = spool.read_from(seq, 37)
+            assert chunk
+            got.extend(chunk)
+            seq = chunk[-1].seq + 1
+        assert [r.seq for r in got] == seqs
+        assert [r.value for r in got] == [b"v%d" % i for i in range(300)]
+        assert [r.headers for r in got] == [[("h", b"%d" % i)] for i in range(300)]
+        assert [r.id for r in got] == [spool.id_of(s) for s in seqs]
+        assert spool.read_from(spool.next_seq, 10) == []
+        assert [r.seq for r in spool.read_from(150, 3)] == [150, 151, 152]  # random access
+        with pytest.raises(ValueError, match="is not a record of this run"):
+            spool.read_from(spool.next_seq + 1, 1)
+    finally:
+        spool.close()

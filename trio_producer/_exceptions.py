@@ -80,9 +80,14 @@ class UndeliveredMessagesError(TrioProducerError):
             never reached librdkafka).
     """
 
-    def __init__(self, failures: Sequence[DeliveryError], reason: str = "") -> None:
+    def __init__(
+        self, failures: Sequence[DeliveryError], reason: str = "", *, spool_path: str | None = None
+    ) -> None:
         self.failures: tuple[DeliveryError, ...] = tuple(failures)
         self.reason = reason
+        #: With a durable spool: the directory that still holds these messages (the next
+        #: producer that opens it sends them first -- do not send them again yourself).
+        self.spool_path = spool_path
         super().__init__(str(self))
 
     @property

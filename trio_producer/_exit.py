@@ -93,6 +93,9 @@ class Ending:
         fatal: librdkafka's fatal error, if any.
         unknown: Messages with no delivery report after the final purge.
         cut_short: Why the drain was cut short (``Producer.abort``), if it was.
+        spool_path: The durable spool that keeps the undelivered messages, if any.
+        kept: Accepted messages that never left the spool (store and forward): they
+            are in it for the next producer, and counted here.
     """
 
     body: BaseException | None = None
@@ -103,6 +106,8 @@ class Ending:
     fatal: KafkaErrorInfo | None = None
     unknown: int = 0
     cut_short: str | None = None
+    spool_path: str | None = None
+    kept: int = 0
 
 
 @attrs.frozen
@@ -135,7 +140,7 @@ def producer_error(ending: Ending) -> TrioProducerError | None:
         return KafkaFatalError(ending.fatal, failures)
     if len(failures) == 1 and ending.failed_by is failures[0] and not unknown:
         return failures[0]
-    if not failures and not unknown:
+    if not failures and not unknown and not ending.kept:
         return None
     reasons = []
     if ending.cut_short:
@@ -144,7 +149,14 @@ def producer_error(ending: Ending) -> TrioProducerError | None:
         # librdkafka reports every purged message at once; if some never came back,
         # their content is gone, but their number is still raised, not only logged.
         reasons.append(f"and {unknown} more with no delivery report after the purge")
-    error = UndeliveredMessagesError(failures, "; ".join(reasons))
+    if ending.kept:
+        reasons.append(f"and {ending.kept} more that never left the spool")
+    if ending.spool_path is not None:
+        reasons.append(
+            f"those purged or never sent (_PURGE_*, _NOT_PRODUCED) are kept in the spool "
+            f"{ending.spool_path!r}: the next producer that opens it sends them first"
+        )
+    error = UndeliveredMessagesError(failures, "; ".join(reasons), spool_path=ending.spool_path)
     if ending.failed_by is not None:
         error.__cause__ = ending.failed_by
     return error
@@ -161,6 +173,11 @@ def _undelivered_notes(ending: Ending) -> tuple[str, ...]:
         notes.append(
             f"trio_producer: {ending.unknown} accepted message(s) got no delivery report "
             "after the purge"
+        )
+    if ending.spool_path is not None and (ending.failures or ending.kept):
+        notes.append(
+            f"trio_producer: {ending.kept} more never left the spool; those and the purged "
+            f"ones are kept in the spool {ending.spool_path!r} for the next producer"
         )
     return tuple(notes)
 

@@ -311,6 +311,25 @@ def _parse_record(buf: Any, pos: int, end: int) -> tuple[int, int, Any] | None:
     return length, seq, (topic, value, key, headers, part, ts)
 
 
+class _Reader:
+    """Where ``Spool.read_from`` continues: a read-only mapping of one segment."""
+
+    __slots__ = ("buf", "pos", "seg", "seq", "size", "uuid")
+
+    def __init__(
+        self, seg: _Segment, buf: mmap.mmap, size: int, pos: int, seq: int, uuid: bytes
+    ) -> None:
+        self.seg = seg
+        self.buf = buf
+        self.size = size
+        self.pos = pos
+        self.seq = seq
+        self.uuid = uuid
+
+    def close(self) -> None:
+        self.buf.close()
+
+
 class Spool:
     """An append-only, CRC-framed segment log of messages waiting for confirmation.
 
@@ -375,6 +394,8 @@ class Spool:
         self._bg_allocated = 0
         self._freed = 0
         self._synced_seq = -1
+        # The read cursor of read_from (owning thread).
+        self._reader: _Reader | None = None
 
     # ------------------------------------------------------------------ opening
 
@@ -946,6 +967,60 @@ class Spool:
 
     # ------------------------------------------------------------------ confirming
 
+    def read_from(self, seq: int, limit: int) -> list[SpoolRecord]:
+        """Up to ``limit`` records from ``seq`` on, in order, as this process appended them.
+
+        For a producer that keeps only part of what it spooled in memory (store and
+        forward): it reads the rest back when it has room. Sequential reads are O(1) per
+        record (a cursor); the first read from a new place skips records by their length.
+        Reads through a read-only mapping of its own, so a segment that ``maintain``
+        closes (or even deletes) in another thread stays readable. Owning thread only.
+
+        Raises:
+            ValueError: ``seq`` was not appended by this process, or is not appended yet.
+        """
+        if not self._run_first_seq <= seq <= self._seq:
+            raise ValueError(
+                f"seq {seq} is not a record of this run ({self._run_first_seq}..{self._seq - 1})"
+            )
+        out: list[SpoolRecord] = []
+        cursor = self._reader
+        if cursor is None or cursor.seq != seq:
+            if cursor is not None:
+                cursor.close()
+            cursor = self._reader = self._open_reader(seq)
+        while len(out) < limit and cursor.seq < self._seq:
+            end = self._pos if cursor.seg is self._seg else cursor.size
+            parsed = _parse_record(cursor.buf, cursor.pos, end)
+            if parsed is None:
+                # The end of a sealed segment: the next one starts at cursor.seq.
+                cursor.close()
+                cursor = self._reader = self._open_reader(cursor.seq)
+                continue
+            length, rseq, fields = parsed
+            if rseq != cursor.seq:  # pragma: no cover - a bug, never a silent skip
+                raise SpoolError(f"spool read expected seq {cursor.seq}, found {rseq}")
+            out.append(SpoolRecord(rseq, cursor.uuid + rseq.to_bytes(8, "big"), *fields))
+            cursor.pos += length
+            cursor.seq += 1
+        return out
+
+    def _open_reader(self, seq: int) -> _Reader:
+        i = bisect.bisect_right(self._firsts, seq) - 1
+        if i < 0:
+            raise ValueError(f"seq {seq} is in no segment of this spool")
+        seg = self._segments[i]
+        fd = os.open(seg.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            size = os.fstat(fd).st_size
+            buf = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+        finally:
+            os.close(fd)
+        pos = _SEG_HEADER_SIZE
+        for _ in range(seq - seg.first_seq):  # skip to seq by the records' lengths
+            pos += _U32.unpack_from(buf, pos + 4)[0]
+        return _Reader(seg, buf, size, pos, seq, seg.uuid)
+
     def confirm(self, seq: int) -> None:
         """Record that message ``seq`` was delivered (see :meth:`confirm_many`)."""
         self.confirm_many((seq,))
@@ -1156,6 +1231,9 @@ class Spool:
         with self._io_lock:
             if self._closed:
                 return
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
             try:
                 if self.sync_policy != "never":
                     for seg in [*self._to_close, *self._segments]:

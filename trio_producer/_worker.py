@@ -25,7 +25,7 @@ from ._batch import TRIGGERS, Batch, Pending
 from ._exceptions import ProducerClosedError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
 
 class Sink(Protocol):
@@ -50,6 +50,9 @@ class BatchChannel:
         self.linger = linger
         self.closed = False
         self.closed_reason = "the producer is closed"
+        #: Called (sync) whenever the batch may have room, to top it up from a backlog
+        #: kept elsewhere (the durable spool's store and forward); ``None`` without one.
+        self.refill: Callable[[], object] | None = None
         #: The channel was closed because the producer failed (see ProducerClosedError).
         self.closed_by_failure = False
         #: The worker has stopped for good: waiters for progress are released.
@@ -180,7 +183,12 @@ class BatchChannel:
     async def receive_batch(self) -> tuple[list[Pending], str] | None:
         """Wait for the next batch and why it leaves; ``None`` once closed *and* empty."""
         batch = self.batch
+        refill = self.refill
         while not batch.items:
+            if refill is not None:
+                refill()
+                if batch.items:
+                    break
             if self.closed:
                 return None
             batch.want_first()
@@ -196,6 +204,8 @@ class BatchChannel:
         reason = reason or "linger"
         self.batches[reason] += 1
         items = batch.take()
+        if refill is not None:
+            refill()
         self._space_lot.unpark_all()
         return items, reason
 
@@ -222,6 +232,7 @@ async def run_worker(
     channel: BatchChannel,
     sink: Sink,
     *,
+    first: Iterable[list[Pending]] = (),
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The receive loop: batch → sink, until the channel is closed and empty.
@@ -235,6 +246,16 @@ async def run_worker(
     other batch.
     """
     task_status.started()
+    for items in first:
+        # Messages an earlier process left in the durable spool: before anything new.
+        # They were not accepted by this producer: what is not produced when it stops
+        # simply stays in the spool.
+        pos = 0
+        while True:
+            pos = sink.produce(items, pos)
+            if pos >= len(items):
+                break
+            await sink.wait_for_space()
     while True:
         got = await channel.receive_batch()
         if got is None:

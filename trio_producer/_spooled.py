@@ -1,0 +1,433 @@
+"""The producer with a durable spool: accepted means durable.
+
+With ``spool_path`` set, :func:`open_producer` yields a :class:`SpooledProducer`: every
+message is written to the spool (:mod:`trio_producer._spool`) in the same synchronous
+step that accepts it, so when ``send`` returns the message survives ``kill -9`` of the
+process; the sync policy decides when it also survives a power cut. A delivery report
+confirms the message in the spool; what was not confirmed is sent again, first, by the
+next producer that opens the directory. Without a spool none of this code runs: the
+in-memory paths keep their speed.
+
+Spooled messages carry their stable id in a header (``spool_id_header``), so they go to
+librdkafka one by one through ``produce()`` (its batch call cannot carry headers).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+from ._args import bulk_item, check_topic, make_item
+from ._client import TrackedReport
+from ._exceptions import ProducerClosedError
+from ._producer import Producer, ProducerStatistics
+from ._spool import HEADER_OVERHEAD, RECORD_OVERHEAD, Spool, SpoolError, SpoolRecord
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+
+    from ._args import BulkMessage
+    from ._batch import Pending
+    from ._message import Headers, RecordMetadata
+
+logger = logging.getLogger("trio_producer")
+
+enable_ki_protection = trio.lowlevel.enable_ki_protection
+
+
+#: send_many waits until a record of this size fits before it takes the next element.
+SEND_MANY_ROOM = 64 * 1024
+_END = object()
+
+
+def encoded_size(item: Pending) -> int:
+    """What a message takes in the spool (what ``Spool.has_room`` asks about)."""
+    value = item["value"]
+    size = RECORD_OVERHEAD + len(item["topic"].encode()) + len(item.get("key") or b"")
+    size += len(value) if value is not None else 0
+    for name, header in item.get("headers") or ():
+        size += HEADER_OVERHEAD + len(name.encode()) + (len(header) if header else 0)
+    return size
+
+
+class SpoolKeeper:
+    """Owns the spool: confirmations, and the blocking fsync/maintenance in a thread.
+
+    Runs as a background task of the producer (until the producer stops). Appends and
+    confirmations happen on the Trio thread; ``sync``/``maintain`` in a worker thread, as
+    the spool's threading rule allows.
+    """
+
+    def __init__(self, spool: Spool, id_header: str | None) -> None:
+        self.spool = spool
+        self.id_header = id_header
+        self.recovered = len(spool.recovered)
+        self._wake = trio.lowlevel.ParkingLot()
+        self._synced = trio.lowlevel.ParkingLot()
+        self._room = trio.lowlevel.ParkingLot()
+        self._sync_wanted = False
+        self.error: BaseException | None = None
+
+    # ---- on the Trio thread ---------------------------------------------------------------
+
+    def spool_item(self, item: Pending, waiter: trio.Event | None) -> int:
+        """Write ``item`` to the spool and make it carry its id and seq; return the seq.
+
+        Raises:
+            SpoolFullError: No room: nothing was written.
+        """
+        spool = self.spool
+        headers = item.get("headers")
+        seq = spool.append(
+            item["topic"],
+            item["value"],
+            item.get("key"),
+            headers,
+            item.get("partition", -1),
+            item.get("timestamp", 0),
+        )
+        if self.id_header is not None:
+            headers = [*(headers or ()), (self.id_header, spool.id_of(seq))]
+            item["headers"] = headers
+        item["callback"] = TrackedReport(headers, waiter, seq)
+        if not seq & 255 and spool.maintenance_due:  # a rotation: prepare the next spare
+            self._wake.unpark_all()
+        return seq
+
+    def confirm(self, seqs: list[int]) -> None:
+        """Record deliveries (one write to the spool's ack log)."""
+        self.spool.confirm_many(seqs)
+        if self.spool.maintenance_due:
+            self._wake.unpark_all()
+
+    def has_room(self, item: Pending, size: int) -> bool:
+        """Room in the spool for ``item`` (``size``: its value and key bytes)."""
+        if "headers" in item:
+            return self.spool.has_room(encoded_size(item))
+        return self.spool.has_room(RECORD_OVERHEAD + len(item["topic"]) + size)
+
+    async def wait_for_room(self) -> None:
+        """Park until maintenance may have freed room (a checkpoint)."""
+        self._wake.unpark_all()
+        await self._room.park()
+
+    async def wait_synced(self, seq: int) -> None:
+        """Return once ``seq`` is fsynced (group commit: one fsync serves every waiter)."""
+        while self.spool.synced_seq < seq:
+            if self.error is not None:
+                raise SpoolError(f"the spool could not be synced: {self.error!r}")
+            self._sync_wanted = True
+            self._wake.unpark_all()
+            await self._synced.park()
+
+    # ---- the background task ------------------------------------------------------------
+
+    @enable_ki_protection
+    async def run(self) -> None:
+        """fsync on the policy's schedule, and maintain (rotate, delete) when due."""
+        spool = self.spool
+        interval = spool.sync_interval if spool.sync_policy == "interval" else None
+        try:
+            while True:
+                if not (self._sync_wanted or spool.maintenance_due):
+                    with trio.move_on_after(interval if interval is not None else 3600):
+                        await self._wake.park()
+                want_sync = self._sync_wanted or (
+                    interval is not None and spool.next_seq - 1 > spool.synced_seq
+                )
+                self._sync_wanted = False
+                if want_sync:
+                    await trio.to_thread.run_sync(spool.sync)
+                    self._synced.unpark_all()
+                elif spool.maintenance_due:
+                    await trio.to_thread.run_sync(spool.maintain)
+                self._room.unpark_all()
+        except OSError as exc:
+            # A disk that fails makes every sync waiter fail, loudly; accepted messages
+            # stay in memory and librdkafka, and are still delivered or handed back.
+            self.error = exc
+            logger.error("the spool failed: %r", exc)
+            self._synced.unpark_all()
+            self._room.unpark_all()
+            raise
+
+
+async def open_keeper(
+    path: str, max_bytes: int, sync: str, sync_interval: float, id_header: str | None
+) -> SpoolKeeper:
+    """Open (lock, recover) the spool in a thread; log what recovery found."""
+    spool = await trio.to_thread.run_sync(
+        functools.partial(
+            Spool.open,
+            path,
+            max_bytes=max_bytes,
+            sync=sync,  # type: ignore[arg-type]
+            sync_interval=sync_interval,
+        )
+    )
+    found = spool.recovery
+    if found.recovered or found.torn_tails or found.corrupt_records:
+        logger.info(
+            "spool %r: %d unconfirmed message(s) recovered (sent first); %d torn tail(s) "
+            "cut (%d bytes); %d corrupt record(s) skipped",
+            path,
+            found.recovered,
+            found.torn_tails,
+            found.torn_tail_bytes,
+            found.corrupt_records,
+        )
+    return SpoolKeeper(spool, id_header)
+
+
+def pending_from_record(record: SpoolRecord, id_header: str | None) -> Pending:
+    """A spooled record as a message for the worker, with its id header and seq."""
+    item: Pending = {"topic": record.topic, "value": record.value}
+    if record.key is not None:
+        item["key"] = record.key
+    if record.partition >= 0:
+        item["partition"] = record.partition
+    if record.timestamp > 0:
+        item["timestamp"] = record.timestamp
+    headers = list(record.headers or ())
+    if id_header is not None:
+        headers.append((id_header, record.id))
+    if headers:
+        item["headers"] = headers
+    item["callback"] = TrackedReport(headers or None, None, record.seq)
+    return item
+
+
+def recovered_batches(keeper: SpoolKeeper, size: int = 1000) -> Iterator[list[Pending]]:
+    """The recovered records as messages for the worker, in their order, in chunks."""
+    records = keeper.spool.recovered
+    id_header = keeper.id_header
+    for start in range(0, len(records), size):
+        yield [pending_from_record(r, id_header) for r in records[start : start + size]]
+    records.clear()  # handed to librdkafka: the spool keeps them until confirmed
+
+
+class SpooledProducer(Producer):
+    """The producer handle when ``spool_path`` is set (see :class:`Producer`).
+
+    Each send method writes the message to the spool before it accepts it; a full
+    spool is backpressure like a full queue. :meth:`sync` waits until everything
+    accepted before it is fsynced.
+    """
+
+    _keeper: SpoolKeeper
+    #: Store and forward: the first spooled message that is not in memory. While there
+    #: is such a backlog, new messages go to the spool only (to keep their order); the
+    #: channel tops its batch up from the spool as the worker takes batches.
+    _backlog_from: int | None = None
+
+    def _attach(self, keeper: SpoolKeeper) -> None:
+        self._keeper = keeper
+        self._channel.refill = self._refill
+
+    def backlog(self) -> int:
+        """Accepted messages that are only in the spool (not yet in memory)."""
+        if self._backlog_from is None:
+            return 0
+        return self._keeper.spool.next_seq - self._backlog_from
+
+    def _refill(self) -> None:
+        start = self._backlog_from
+        if start is None:
+            return
+        batch = self._channel.batch
+        room = batch.room()
+        if room <= 0:
+            return
+        keeper = self._keeper
+        records = keeper.spool.read_from(start, room)
+        for record in records:
+            item = pending_from_record(record, keeper.id_header)
+            value, key = record.value, record.key
+            batch.append(item, (len(value) if value else 0) + (len(key) if key else 0))
+        if records:
+            start = records[-1].seq + 1
+        self._backlog_from = None if start >= keeper.spool.next_seq else start
+
+    def _accept_nowait(self, item: Pending, size: int, waiter: trio.Event | None) -> int:
+        """Spool and accept one message, or raise (nothing spooled, nothing accepted).
+
+        With room in memory (and no backlog) the message goes to the spool and the batch;
+        else, for a fire-and-forget message, to the spool only (store and forward: the
+        memory stays bounded however long the broker is away). A ``send_and_wait`` waits
+        for room in memory (its waiter lives there).
+        """
+        channel = self._channel
+        if channel.closed:
+            raise channel.closed_error()
+        keeper = self._keeper
+        if not keeper.has_room(item, size):
+            raise trio.WouldBlock
+        if self._backlog_from is None and channel.batch.has_room():
+            seq = keeper.spool_item(item, waiter)
+            channel.send_nowait(item, size)  # cannot fail now: open, and room checked
+            return seq
+        if waiter is not None:
+            raise trio.WouldBlock
+        seq = keeper.spool_item(item, None)
+        if self._backlog_from is None:
+            self._backlog_from = seq
+        return seq
+
+    async def _accept(self, item: Pending, size: int, waiter: trio.Event | None) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        channel = self._channel
+        while True:
+            try:
+                seq = self._accept_nowait(item, size, waiter)
+            except trio.WouldBlock:
+                if not self._keeper.has_room(item, size):
+                    await self._keeper.wait_for_room()
+                else:  # a send_and_wait waiting for room in memory
+                    await channel.wait_for_room()
+                await trio.lowlevel.checkpoint_if_cancelled()
+                continue
+            except ProducerClosedError:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                raise
+            break
+        if self._keeper.spool.sync_policy == "always":
+            # Accepted: the wait for the fsync must not turn into "not accepted".
+            with trio.CancelScope(shield=True):
+                await self._keeper.wait_synced(seq)
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    @enable_ki_protection
+    async def send(
+        self,
+        topic: str,
+        value: bytes | str | None,
+        *,
+        key: bytes | str | None = None,
+        headers: Headers | None = None,
+        partition: int | None = None,
+        timestamp: int | None = None,
+    ) -> None:
+        item, size = make_item(topic, value, key, headers, partition, timestamp, None)
+        await self._accept(item, size, None)
+
+    @enable_ki_protection
+    def send_nowait(
+        self,
+        topic: str,
+        value: bytes | str | None,
+        *,
+        key: bytes | str | None = None,
+        headers: Headers | None = None,
+        partition: int | None = None,
+        timestamp: int | None = None,
+    ) -> None:
+        if self._keeper.spool.sync_policy == "always":
+            raise TypeError(
+                "send_nowait cannot wait for the fsync that spool_sync='always' promises; "
+                "use await send(), or spool_sync='interval'"
+            )
+        item, size = make_item(topic, value, key, headers, partition, timestamp, None)
+        self._accept_nowait(item, size, None)
+
+    @enable_ki_protection
+    async def send_many(self, topic: str, messages: Iterable[BulkMessage]) -> int:
+        """See :meth:`Producer.send_many`. With a spool, it waits for room *before* it
+        takes the next element (room for a record of up to ``SEND_MANY_ROOM`` bytes); a
+        larger element that then does not fit is held while waiting, and if the call is
+        cancelled in that wait, that element was consumed but not accepted."""
+        check_topic(topic)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        channel = self._channel
+        keeper = self._keeper
+        accepted = 0
+        last = -1
+        it = iter(messages)
+        while True:
+            if channel.closed:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                raise channel.closed_error()
+            if not keeper.spool.has_room(SEND_MANY_ROOM):
+                await keeper.wait_for_room()
+                await trio.lowlevel.checkpoint_if_cancelled()
+                continue
+            element = next(it, _END)
+            if element is _END:
+                break
+            if type(element) is bytes:
+                item: Pending = {"topic": topic, "value": element}
+                size = len(element)
+            else:
+                item, size = bulk_item(topic, element)
+            while True:
+                try:
+                    last = self._accept_nowait(item, size, None)
+                except trio.WouldBlock:  # a large element: hold it and wait
+                    await keeper.wait_for_room()
+                    await trio.lowlevel.checkpoint_if_cancelled()
+                    continue
+                break
+            accepted += 1
+        if last >= 0 and keeper.spool.sync_policy == "always":
+            with trio.CancelScope(shield=True):
+                await keeper.wait_synced(last)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return accepted
+
+    @enable_ki_protection
+    async def send_and_wait(
+        self,
+        topic: str,
+        value: bytes | str | None,
+        *,
+        key: bytes | str | None = None,
+        headers: Headers | None = None,
+        partition: int | None = None,
+        timestamp: int | None = None,
+    ) -> RecordMetadata:
+        event = trio.Event()
+        item, size = make_item(topic, value, key, headers, partition, timestamp, None)
+        await self._accept(item, size, event)
+        tracked = item["callback"]
+        assert isinstance(tracked, TrackedReport)
+        return await self._wait_outcome(tracked, event)
+
+    @enable_ki_protection
+    async def flush(self) -> None:
+        """See :meth:`Producer.flush`; also waits for what is only in the spool."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        channel = self._channel
+        if channel.closed:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            raise channel.closed_error()
+        target = channel.request_flush() + self.backlog()
+        await channel.wait_produced(target)
+        await self._tracker.wait_for_earlier()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def statistics(self) -> ProducerStatistics:
+        """See :meth:`Producer.statistics`; ``queued`` counts what is only in the spool."""
+        stats = super().statistics()
+        return attrs.evolve(
+            stats,
+            queued=stats.queued + self.backlog(),
+            spooled=self._keeper.spool.pending,
+            recovered=self._keeper.recovered,
+        )
+
+    @enable_ki_protection
+    async def sync(self) -> None:
+        """Wait until every message accepted before this call is fsynced in the spool.
+
+        Always a checkpoint. After it returns, those messages survive a power cut too
+        (with any sync policy).
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        target = self._keeper.spool.next_seq - 1
+        with trio.CancelScope(shield=True):
+            await self._keeper.wait_synced(target)
+        await trio.lowlevel.cancel_shielded_checkpoint()
