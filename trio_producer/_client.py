@@ -24,6 +24,8 @@ from confluent_kafka import KafkaError, KafkaException
 from ._batch import Pending, message_from_pending
 from ._config import is_secret
 from ._exceptions import ConfigError, DeliveryError, TransactionError
+from ._hooks import OAuthCallback, OAuthToken, OAuthTokenProvider
+from ._logging import LibrdkafkaLog
 from ._message import KafkaErrorInfo, Message, RecordMetadata
 
 if TYPE_CHECKING:
@@ -127,13 +129,15 @@ class DeliveryReports:
     Called by librdkafka on the poll thread. Subclassed by the delivery task's epochs.
     """
 
-    __slots__ = ("completed", "delivered", "failures")
+    __slots__ = ("completed", "confirmed", "delivered", "failures")
 
     def __init__(self) -> None:
         self.delivered = 0
         self.failures: list[Failure] = []
         #: Trackers with a waiter whose outcome arrived (the delivery task wakes them).
         self.completed: list[TrackedReport] = []
+        #: Spool sequence numbers of delivered spooled messages, to confirm in the spool.
+        self.confirmed: list[int] = []
 
     def __call__(self, err: object, msg: Any) -> None:
         if err is None:
@@ -154,8 +158,9 @@ class DeliveryReports:
 class TrackedReport:
     """The report callback of one message that needs more than a count.
 
-    Used for ``send_and_wait`` (``waiter`` is the Event its caller waits on) and for
-    messages with headers (kept because librdkafka's reports do not carry them).
+    Used for ``send_and_wait`` (``waiter`` is the Event its caller waits on), for
+    messages with headers (kept because librdkafka's reports do not carry them), and for
+    spooled messages (``seq``: their place in the durable spool, ``-1`` otherwise).
 
     Attributes:
         failure: The converted failure, once it came.
@@ -164,13 +169,17 @@ class TrackedReport:
             a fire-and-forget one. Set and read on the Trio thread only.
     """
 
-    __slots__ = ("abandoned", "failure", "headers", "metadata", "reports", "waiter")
+    __slots__ = ("abandoned", "failure", "headers", "metadata", "reports", "seq", "waiter")
 
     def __init__(
-        self, headers: list[tuple[str, bytes | None]] | None, waiter: trio.Event | None
+        self,
+        headers: list[tuple[str, bytes | None]] | None,
+        waiter: trio.Event | None,
+        seq: int = -1,
     ) -> None:
         self.headers = headers
         self.waiter = waiter
+        self.seq = seq
         self.abandoned = False
         self.reports: DeliveryReports | None = None
         self.failure: DeliveryError | None = None
@@ -182,6 +191,8 @@ class TrackedReport:
         if err is None:
             if self.waiter is not None:
                 self.metadata = metadata_from_report(msg)
+            if self.seq >= 0:
+                reports.confirmed.append(self.seq)
             reports.delivered += 1
             if self.waiter is not None:
                 reports.completed.append(self)
@@ -208,12 +219,27 @@ class KafkaClient:
     (delivery reports, ``error_cb``, logs) only append to plain lists.
     """
 
-    def __init__(self, props: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        props: Mapping[str, Any],
+        *,
+        oauth_token: OAuthTokenProvider | None = None,
+        first_token: OAuthToken | None = None,
+    ) -> None:
         #: Errors reported by librdkafka's error_cb, appended on the poll thread.
         self.errors: list[KafkaErrorInfo] = []
+        #: The latest statistics JSON (stats_cb, poll thread); see take_statistics.
+        self._statistics: str | None = None
         conf = dict(props)
         conf["error_cb"] = self._on_error
-        conf["logger"] = librdkafka_logger
+        conf["logger"] = LibrdkafkaLog(librdkafka_logger)
+        conf["stats_cb"] = self._on_statistics
+        #: librdkafka's oauth_cb, when an OAuth token provider was given.
+        self.oauth: OAuthCallback | None = None
+        if oauth_token is not None:
+            assert first_token is not None
+            self.oauth = OAuthCallback(oauth_token, first_token, self._on_error)
+            conf["oauth_cb"] = self.oauth
         try:
             self._producer = confluent_kafka.Producer(conf)
         except (KafkaException, TypeError, ValueError) as exc:
@@ -241,12 +267,22 @@ class KafkaClient:
         # Runs on the poll thread: record only, never touch Trio.
         self.errors.append(error_info(err))
 
+    def _on_statistics(self, text: str) -> None:
+        # Runs on the poll thread: keep the latest only, never touch Trio.
+        self._statistics = text
+
+    def take_statistics(self) -> str | None:
+        """The statistics JSON librdkafka emitted since the last call, if any (Trio thread)."""
+        text, self._statistics = self._statistics, None
+        return text
+
     def produce(self, items: list[Pending], start: int, reports: DeliveryReports) -> int:
         """Hand ``items[start:]`` to librdkafka; return the index of the first one not taken.
 
-        Runs of plain messages (topic, value, key) for one topic go through librdkafka's
-        batch call in one go; a message with headers, a partition, a timestamp or its own
-        callback goes through ``produce()`` (the batch call cannot carry those). A full
+        Runs of plain messages (topic, value, key, and maybe their own report callback)
+        for one topic go through librdkafka's batch call in one go; a message with
+        headers, a partition or a timestamp goes through ``produce()`` (the batch call
+        ignores or refuses those). A full
         librdkafka queue stops the loop there: nothing is dropped, the caller waits for
         delivery reports and calls again from the returned index (order is kept). A
         message librdkafka refuses at once (too large, unknown partition, ...) is failed
@@ -257,10 +293,9 @@ class KafkaClient:
         i = start
         while i < n:
             first = items[i]
-            size = len(first)
-            if not (size == 2 or (size == 3 and "key" in first)):
-                # Not a plain {topic, value[, key]}: librdkafka's batch call would drop
-                # its headers, partition or timestamp, or its own callback.
+            if len(first) != 2 and not _batchable(first, reports):
+                # Headers, a partition or a timestamp: librdkafka's batch call would drop
+                # them (or refuse the call).
                 if not self._produce_one(first, reports):
                     return i
                 i += 1
@@ -269,8 +304,7 @@ class KafkaClient:
             j = i + 1
             while j < n:
                 item = items[j]
-                size = len(item)
-                if item["topic"] != topic or not (size == 2 or (size == 3 and "key" in item)):
+                if item["topic"] != topic or (len(item) != 2 and not _batchable(item, reports)):
                     break
                 j += 1
             run = items if i == 0 and j == n else items[i:j]
@@ -381,6 +415,24 @@ class KafkaClient:
             for warning in caught:
                 logger.warning("closing the Kafka client: %s", warning.message)
         del self._producer
+
+
+def _batchable(item: Pending, reports: DeliveryReports) -> bool:
+    """Whether librdkafka's batch call can carry ``item``: topic, value, and maybe a key
+    and its own report callback (then told which group it reports to)."""
+    size = len(item)
+    if size == 3:
+        if "key" in item:
+            return True
+        callback = item.get("callback")
+    elif size == 4 and "key" in item:
+        callback = item.get("callback")
+    else:
+        return False
+    if not isinstance(callback, TrackedReport):
+        return False
+    callback.reports = reports
+    return True
 
 
 def _call_error(exc: BaseException) -> KafkaErrorInfo:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, TypeAlias
+from typing import Any, Required, TypeAlias, TypedDict
 
 import attrs
 
@@ -23,7 +24,17 @@ _RESERVED = {
     "error_cb": "errors are routed by the producer",
     "logger": "librdkafka logs go to the 'trio_producer.librdkafka' logger",
     "log_cb": "librdkafka logs go to the 'trio_producer.librdkafka' logger",
+    "oauth_cb": "pass open_producer(oauth_token=...): it is called in a worker thread, "
+    "and its errors fail the producer clearly",
+    "oauthbearer_token_refresh_cb": "pass open_producer(oauth_token=...)",
+    "stats_cb": "pass open_producer(on_statistics=...): it is called on the Trio thread",
+    "stats_callback": "pass open_producer(on_statistics=...)",
 }
+
+#: librdkafka's names of the delivery timeout, set by the delivery_timeout field.
+_DELIVERY_TIMEOUT_PROPS = ("message.timeout.ms", "delivery.timeout.ms")
+#: The largest message.timeout.ms librdkafka takes (0 means "no limit").
+_MAX_TIMEOUT_MS = 2_147_483_647
 
 #: Substrings of property names whose values never appear in a repr or a message.
 _SECRET_MARKERS = ("password", "secret", "sasl.oauthbearer.config", "key.pem", "token", "jaas")
@@ -60,6 +71,23 @@ def _seconds(name: str, *, allow_zero: bool) -> Any:
     return check
 
 
+def _check_delivery_timeout(_inst: object, _attr: object, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"delivery_timeout must be a number of seconds or None, not {value!r}")
+    if math.isnan(value) or value <= 0:
+        raise ConfigError(
+            f"delivery_timeout must be a number of seconds > 0 (math.inf: no limit) or None, "
+            f"not {value!r}"
+        )
+    if math.isfinite(value) and value * 1000 > _MAX_TIMEOUT_MS:
+        raise ConfigError(
+            f"delivery_timeout must be at most {_MAX_TIMEOUT_MS // 1000} seconds "
+            f"(math.inf: no limit), not {value!r}"
+        )
+
+
 def _positive_int(name: str) -> Any:
     def check(_inst: object, _attr: object, value: object) -> None:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -76,6 +104,37 @@ def _check_bootstrap(_inst: object, _attr: Any, value: Any) -> None:
             "bootstrap_servers must be a non-empty 'host:port[,host:port...]' string, "
             f"not {value!r}"
         )
+
+
+def _spool_path(value: Any) -> Any:
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
+def _check_spool_path(_inst: object, _attr: Any, value: Any) -> None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ConfigError(
+            f"spool_path must be a directory path (str or os.PathLike) or None, not {value!r}"
+        )
+
+
+def _check_spool_max_bytes(_inst: object, _attr: object, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 << 16:
+        raise ConfigError(f"spool_max_bytes must be an int >= 65536, not {value!r}")
+
+
+_SPOOL_SYNC = ("never", "interval", "always")
+
+
+def _check_spool_sync(_inst: object, _attr: object, value: object) -> None:
+    if value not in _SPOOL_SYNC:
+        raise ConfigError(f"spool_sync must be one of {_SPOOL_SYNC}, not {value!r}")
+
+
+def _check_id_header(_inst: object, _attr: Any, value: Any) -> None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ConfigError(f"spool_id_header must be a non-empty str or None, not {value!r}")
 
 
 def _freeze_props(value: object) -> Mapping[str, LibrdkafkaValue]:
@@ -121,6 +180,30 @@ class ProducerConfig:
         transaction_timeout: The budget of each blocking transactional step:
             ``init_transactions`` when the producer opens, and the commit or the abort
             that ends :meth:`~Producer.transaction` (also when it was interrupted).
+        delivery_timeout: How long librdkafka keeps trying to deliver a message it
+            was handed (librdkafka's ``message.timeout.ms``), after which the message
+            fails with ``_MSG_TIMED_OUT``: it bounds
+            :meth:`~Producer.send_and_wait` against an unreachable cluster.
+            ``None`` (the default) leaves librdkafka's setting (5 minutes, or
+            ``librdkafka={"message.timeout.ms": ...}``); ``math.inf`` means "retry
+            until the producer closes" (for a durable spool). The time counts from
+            the hand-over to librdkafka, after ``linger``.
+        spool_path: A directory for the durable spool (off when ``None``): every
+            accepted message is written there before ``send`` returns, so it survives
+            ``kill -9`` of the process, and is sent again by the next producer that
+            opens the directory if it was not confirmed. See the Durability page.
+        spool_max_bytes: The most the spool's files take on disk; a full spool is
+            backpressure (``send`` waits, ``send_nowait`` raises ``trio.WouldBlock``).
+        spool_sync: When the spool is fsynced (power-loss safety): ``"never"`` (only
+            ``Producer.sync()``), ``"interval"`` (every ``spool_sync_interval``
+            seconds, in a worker thread) or ``"always"`` (``send`` returns once its
+            message is fsynced; sends waiting at the same time share one fsync).
+        spool_sync_interval: Seconds between fsyncs for ``"interval"``.
+        spool_id_header: A header name (e.g. ``"trio-producer-id"``) to give each
+            spooled message its stable id (24 bytes: the spooling run's uuid and the
+            message's sequence number), so that consumers can drop the duplicates a
+            crash can cause; ``None`` (the default) for none. Messages with headers
+            take librdkafka's slower one-by-one path.
         librdkafka: Any other librdkafka property (``acks``, ``compression.type``,
             ``security.protocol``, ``sasl.*``, ...). Unknown names fail at open with
             librdkafka's own message. Defaults: ``enable.idempotence=true``,
@@ -149,16 +232,69 @@ class ProducerConfig:
     transaction_timeout: float = attrs.field(
         kw_only=True, default=30.0, validator=_seconds("transaction_timeout", allow_zero=False)
     )
+    delivery_timeout: float | None = attrs.field(
+        kw_only=True, default=None, validator=_check_delivery_timeout
+    )
+    spool_path: str | None = attrs.field(
+        kw_only=True, default=None, converter=_spool_path, validator=_check_spool_path
+    )
+    spool_max_bytes: int = attrs.field(
+        kw_only=True, default=1 << 30, validator=_check_spool_max_bytes
+    )
+    spool_sync: str = attrs.field(kw_only=True, default="interval", validator=_check_spool_sync)
+    spool_sync_interval: float = attrs.field(
+        kw_only=True, default=0.5, validator=_seconds("spool_sync_interval", allow_zero=False)
+    )
+    spool_id_header: str | None = attrs.field(
+        kw_only=True, default=None, validator=_check_id_header
+    )
     librdkafka: Mapping[str, LibrdkafkaValue] = attrs.field(
         kw_only=True, factory=dict, converter=_freeze_props, repr=_redacted, eq=False
     )
+
+    def __attrs_post_init__(self) -> None:
+        if self.delivery_timeout is not None:
+            both = [name for name in _DELIVERY_TIMEOUT_PROPS if name in self.librdkafka]
+            if both:
+                raise ConfigError(
+                    f"pass either delivery_timeout or librdkafka property {both[0]!r}, not both"
+                )
 
     def librdkafka_config(self) -> dict[str, LibrdkafkaValue]:
         """The librdkafka properties this config stands for (defaults, then overrides)."""
         props: dict[str, LibrdkafkaValue] = dict(_DEFAULTS)
         props.update(self.librdkafka)
         props["bootstrap.servers"] = self.bootstrap_servers
+        timeout = self.delivery_timeout
+        if timeout is not None:
+            props["message.timeout.ms"] = (
+                0 if math.isinf(timeout) else min(_MAX_TIMEOUT_MS, max(1, round(timeout * 1000)))
+            )
         return props
+
+
+class ProducerFields(TypedDict, total=False):
+    """The fields of :class:`ProducerConfig`, as keyword arguments of :func:`open_producer`.
+
+    ``open_producer(bootstrap_servers=..., linger=...)`` is checked by type checkers
+    against this: a misspelt field or a wrong type is a type error. A test keeps it
+    equal to ``attrs.fields(ProducerConfig)`` (names and types).
+    """
+
+    bootstrap_servers: Required[str]
+    linger: float
+    batch_max_messages: int
+    batch_max_bytes: int
+    queue_capacity: int
+    close_timeout: float
+    transaction_timeout: float
+    delivery_timeout: float | None
+    spool_path: str | None
+    spool_max_bytes: int
+    spool_sync: str
+    spool_sync_interval: float
+    spool_id_header: str | None
+    librdkafka: Mapping[str, LibrdkafkaValue]
 
 
 def make_config(config: ProducerConfig | None, fields: Mapping[str, Any]) -> ProducerConfig:

@@ -22,6 +22,7 @@ import trio
 
 from ._client import DeliveryReports, KafkaClient
 from ._exceptions import ProducerClosedError
+from ._hooks import Hooks
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -87,6 +88,12 @@ class DeliveryTracker:
         self.client = client
         self._route_failure = route_failure
         self._on_fatal = on_fatal
+        #: With a durable spool: called with the spool seqs of messages that were
+        #: delivered, or failed and were handed back while the producer ran.
+        self.on_confirmed: Callable[[list[int]], None] | None = None
+        #: Statistics, connection state, OAuth expiry, telemetry: handed over after each
+        #: poll (open_producer sets its own).
+        self.hooks = Hooks("the bootstrap servers")
         self.epochs: deque[Epoch] = deque([Epoch()])
         self._retired_delivered = 0
         self._retired_failed = 0
@@ -229,16 +236,17 @@ class DeliveryTracker:
         if client.errors:
             errors, client.errors = client.errors, []
             for error in errors:
-                if error.fatal or error.name in AUTHENTICATION_ERRORS:
+                # (a retriable _AUTHENTICATION: an OAuth refresh failed, the token is valid)
+                if error.fatal or (error.name in AUTHENTICATION_ERRORS and not error.retriable):
                     if self.fatal is None:
                         self.fatal = error
                         logger.error("the producer fails: %s", error)
                         self._on_fatal(error)
-                elif error.name == "_TRANSPORT":
-                    # librdkafka's own log line (trio_producer.librdkafka) says the same
-                    logger.info("librdkafka error: %s", error)
                 else:
-                    logger.warning("librdkafka error: %s", error)
+                    # Connection errors collapse into one WARNING when the cluster is
+                    # unreachable, and one INFO when it is back (see _logging.Connectivity).
+                    self.hooks.connectivity.error(error)
+        self.hooks.after_poll(self)
         for epoch in self.epochs:
             if epoch.completed:
                 completed, epoch.completed = epoch.completed, []
@@ -246,12 +254,22 @@ class DeliveryTracker:
                     assert tracked.waiter is not None
                     tracked.waiter.set()
             failures = epoch.failures
+            confirmed = epoch.confirmed
+            if confirmed:
+                epoch.confirmed = []
             while epoch.routed < len(failures):
                 failure = failures[epoch.routed]
                 epoch.routed += 1
-                if failure.tracked is not None and failure.tracked.has_waiter:
+                owner = failure.tracked
+                if owner is not None and owner.seq >= 0 and not self.stopping:
+                    # Handed back while running: out of the spool. (At the stop, purged
+                    # spooled messages stay in the spool for the next producer.)
+                    confirmed.append(owner.seq)
+                if owner is not None and owner.has_waiter:
                     continue  # its send_and_wait caller owns it (see Producer.send_and_wait)
                 self._route_failure(failure.error)
+            if confirmed and self.on_confirmed is not None:
+                self.on_confirmed(confirmed)
         self._retire()
         self._progress.unpark_all()
 

@@ -8,7 +8,7 @@ import time
 from contextlib import asynccontextmanager
 from functools import partial
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import attrs
 import trio
@@ -22,17 +22,31 @@ from ._delivery import DeliveryTracker
 from ._exceptions import (
     ConfigError,
     DeliveryError,
+    KafkaFatalError,
     ProducerClosedError,
     TransactionError,
     TrioProducerError,
 )
 from ._exit import Ending, decide
+from ._hooks import (
+    DEFAULT_STATISTICS_INTERVAL_MS,
+    Hooks,
+    check_sync_hook,
+    fetch_first_token,
+    provider_error,
+)
 from ._worker import BatchChannel, run_worker
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+    from contextlib import AbstractAsyncContextManager
+    from typing import Unpack
 
+    from ._config import ProducerFields
+    from ._hooks import Instrumentation, KafkaStatistics, OAuthTokenProvider, ProducerInstruments
     from ._message import Headers, KafkaErrorInfo, RecordMetadata
+    from ._spooled import SpoolKeeper
+    from ._worker import Sink
 
 logger = logging.getLogger("trio_producer")
 
@@ -58,6 +72,9 @@ class ProducerStatistics:
         batches: Batches handed to librdkafka, by trigger: ``"messages"`` (count or
             full queue), ``"bytes"``, ``"linger"``, ``"flush"``, ``"drain"`` (the final
             drain when the channel closed).
+        spooled: With a durable spool: messages in it that are not confirmed yet.
+        recovered: With a durable spool: unconfirmed messages an earlier process left
+            in it, found when this producer opened it (sent before anything new).
     """
 
     queued: int
@@ -65,6 +82,8 @@ class ProducerStatistics:
     delivered: int
     failed: int
     batches: Mapping[str, int]
+    spooled: int = 0
+    recovered: int = 0
 
 
 class Producer:
@@ -261,6 +280,11 @@ class Producer:
         tracked = item["callback"]
         assert isinstance(tracked, TrackedReport)
         await self._channel.send(item, size)
+        return await self._wait_outcome(tracked, event)
+
+    async def _wait_outcome(self, tracked: TrackedReport, event: trio.Event) -> RecordMetadata:
+        """Wait for an accepted message's outcome; on cancellation, hand it on (see
+        :meth:`send_and_wait`). Not a checkpoint when the outcome is already here."""
         try:
             # Not event.wait(): when the report is already here, its extra checkpoint
             # could raise Cancelled with the outcome in hand (and nobody to give it to).
@@ -415,6 +439,25 @@ class Producer:
         await channel.wait_produced(channel.request_flush())
         await self._tracker.wait_for_earlier()
 
+    def backlog(self) -> int:
+        """Accepted messages that are only in the durable spool (0 without one)."""
+        return 0
+
+    @property
+    def kafka_statistics(self) -> KafkaStatistics | None:
+        """librdkafka's latest statistics snapshot, or ``None`` before the first.
+
+        There are statistics when ``on_statistics`` was given, or when
+        ``librdkafka={"statistics.interval.ms": ...}`` is set. ``throttle_ms`` shows
+        broker quota throttling.
+        """
+        return self._tracker.hooks.statistics
+
+    @property
+    def cluster_reachable(self) -> bool:
+        """False from librdkafka's "all brokers are down" until the cluster answers again."""
+        return self._tracker.hooks.connectivity.reachable
+
     def statistics(self) -> ProducerStatistics:
         """A snapshot of the counters (never blocks)."""
         channel = self._channel
@@ -521,6 +564,29 @@ def _check_hook(hook: object) -> Callable[[DeliveryError], object] | None:
     return hook
 
 
+@overload
+def open_producer(
+    config: ProducerConfig,
+    /,
+    *,
+    on_delivery_error: Callable[[DeliveryError], object] | None = None,
+    on_statistics: Callable[[KafkaStatistics], object] | None = None,
+    oauth_token: OAuthTokenProvider | None = None,
+    telemetry: Instrumentation | None = None,
+) -> AbstractAsyncContextManager[Producer]: ...
+
+
+@overload
+def open_producer(
+    *,
+    on_delivery_error: Callable[[DeliveryError], object] | None = None,
+    on_statistics: Callable[[KafkaStatistics], object] | None = None,
+    oauth_token: OAuthTokenProvider | None = None,
+    telemetry: Instrumentation | None = None,
+    **fields: Unpack[ProducerFields],
+) -> AbstractAsyncContextManager[Producer]: ...
+
+
 @asynccontextmanager
 @enable_ki_protection
 async def open_producer(
@@ -528,6 +594,9 @@ async def open_producer(
     /,
     *,
     on_delivery_error: Callable[[DeliveryError], object] | None = None,
+    on_statistics: Callable[[KafkaStatistics], object] | None = None,
+    oauth_token: OAuthTokenProvider | None = None,
+    telemetry: Instrumentation | None = None,
     **fields: Any,
 ) -> AsyncIterator[Producer]:
     """Open a Kafka producer for the duration of an ``async with`` block.
@@ -560,32 +629,77 @@ async def open_producer(
             refused with ``TypeError``). Without it, the first failure fails the
             producer: the block is cancelled and leaves with :class:`DeliveryError`
             (or :class:`UndeliveredMessagesError` when several messages failed).
-        **fields: :class:`ProducerConfig` fields, instead of ``config``.
+        on_statistics: Called on the Trio thread (must not block) with each
+            :class:`KafkaStatistics` snapshot librdkafka emits, every
+            ``statistics.interval.ms`` (5 s when this is given without it). The latest is
+            also in :attr:`Producer.kafka_statistics`. Exceptions are logged and ignored.
+        oauth_token: For ``sasl.mechanism=OAUTHBEARER``: a plain function returning an
+            :class:`OAuthToken`. Called once in a worker thread while opening (if it
+            raises, ``open_producer`` raises :class:`KafkaFatalError` at once), then in
+            librdkafka's background thread when the token is due for a refresh (never
+            on the Trio thread; it may block, it must not touch Trio). A failed refresh
+            is a warning while the current token is valid; once it has expired, the
+            producer fails with :class:`KafkaFatalError` and hands back its messages.
+        telemetry: Metrics for OpenTelemetry: a :class:`trio_producer.otel.Telemetry`
+            (needs the ``otel`` extra). ``None`` (the default) costs nothing.
+        **fields: :class:`ProducerConfig` fields, instead of ``config`` (type checkers
+            check their names and types: :class:`ProducerFields`).
 
     Raises:
         ConfigError: A bad field, or a property librdkafka rejects (before any task starts).
-        TypeError: ``on_delivery_error`` is not a plain callable.
+        TypeError: ``on_delivery_error``, ``on_statistics`` or ``oauth_token`` is not a
+            plain callable.
         UndeliveredMessagesError: Accepted messages were not delivered.
         DeliveryError: A fire-and-forget delivery failed and no hook was given.
         KafkaFatalError: librdkafka reported a fatal error.
     """
     cfg = make_config(config, fields)
     hook = _check_hook(on_delivery_error)
+    check_sync_hook("on_statistics", on_statistics)
+    check_sync_hook("oauth_token", oauth_token)
     await trio.lowlevel.checkpoint_if_cancelled()
-    client = KafkaClient(cfg.librdkafka_config())
+    client = await _open_client(cfg, on_statistics, oauth_token)
+    instruments: ProducerInstruments | None = None
+    keeper: SpoolKeeper | None = None
     try:
         channel = BatchChannel(
             Batch(cfg.batch_max_messages, cfg.batch_max_bytes, cfg.queue_capacity), cfg.linger
         )
         state = _State(hook, channel)
         tracker = DeliveryTracker(client, state.route_failure, state.on_fatal)
-        producer = Producer(channel, tracker, state, cfg.transaction_timeout)
+        tracker.hooks = Hooks(
+            cfg.bootstrap_servers, on_statistics=on_statistics, oauth=client.oauth
+        )
+        if cfg.spool_path is not None:
+            if client.transactional:
+                raise ConfigError(
+                    "spool_path cannot be combined with transactions (transactional.id): "
+                    "messages the spool sends again after a crash would not belong to "
+                    "any transaction"
+                )
+            from ._spooled import SpooledProducer, open_keeper
+
+            keeper = await open_keeper(
+                cfg.spool_path,
+                cfg.spool_max_bytes,
+                cfg.spool_sync,
+                cfg.spool_sync_interval,
+                cfg.spool_id_header,
+            )
+            spooled = SpooledProducer(channel, tracker, state, cfg.transaction_timeout)
+            spooled._attach(keeper)
+            tracker.on_confirmed = keeper.confirm
+            producer: Producer = spooled
+        else:
+            producer = Producer(channel, tracker, state, cfg.transaction_timeout)
+        if telemetry is not None:
+            instruments = tracker.hooks.instruments = telemetry.attach(producer)
         if client.transactional:
             # Blocking and not cancellable: bounded by its own timeout.
             await trio.to_thread.run_sync(client.init_transactions, cfg.transaction_timeout)
         _signals.register(producer)
         try:
-            async with _running(producer, state, channel, tracker, cfg) as ending:
+            async with _running(producer, state, channel, tracker, cfg, keeper) as ending:
                 yield producer
             raise_ = _finish(ending(), state, producer)
         finally:
@@ -594,7 +708,44 @@ async def open_producer(
         if raise_ is not None:
             raise raise_
     finally:
+        if keeper is not None:
+            with trio.CancelScope(shield=True):  # bounded by the disk: one fsync, closes
+                await trio.to_thread.run_sync(keeper.spool.close)
+        if instruments is not None:
+            instruments.close()
         client.close()
+
+
+async def _open_client(
+    cfg: ProducerConfig,
+    on_statistics: Callable[[KafkaStatistics], object] | None,
+    oauth_token: OAuthTokenProvider | None,
+) -> KafkaClient:
+    props = cfg.librdkafka_config()
+    if on_statistics is not None:
+        props.setdefault("statistics.interval.ms", DEFAULT_STATISTICS_INTERVAL_MS)
+    if oauth_token is None:
+        return KafkaClient(props)
+    mechanism = props.get("sasl.mechanism", props.get("sasl.mechanisms"))
+    if mechanism != "OAUTHBEARER":
+        raise ConfigError(
+            f"oauth_token needs librdkafka={{'sasl.mechanism': 'OAUTHBEARER', "
+            f"'security.protocol': 'SASL_SSL'}}, not sasl.mechanism={mechanism!r}"
+        )
+    try:
+        first = await trio.to_thread.run_sync(fetch_first_token, oauth_token)
+    except Exception as exc:
+        raise KafkaFatalError(provider_error(exc, fatal=True)) from exc
+    # confluent-kafka waits (about a second) for librdkafka to take the first token.
+    return await trio.to_thread.run_sync(
+        partial(KafkaClient, props, oauth_token=oauth_token, first_token=first)
+    )
+
+
+def _sink(tracker: DeliveryTracker) -> Sink:
+    """The worker's sink: the tracker, counted by the telemetry when there is one."""
+    instruments = tracker.hooks.instruments
+    return tracker if instruments is None else instruments.wrap_sink(tracker)
 
 
 @asynccontextmanager
@@ -605,6 +756,7 @@ async def _running(
     channel: BatchChannel,
     tracker: DeliveryTracker,
     cfg: ProducerConfig,
+    keeper: SpoolKeeper | None,
 ) -> AsyncIterator[Callable[[], Ending]]:
     """Run the background tasks around the body; on the way out, drain, stop, collect.
 
@@ -628,10 +780,21 @@ async def _running(
             # (KeyboardInterrupt included) can skip that and leave the nursery waiting.
             worker_scope = trio.CancelScope(shield=True)
             delivery_scope = trio.CancelScope(shield=True)
+            keeper_scope = trio.CancelScope(shield=True)
             worker_done = trio.Event()
+            first: Iterable[list[Pending]] = ()
+            if keeper is not None:
+                from ._spooled import recovered_batches
+
+                first = recovered_batches(keeper)
+                nursery.start_soon(_background, keeper_scope, None, keeper.run, state)
             nursery.start_soon(_background, delivery_scope, None, tracker.run, state)
             nursery.start_soon(
-                _background, worker_scope, worker_done, partial(run_worker, channel, tracker), state
+                _background,
+                worker_scope,
+                worker_done,
+                partial(run_worker, channel, _sink(tracker), first=first),
+                state,
             )
             try:
                 body_scope = trio.CancelScope()
@@ -649,6 +812,7 @@ async def _running(
             finally:
                 worker_scope.cancel(reason="trio_producer: producer closed")
                 delivery_scope.cancel(reason="trio_producer: producer closed")
+                keeper_scope.cancel(reason="trio_producer: producer closed")
     except BaseException as exc:  # a bug in a background task, or KeyboardInterrupt
         internal = exc
     # Only now, with no task left that uses the client: purge, collect.
@@ -671,6 +835,8 @@ async def _running(
         fatal=state.fatal,
         unknown=tracker.in_flight,
         cut_short=state.aborted,
+        spool_path=keeper.spool.path.as_posix() if keeper is not None else None,
+        kept=producer.backlog(),
     )
 
 
@@ -708,8 +874,10 @@ async def _drain(
         return None
     # Cut short: nothing more goes to librdkafka; what is queued there is purged now;
     # what is already at the broker gets CUT_SHORT_GRACE to be confirmed. Failures from
-    # now on (the purged messages) are handed back at the exit, not to the hook.
+    # now on (the purged messages) are handed back at the exit, not to the hook (and,
+    # with a spool, stay in it).
     state.closed = True
+    tracker.stopping = True
     worker_scope.cancel(reason="trio_producer: the drain was cut short")
     try:
         with trio.CancelScope(deadline=trio.current_time() + CUT_SHORT_GRACE, shield=True):
