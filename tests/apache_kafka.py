@@ -4,9 +4,10 @@
 
 resolves the jars with ``mvn`` (tests/apache-kafka/pom.xml) into a cache folder, makes a
 throw-away CA and server certificate with ``openssl``, formats storage, starts the
-broker with Java 17 on free loopback ports -- PLAINTEXT, SASL_PLAINTEXT (PLAIN) and SSL
-listeners -- waits until it answers, runs the command with the environment pointing the
-suite at it, and stops the broker. No Docker, no download outside the package registries.
+broker with Java 17 on free loopback ports -- PLAINTEXT, SASL_PLAINTEXT (PLAIN), SSL and
+SASL_PLAINTEXT (OAUTHBEARER, Kafka's unsecured-JWT validator, for tests only) listeners
+-- waits until it answers, runs the command with the environment pointing the suite at
+it, and stops the broker. No Docker, no download outside the package registries.
 """
 
 from __future__ import annotations
@@ -154,6 +155,7 @@ class ApacheKafka:
         self.controller = free_port()
         self.sasl = free_port()
         self.ssl = free_port()
+        self.oauth = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -171,12 +173,22 @@ class ApacheKafka:
                     "inter.broker.listener.name=PLAINTEXT",
                     f"listeners=PLAINTEXT://127.0.0.1:{self.plain},"
                     f"CONTROLLER://127.0.0.1:{self.controller},"
-                    f"SASL_PLAINTEXT://127.0.0.1:{self.sasl},SSL://127.0.0.1:{self.ssl}",
+                    f"SASL_PLAINTEXT://127.0.0.1:{self.sasl},SSL://127.0.0.1:{self.ssl},"
+                    f"OAUTH://127.0.0.1:{self.oauth}",
                     f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.plain},"
-                    f"SASL_PLAINTEXT://127.0.0.1:{self.sasl},SSL://127.0.0.1:{self.ssl}",
+                    f"SASL_PLAINTEXT://127.0.0.1:{self.sasl},SSL://127.0.0.1:{self.ssl},"
+                    f"OAUTH://127.0.0.1:{self.oauth}",
                     "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,"
-                    "SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL",
+                    "SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL,OAUTH:SASL_PLAINTEXT",
                     "sasl.enabled.mechanisms=PLAIN",
+                    # OAUTHBEARER with unsecured JWTs (alg none, a "sub" claim): tests only.
+                    "listener.name.oauth.sasl.enabled.mechanisms=OAUTHBEARER",
+                    "listener.name.oauth.oauthbearer.sasl.jaas.config="
+                    "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule "
+                    'required unsecuredLoginStringClaim_sub="admin";',
+                    "listener.name.oauth.oauthbearer.sasl.server.callback.handler.class="
+                    "org.apache.kafka.common.security.oauthbearer.internals.unsecured."
+                    "OAuthBearerUnsecuredValidatorCallbackHandler",
                     "listener.name.sasl_plaintext.plain.sasl.jaas.config="
                     "org.apache.kafka.common.security.plain.PlainLoginModule required "
                     f'user_{SASL_USER}="{SASL_PASSWORD}";',
@@ -270,6 +282,7 @@ class ApacheKafka:
             "TRIO_PRODUCER_TEST_SASL_PASSWORD": SASL_PASSWORD,
             "TRIO_PRODUCER_TEST_SSL_BOOTSTRAP": f"127.0.0.1:{self.ssl}",
             "TRIO_PRODUCER_TEST_SSL_CA": str(self.ca),
+            "TRIO_PRODUCER_TEST_OAUTH_BOOTSTRAP": f"127.0.0.1:{self.oauth}",
         }
 
     def stop(self) -> None:

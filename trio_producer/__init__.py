@@ -5,7 +5,9 @@ exception -- on normal exit, on an exception, on cancellation, on Ctrl-C, on a d
 network. See :func:`open_producer`.
 """
 
+from . import _logging  # noqa: F401 - the NullHandler on the "trio_producer" logger
 from ._config import ProducerConfig as ProducerConfig
+from ._config import ProducerFields as ProducerFields
 from ._exceptions import ConfigError as ConfigError
 from ._exceptions import DeliveryError as DeliveryError
 from ._exceptions import KafkaFatalError as KafkaFatalError
@@ -13,6 +15,8 @@ from ._exceptions import ProducerClosedError as ProducerClosedError
 from ._exceptions import TransactionError as TransactionError
 from ._exceptions import TrioProducerError as TrioProducerError
 from ._exceptions import UndeliveredMessagesError as UndeliveredMessagesError
+from ._hooks import KafkaStatistics as KafkaStatistics
+from ._hooks import OAuthToken as OAuthToken
 from ._message import KafkaErrorInfo as KafkaErrorInfo
 from ._message import Message as Message
 from ._message import RecordMetadata as RecordMetadata
@@ -28,10 +32,13 @@ __all__ = [
     "DeliveryError",
     "KafkaErrorInfo",
     "KafkaFatalError",
+    "KafkaStatistics",
     "Message",
+    "OAuthToken",
     "Producer",
     "ProducerClosedError",
     "ProducerConfig",
+    "ProducerFields",
     "ProducerStatistics",
     "RecordMetadata",
     "TransactionError",

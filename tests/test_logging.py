@@ -1,0 +1,197 @@
+"""Logging: a NullHandler, librdkafka's lines mapped, connection failures collapsed."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from trio_producer import open_producer
+from trio_producer._logging import (
+    Connectivity,
+    DeduplicateFilter,
+    LibrdkafkaLog,
+    RecentMessages,
+)
+from trio_producer._message import KafkaErrorInfo
+from trio_producer.testing import free_port
+
+from .faultproxy import proxied_broker
+
+
+def test_the_library_logger_has_a_null_handler() -> None:
+    handlers = logging.getLogger("trio_producer").handlers
+    assert any(isinstance(h, logging.NullHandler) for h in handlers)
+
+
+def test_recent_messages_is_bounded_and_forgets_after_the_window() -> None:
+    recent = RecentMessages(window=10.0, max_entries=100)
+    for i in range(10_000):
+        assert not recent.repeated(f"message {i}", now=float(i) / 1000)
+    assert len(recent) == 100
+    assert recent.repeated("message 9999", now=10.0)
+    assert not recent.repeated("message 9999", now=20.0)  # the window passed: shown again
+    assert not recent.repeated("message 0", now=10.0)  # forgotten (bounded), shown again
+
+
+def test_deduplicate_filter() -> None:
+    record = logging.LogRecord("x", logging.WARNING, __file__, 1, "same %s", ("text",), None)
+    dedup = DeduplicateFilter(window=60.0, max_entries=8)
+    assert dedup.filter(record)
+    assert not dedup.filter(record)
+    assert len(dedup.recent) == 1
+
+
+def test_librdkafka_connection_failures_go_to_debug(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="trio_producer")
+    log = LibrdkafkaLog()
+    fail = "[thrd:127.0.0.1:1/bootstrap]: 127.0.0.1:1/bootstrap: Connect failed"
+    log.log(logging.ERROR, "%s [%s] %s", "FAIL", "rdkafka#producer-1", fail)
+    log.log(logging.WARNING, "%s [%s] %s", "CONFWARN", "rdkafka#producer-1", "odd setting")
+    log.log(logging.WARNING, "%s [%s] %s", "CONFWARN", "rdkafka#producer-1", "odd setting")
+    assert [(r.name, r.levelno, r.getMessage()) for r in caplog.records] == [
+        ("trio_producer.librdkafka", logging.DEBUG, f"FAIL [rdkafka#producer-1] {fail}"),
+        ("trio_producer.librdkafka", logging.WARNING, "CONFWARN [rdkafka#producer-1] odd setting"),
+        ("trio_producer.librdkafka", logging.DEBUG, "CONFWARN [rdkafka#producer-1] odd setting"),
+    ]
+
+
+def transport(address: str) -> KafkaErrorInfo:
+    return KafkaErrorInfo(
+        -195, "_TRANSPORT", f"{address}: Connect to ipv4#{address} failed: Connection refused"
+    )
+
+
+def test_connectivity_collapses_repeated_failures(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="trio_producer")
+    down = KafkaErrorInfo(-187, "_ALL_BROKERS_DOWN", "1/1 brokers are down")
+    state = Connectivity("b1:9092")
+    for _ in range(50):
+        state.error(transport("b1:9092/bootstrap"))
+        state.error(down)
+    state.progress(0)
+    assert not state.reachable
+    state.progress(3)
+    assert state.reachable
+    state.error(transport("b1:9092/bootstrap"))
+    loud = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.INFO]
+    assert loud[0] == (
+        "INFO",
+        "librdkafka error: _TRANSPORT: b1:9092/bootstrap: Connect to ipv4#b1:9092/bootstrap "
+        "failed: Connection refused",
+    )
+    assert loud[1][0] == "WARNING"
+    assert loud[1][1].startswith(
+        "the Kafka cluster at b1:9092 is unreachable (b1:9092/bootstrap: Connect to"
+    )
+    assert loud[2][0] == "INFO"
+    assert loud[2][1].startswith("the Kafka cluster at b1:9092 is reachable again (after ")
+    assert loud[3][0] == "INFO"  # down again later: said again
+    assert len(loud) == 4
+
+
+@pytest.mark.broker
+async def test_an_unreachable_cluster_is_one_warning_within_seconds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="trio_producer")
+    address = f"127.0.0.1:{free_port()}"
+    start = time.monotonic()
+    warned = None
+    with pytest.raises(Exception):  # noqa: B017, PT011 - what it raises is tested elsewhere
+        async with open_producer(bootstrap_servers=address, close_timeout=0) as producer:
+            await producer.send("t", b"x")
+            while time.monotonic() - start < 6:
+                await trio.sleep(0.1)
+                if warned is None and any(r.levelno == logging.WARNING for r in caplog.records):
+                    warned = time.monotonic() - start
+                    assert not producer.cluster_reachable
+    assert warned is not None
+    assert warned < 3
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings[0].startswith(f"the Kafka cluster at {address} is unreachable (")
+    assert "Connection refused" in warnings[0]
+    # the rest are about the undelivered message at the exit, not the connection
+    assert not any("unreachable" in w or "librdkafka" in w for w in warnings[1:])
+    debug = [r for r in caplog.records if r.name == "trio_producer.librdkafka"]
+    assert debug
+    assert all(r.levelno == logging.DEBUG for r in debug)
+
+
+@pytest.mark.broker
+@pytest.mark.faults
+async def test_the_cluster_back_is_one_info(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="trio_producer")
+    async with proxied_broker(["back"]) as (bootstrap, proxy, _nursery):
+        async with open_producer(bootstrap_servers=bootstrap, linger=0) as producer:
+            await producer.send_and_wait("back", b"before")
+            proxy.cut()
+            for _ in range(600):  # at most 30 s
+                if not producer.cluster_reachable:
+                    break
+                await trio.sleep(0.05)
+            assert not producer.cluster_reachable
+            proxy.restore()
+            with trio.fail_after(30):
+                await producer.send_and_wait("back", b"after")
+            assert producer.cluster_reachable
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.INFO]
+    unreachable = [line for line in lines if "is unreachable" in line[1]]
+    back = [line for line in lines if "is reachable again" in line[1]]
+    assert [level for level, _ in unreachable] == ["WARNING"]
+    assert [level for level, _ in back] == ["INFO"]
+    assert bootstrap in unreachable[0][1]
+
+
+QUIET = """\
+import trio
+from trio_producer import open_producer
+
+async def main():
+    async with open_producer(bootstrap_servers="127.0.0.1:{port}", close_timeout=0) as p:
+        await p.send("t", b"x")
+        await trio.sleep(2)
+
+try:
+    trio.run(main)
+except Exception as exc:
+    print(type(exc).__name__)
+"""
+
+
+@pytest.mark.broker
+def test_no_stderr_noise_without_logging_configured() -> None:
+    """The application configured no logging: nothing on stderr (no last-resort handler)."""
+    code = textwrap.dedent(QUIET).format(port=free_port())
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stderr == ""
+    assert proc.stdout.strip() in {"DeliveryError", "UndeliveredMessagesError"}
+
+
+@pytest.mark.broker
+def test_the_quickstart_without_a_broker_says_so_and_ends() -> None:
+    example = Path(__file__).resolve().parent.parent / "docs" / "examples" / "quickstart.py"
+    address = f"127.0.0.1:{free_port()}"
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, str(example)],
+        env={**os.environ, "BOOTSTRAP_SERVERS": address},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert time.monotonic() - start < 20
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()
+    assert lines[0].startswith(
+        f"WARNING:trio_producer:the Kafka cluster at {address} is unreachable"
+    )
+    assert "DeliveryError: delivery to 'events' failed: _MSG_TIMED_OUT" in proc.stderr
+    assert "[rdkafka#" not in proc.stderr  # no raw librdkafka lines
