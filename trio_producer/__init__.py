@@ -24,6 +24,9 @@ from ._producer import Producer as Producer
 from ._producer import ProducerStatistics as ProducerStatistics
 from ._producer import open_producer as open_producer
 from ._signals import cancel_on_signals as cancel_on_signals
+from ._spool import SpoolError as SpoolError
+from ._spool import SpoolLockedError as SpoolLockedError
+from ._spooled import SpooledProducer as SpooledProducer
 
 __version__ = "0.1.0"
 
@@ -41,6 +44,9 @@ __all__ = [
     "ProducerFields",
     "ProducerStatistics",
     "RecordMetadata",
+    "SpoolError",
+    "SpoolLockedError",
+    "SpooledProducer",
     "TransactionError",
     "TrioProducerError",
     "UndeliveredMessagesError",

@@ -23,6 +23,7 @@ from ._exceptions import (
     TrioProducerError,
     UndeliveredMessagesError,
 )
+from ._logging import DeduplicateFilter
 from ._producer import Producer, open_producer
 from ._signals import cancel_on_signals
 from .testing._admin import consume_all, create_topics
@@ -860,13 +861,16 @@ def _build() -> click_types.Group:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
         from rich.table import Table
 
-        from .testing import EmbeddedBroker
+        from .testing import BrokerError, EmbeddedBroker
 
         console = Console()
         topic = f"trio-producer-demo-{os.getpid()}"
         with ExitStack() as stack:
             if bootstrap_servers is None:
-                broker = stack.enter_context(EmbeddedBroker())
+                try:
+                    broker = stack.enter_context(EmbeddedBroker())
+                except BrokerError as exc:
+                    _fail(str(exc))
                 bootstrap_servers = broker.bootstrap_servers
                 console.print(f"embedded broker (Tansu) on {bootstrap_servers}")
             create_topics(bootstrap_servers, [topic], partitions=1)
@@ -908,7 +912,7 @@ def _build() -> click_types.Group:
     @click.option("-p", "--port", type=click.IntRange(1, 65535), help="Default: a free port.")
     def broker(port: int | None) -> None:
         """Run the embedded broker (Tansu, memory-only) until Ctrl-C."""
-        from .testing import EmbeddedBroker
+        from .testing import BrokerError, EmbeddedBroker
 
         stop: list[int] = []
 
@@ -918,7 +922,12 @@ def _build() -> click_types.Group:
         # Explicit handlers: a shell starts background jobs with SIGINT ignored.
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            with EmbeddedBroker(port) as embedded:
+            embedded = EmbeddedBroker(port)
+            try:
+                embedded.start()
+            except BrokerError as exc:
+                _fail(str(exc))
+            with embedded:
                 print(embedded.bootstrap_servers, flush=True)
                 print(f"{PROG}: broker running; Ctrl-C to stop", file=sys.stderr, flush=True)
                 while embedded.running and not stop:
@@ -930,21 +939,6 @@ def _build() -> click_types.Group:
                 signal.signal(s, handler)
 
     return cli
-
-
-class _OncePerMessage(logging.Filter):
-    """Let each distinct log message through once (librdkafka repeats itself on retries)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._seen: set[str] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        if text in self._seen:
-            return False
-        self._seen.add(text)
-        return True
 
 
 class _ErrorNames(logging.Handler):
@@ -967,7 +961,7 @@ _error_names = _ErrorNames()
 def _setup_logging() -> None:
     """Log lines on stderr: errors only, unless ``-v`` (warnings) or ``-vv`` (info)."""
     _stderr_handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(message)s"))
-    _stderr_handler.addFilter(_OncePerMessage())
+    _stderr_handler.addFilter(DeduplicateFilter())  # librdkafka repeats itself; bounded
     _stderr_handler.setLevel(logging.ERROR)
     root = logging.getLogger("trio_producer")
     root.addHandler(_stderr_handler)

@@ -38,6 +38,21 @@ class ProducerClosedError(TrioProducerError):
         self.producer_failed = producer_failed
 
 
+#: Errors after which the broker may have written the message all the same: librdkafka
+#: had sent it, or may have (a message queued again for a retry is purged as
+#: ``_PURGE_QUEUE`` too), when its outcome was decided. Kafka cannot tell the client.
+IN_DOUBT_ERRORS = frozenset(
+    {
+        "_PURGE_INFLIGHT",
+        "_PURGE_QUEUE",
+        "_MSG_TIMED_OUT",
+        "_TIMED_OUT",
+        "REQUEST_TIMED_OUT",
+        "NOT_ENOUGH_REPLICAS_AFTER_APPEND",
+    }
+)
+
+
 class DeliveryError(TrioProducerError):
     """One message could not be delivered.
 
@@ -45,6 +60,18 @@ class DeliveryError(TrioProducerError):
         message: The :class:`~trio_producer.Message` that was not delivered.
         error: The Kafka error, as a :class:`~trio_producer.KafkaErrorInfo`.
     """
+
+    @property
+    def possibly_delivered(self) -> bool:
+        """Whether the broker may have written it after all (the outcome is in doubt).
+
+        True for purges, timeouts and ``NOT_ENOUGH_REPLICAS_AFTER_APPEND``: a message that
+        librdkafka had sent (or queued again for a retry) may be in the log, and becomes
+        visible once enough replicas are back. Resending it may duplicate it. False for
+        ``_NOT_PRODUCED`` (it never left this process) and for definite rejections (too
+        large, unknown partition, authorization).
+        """
+        return self.error.name in IN_DOUBT_ERRORS
 
     def __init__(self, message: Message, error: KafkaErrorInfo) -> None:
         super().__init__(message, error)
