@@ -27,7 +27,17 @@ THROUGHPUT = [
     "aiokafka_fanin",
     "trio_fanin",
 ]
-OTHERS = ["trio_send_and_wait", "trio_drain", "raw_flush", "raw_dr_flush", "trio_idle"]
+OTHERS = [
+    "trio_send_and_wait",
+    "trio_drain",
+    "raw_flush",
+    "raw_dr_flush",
+    "trio_idle",
+    "trio_send_spool",
+    "trio_many_spool",
+    "trio_send_spool_always",
+    "trio_spool_recovery",
+]
 #: Clients that --baseline runs again from another checkout, for a before/after table.
 BASELINE = ["trio_send", "trio_nowait", "trio_many", "trio_fanin", "trio_drain"]
 SUFFIX = "@baseline"
@@ -60,7 +70,7 @@ BASELINE_TREE = HERE
 
 
 def median(runs: list[dict[str, Any]], key: str) -> float:
-    return statistics.median(r[key] for r in runs)
+    return float(statistics.median(r[key] for r in runs))
 
 
 def _figure(runs: list[dict[str, Any]]) -> float:
@@ -184,6 +194,20 @@ def main() -> None:
         "raw_dr_produce_and_flush_seconds": round(raw_dr_total, 4),
         "accept_and_drain_vs_raw_dr": round(drain_total / raw_dr_total, 2),
         "idle_cpu_percent": round(median(results["trio_idle"], "idle_cpu_percent"), 3),
+        "spool": {
+            "send_msgs_per_s": round(median(results["trio_send_spool"], "rate")),
+            "send_vs_in_memory": round(
+                median(results["trio_send_spool"], "rate") / by["trio_send"], 2
+            ),
+            "many_msgs_per_s": round(median(results["trio_many_spool"], "rate")),
+            "many_vs_in_memory": round(
+                median(results["trio_many_spool"], "rate") / by["trio_many"], 2
+            ),
+            "always_msgs_per_s": round(median(results["trio_send_spool_always"], "rate")),
+            "always_p50_ms": round(median(results["trio_send_spool_always"], "p50_ms"), 2),
+            "always_p99_ms": round(median(results["trio_send_spool_always"], "p99_ms"), 2),
+            "recovery_msgs_per_s": round(median(results["trio_spool_recovery"], "rate")),
+        },
         "soak": None
         if soak is None
         else {
@@ -260,19 +284,34 @@ def main() -> None:
         f"- leaving the block alone: {summary['drain_seconds']} s; raw flush() alone: "
         f"{summary['raw_flush_seconds']} s (ours also hands the messages to librdkafka)"
     )
+    spool_figures = summary["spool"]
+    assert isinstance(spool_figures, dict)
+    print(
+        f"- durable spool (no fsync): await send() {spool_figures['send_msgs_per_s']:,} msg/s "
+        f"= {spool_figures['send_vs_in_memory']} x in memory (target >= 0.6); send_many "
+        f"{spool_figures['many_msgs_per_s']:,} msg/s = {spool_figures['many_vs_in_memory']} x "
+        f"in memory (target >= 0.5); spool_sync='always' with 100 tasks: "
+        f"{spool_figures['always_msgs_per_s']:,} msg/s, send p50 "
+        f"{spool_figures['always_p50_ms']} ms / p99 {spool_figures['always_p99_ms']} ms; "
+        f"recovery {spool_figures['recovery_msgs_per_s']:,} msg/s"
+    )
     if baseline:
         print(f"\nbefore ({args.baseline}) / after (this checkout), same rounds, medians:\n")
         print(f"| {'client':<13} | {'before':>12} | {'after':>12} | {'after/before':>12} |")
         print(f"|{'-' * 15}|{'-' * 14}|{'-' * 14}|{'-' * 14}|")
-        for name, pair in summary["before_after"].items():  # type: ignore[union-attr]
+        pairs = summary["before_after"]
+        assert isinstance(pairs, dict)
+        for name, pair in pairs.items():
             before, after = pair["before"], pair["after"]
             # drain is seconds (lower is better); the rest msg/s (higher is better)
             ratio = before / after if name == "trio_drain" else after / before
             unit = name == "trio_drain"
-            shown = [f"{v:,.3f} s" if unit else f"{v:,.0f}" for v in (before, after)]
-            print(f"| {name:<13} | {shown[0]:>12} | {shown[1]:>12} | {ratio:>12.2f} |")
+            cells = [f"{v:,.3f} s" if unit else f"{v:,.0f}" for v in (before, after)]
+            print(f"| {name:<13} | {cells[0]:>12} | {cells[1]:>12} | {ratio:>12.2f} |")
     if soak is not None:
-        marks = summary["soak"]["rss_mb_at"]  # type: ignore[index]
+        soak_figures = summary["soak"]
+        assert isinstance(soak_figures, dict)
+        marks = soak_figures["rss_mb_at"]
         print(f"- RSS over {args.soak:,} messages (MB at message #): {marks}")
     print(f"\nJSON: {path}")
 

@@ -62,6 +62,7 @@ def _cancel_cases(n: int, seed: int = 20261127) -> list[tuple[float, int, int, f
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("linger", "batch_max_messages", "queue_capacity", "cancel_after", "use_send_many"),
     _cancel_cases(50),
@@ -177,6 +178,7 @@ async def test_network_cut_of_three_seconds_loses_and_duplicates_nothing() -> No
     )
 
 
+@pytest.mark.slow
 async def test_latency_applies_backpressure_and_memory_stays_bounded() -> None:
     async with proxied_broker(["slow"]) as (bootstrap, proxy, _nursery):
         proxy.latency = 0.05
@@ -332,6 +334,7 @@ def _os_threads() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
+@pytest.mark.slow
 async def test_soak_one_million_messages(kafka_bootstrap: str, kafka_topic: str) -> None:
     gc.collect()
     threads_before = threading.active_count()
