@@ -366,3 +366,35 @@ async def test_store_and_forward_a_million_messages_through_an_outage(tmp_path: 
     assert [r.offset for r in records[:3]] == [0, 1, 2]
     assert growth < 50  # 800,000 more messages; in memory they would take ~300 MB
     assert spool_files(spool) == []
+
+
+async def test_spool_sync_always_returns_after_the_fsync_and_a_cancel_cannot_unaccept(
+    kafka_bootstrap: str, kafka_topic: str, read_back: ReadBack, tmp_path: Path
+) -> None:
+    import trio.testing
+
+    async with open_producer(
+        bootstrap_servers=kafka_bootstrap, spool_path=str(tmp_path / "s"), spool_sync="always"
+    ) as producer:
+        spool = producer._keeper.spool  # type: ignore[attr-defined]
+        for i in range(5):
+            await producer.send(kafka_topic, b"a%d" % i)
+            assert spool.synced_seq >= i  # fsynced before send returned
+        with pytest.raises(TypeError, match="send_nowait cannot wait for the fsync"):
+            producer.send_nowait(kafka_topic, b"never")
+        returned: list[bool] = []
+        with trio.CancelScope() as scope:
+
+            async def sender() -> None:
+                await producer.send(kafka_topic, b"waited")
+                returned.append(True)  # accepted: the cancellation comes after
+                await trio.lowlevel.checkpoint()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(sender)
+                await trio.testing.wait_all_tasks_blocked()  # sender waits for the fsync
+                scope.cancel()
+        assert returned == [True]
+        assert scope.cancelled_caught
+    records = await read_back(kafka_topic, expected=6)
+    assert [r.value for r in records] == [b"a%d" % i for i in range(5)] + [b"waited"]

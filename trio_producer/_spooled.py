@@ -70,6 +70,8 @@ class SpoolKeeper:
         self._synced = trio.lowlevel.ParkingLot()
         self._room = trio.lowlevel.ParkingLot()
         self._sync_wanted = False
+        self._uninterruptible: list[trio.lowlevel.Task] = []
+        self._stopped = False
         self.error: BaseException | None = None
 
     # ---- on the Trio thread ---------------------------------------------------------------
@@ -116,13 +118,33 @@ class SpoolKeeper:
         await self._room.park()
 
     async def wait_synced(self, seq: int) -> None:
-        """Return once ``seq`` is fsynced (group commit: one fsync serves every waiter)."""
+        """Return once ``seq`` is fsynced (group commit: one fsync serves every waiter).
+
+        Cancellable and interruptible (``Producer.sync``): nothing depends on it.
+        """
         while self.spool.synced_seq < seq:
             if self.error is not None:
                 raise SpoolError(f"the spool could not be synced: {self.error!r}")
             self._sync_wanted = True
             self._wake.unpark_all()
             await self._synced.park()
+
+    async def wait_synced_uninterruptibly(self, seq: int) -> None:
+        """:meth:`wait_synced` for a message already accepted: neither a cancellation nor
+        a ``KeyboardInterrupt`` can end this wait (a shield stops only the first), so that
+        "the call raised" keeps meaning "not accepted"; both arrive at the caller's next
+        checkpoint instead. Bounded by the disk (one fsync)."""
+        while self.spool.synced_seq < seq and self.error is None and not self._stopped:
+            self._sync_wanted = True
+            self._wake.unpark_all()
+            self._uninterruptible.append(trio.lowlevel.current_task())
+            await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
+
+    def _release_synced(self) -> None:
+        self._synced.unpark_all()
+        waiting, self._uninterruptible = self._uninterruptible, []
+        for task in waiting:
+            trio.lowlevel.reschedule(task)
 
     # ---- the background task ------------------------------------------------------------
 
@@ -142,7 +164,7 @@ class SpoolKeeper:
                 self._sync_wanted = False
                 if want_sync:
                     await trio.to_thread.run_sync(spool.sync)
-                    self._synced.unpark_all()
+                    self._release_synced()
                 elif spool.maintenance_due:
                     await trio.to_thread.run_sync(spool.maintain)
                 self._room.unpark_all()
@@ -151,9 +173,13 @@ class SpoolKeeper:
             # stay in memory and librdkafka, and are still delivered or handed back.
             self.error = exc
             logger.error("the spool failed: %r", exc)
-            self._synced.unpark_all()
-            self._room.unpark_all()
             raise
+        finally:
+            # Stopped (the producer closes) or failed: no send waits for an fsync that
+            # will not come. The spool's close() fsyncs what is left (unless "never").
+            self._stopped = True
+            self._release_synced()
+            self._room.unpark_all()
 
 
 async def open_keeper(
@@ -296,10 +322,8 @@ class SpooledProducer(Producer):
             break
         if self._keeper.spool.sync_policy == "always":
             # Accepted: the wait for the fsync must not turn into "not accepted".
-            with trio.CancelScope(shield=True):
-                await self._keeper.wait_synced(seq)
-        else:
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            await self._keeper.wait_synced_uninterruptibly(seq)
+        await trio.lowlevel.cancel_shielded_checkpoint()
 
     @enable_ki_protection
     async def send(
@@ -373,8 +397,7 @@ class SpooledProducer(Producer):
                 break
             accepted += 1
         if last >= 0 and keeper.spool.sync_policy == "always":
-            with trio.CancelScope(shield=True):
-                await keeper.wait_synced(last)
+            await keeper.wait_synced_uninterruptibly(last)
         await trio.lowlevel.cancel_shielded_checkpoint()
         return accepted
 
