@@ -15,7 +15,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 
 from trio_producer import DeliveryError, open_producer
-from trio_producer._producer import _sink
+from trio_producer._lifecycle import _sink
 from trio_producer.otel import Telemetry, inject_trace_context
 from trio_producer.testing import consume_all, create_topics
 

@@ -17,12 +17,12 @@ from ._exceptions import TrioProducerError as TrioProducerError
 from ._exceptions import UndeliveredMessagesError as UndeliveredMessagesError
 from ._hooks import KafkaStatistics as KafkaStatistics
 from ._hooks import OAuthToken as OAuthToken
+from ._lifecycle import open_producer as open_producer
 from ._message import KafkaErrorInfo as KafkaErrorInfo
 from ._message import Message as Message
 from ._message import RecordMetadata as RecordMetadata
 from ._producer import Producer as Producer
 from ._producer import ProducerStatistics as ProducerStatistics
-from ._producer import open_producer as open_producer
 from ._signals import cancel_on_signals as cancel_on_signals
 from ._spool import SpoolError as SpoolError
 from ._spool import SpoolLockedError as SpoolLockedError

@@ -23,8 +23,8 @@ from ._exceptions import (
     TrioProducerError,
     UndeliveredMessagesError,
 )
+from ._lifecycle import open_producer
 from ._logging import DeduplicateFilter
-from ._producer import Producer, open_producer
 from ._signals import cancel_on_signals
 from .testing._admin import consume_all, create_topics
 
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import click as click_types
 
     from ._message import Message
+    from ._producer import Producer
 
 PROG = "trio-producer"
 _CHUNK = 1 << 16

@@ -1,0 +1,521 @@
+"""open_producer: the nursery, the background tasks, the shutdown order, the exit."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import TYPE_CHECKING, Any, overload
+
+import attrs
+import trio
+
+from . import _signals
+from ._batch import Batch, Pending
+from ._client import NOT_PRODUCED, KafkaClient, TrackedReport, failure_from_pending
+from ._config import ProducerConfig, make_config
+from ._delivery import DeliveryTracker
+from ._exceptions import (
+    ConfigError,
+    DeliveryError,
+    KafkaFatalError,
+)
+from ._exit import Ending, decide
+from ._hooks import (
+    DEFAULT_STATISTICS_INTERVAL_MS,
+    Hooks,
+    check_sync_hook,
+    fetch_first_token,
+    provider_error,
+)
+from ._producer import _STOP_GRACE, CUT_SHORT_GRACE, Producer
+from ._spooled import SpooledProducer, open_keeper, recovered_batches
+from ._worker import BatchChannel, run_worker
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+    from contextlib import AbstractAsyncContextManager
+    from typing import Unpack
+
+    from ._config import ProducerFields
+    from ._hooks import Instrumentation, KafkaStatistics, OAuthTokenProvider, ProducerInstruments
+    from ._message import KafkaErrorInfo
+    from ._spooled import SpoolKeeper
+    from ._worker import Sink
+
+logger = logging.getLogger("trio_producer")
+
+
+enable_ki_protection = trio.lowlevel.enable_ki_protection
+
+
+@attrs.define(eq=False)
+class _State:
+    """What happens to the producer as a whole: failures, fatal errors, abort."""
+
+    on_delivery_error: Callable[[DeliveryError], object] | None
+    channel: BatchChannel
+    failures: list[DeliveryError] = attrs.Factory(list)
+    failed_by: DeliveryError | None = None
+    fatal: KafkaErrorInfo | None = None
+    aborted: str | None = None
+    body_scope: trio.CancelScope | None = None
+    #: The drain's wait, cancelled by ``abort`` to cut it short.
+    drain_scope: trio.CancelScope | None = None
+    #: The tasks have stopped: failures are collected for the exit, not routed.
+    closed: bool = False
+    #: The exit has been decided: nobody can take a failure any more.
+    finished: bool = False
+
+    def route_failure(self, failure: DeliveryError) -> None:
+        if self.closed:
+            # Reports served after the tasks stopped (purged at the deadline): these are
+            # always handed back in the exception, never only to the hook.
+            self.failures.append(failure)
+            return
+        hook = self.on_delivery_error
+        if hook is not None and self.fatal is None:
+            try:
+                result = hook(failure)
+                if inspect.isawaitable(result):
+                    _discard(result)
+                    raise TypeError(
+                        "on_delivery_error returned an awaitable: it must be a plain "
+                        "(sync) function; it is called on the Trio thread and must not block"
+                    )
+            except Exception as exc:
+                logger.exception("on_delivery_error raised; the producer fails")
+                self.failures.append(failure)
+                self._fail(failure, f"on_delivery_error raised {exc!r}")
+            return
+        self.failures.append(failure)
+        if self.failed_by is None:
+            logger.error("delivery failed, the producer fails: %s", failure)
+            self._fail(failure, f"a delivery failed: {failure}")
+
+    def adopt_failure(self, failure: DeliveryError) -> bool:
+        """Take a failure a cancelled ``send_and_wait`` could not raise; False if too late."""
+        if self.finished:
+            return False
+        self.route_failure(failure)
+        return True
+
+    def on_fatal(self, error: KafkaErrorInfo) -> None:
+        self.fatal = error
+        self._fail(None, f"fatal Kafka error: {error}")
+
+    def abort(self, reason: str) -> None:
+        if self.aborted is None:
+            self.aborted = reason
+            logger.warning("the producer is aborted: %s", reason)
+        self._fail(None, f"aborted: {reason}")
+        if self.drain_scope is not None:
+            self.drain_scope.cancel(reason=f"trio_producer: aborted: {reason}")
+
+    def _fail(self, failure: DeliveryError | None, reason: str) -> None:
+        if self.failed_by is None and failure is not None:
+            self.failed_by = failure
+        self.channel.close(f"the producer failed: {reason}", failed=True)
+        if self.body_scope is not None:
+            self.body_scope.cancel(reason=f"trio_producer: {reason}")
+
+
+def _discard(awaitable: Awaitable[object]) -> None:
+    close = getattr(awaitable, "close", None)
+    if close is not None:
+        close()  # no "coroutine was never awaited" warning on top of our error
+
+
+def _check_hook(hook: object) -> Callable[[DeliveryError], object] | None:
+    if hook is None:
+        return None
+    if not callable(hook):
+        raise TypeError(f"on_delivery_error must be a callable or None, not {hook!r:.80}")
+    call = getattr(hook, "__call__", None)  # noqa: B004 - an async __call__ counts too
+    if inspect.iscoroutinefunction(hook) or inspect.iscoroutinefunction(call):
+        raise TypeError(
+            f"on_delivery_error must be a plain (sync) function, not the async function "
+            f"{hook!r:.80}: it is called on the Trio thread for each failed delivery and "
+            "must not block; to do async work, hand the failure to a task, e.g. with "
+            "a memory channel's send_nowait"
+        )
+    return hook
+
+
+@overload
+def open_producer(
+    config: ProducerConfig,
+    /,
+    *,
+    on_delivery_error: Callable[[DeliveryError], object] | None = None,
+    on_statistics: Callable[[KafkaStatistics], object] | None = None,
+    oauth_token: OAuthTokenProvider | None = None,
+    telemetry: Instrumentation | None = None,
+) -> AbstractAsyncContextManager[Producer]: ...
+
+
+@overload
+def open_producer(
+    *,
+    on_delivery_error: Callable[[DeliveryError], object] | None = None,
+    on_statistics: Callable[[KafkaStatistics], object] | None = None,
+    oauth_token: OAuthTokenProvider | None = None,
+    telemetry: Instrumentation | None = None,
+    **fields: Unpack[ProducerFields],
+) -> AbstractAsyncContextManager[Producer]: ...
+
+
+@asynccontextmanager
+@enable_ki_protection
+async def open_producer(
+    config: ProducerConfig | None = None,
+    /,
+    *,
+    on_delivery_error: Callable[[DeliveryError], object] | None = None,
+    on_statistics: Callable[[KafkaStatistics], object] | None = None,
+    oauth_token: OAuthTokenProvider | None = None,
+    telemetry: Instrumentation | None = None,
+    **fields: Any,
+) -> AsyncIterator[Producer]:
+    """Open a Kafka producer for the duration of an ``async with`` block.
+
+    Either pass a :class:`ProducerConfig`, or its fields as keywords::
+
+        async with open_producer(bootstrap_servers="localhost:9092", linger=0.01) as p:
+            await p.send("events", b"hello")
+
+    On leaving the block -- normally, by an exception, by cancellation or by
+    ``KeyboardInterrupt`` -- the producer stops accepting messages, hands its last batch
+    to librdkafka (the final drain) and waits for every delivery report, for at most
+    ``close_timeout`` seconds, shielded from cancellation. What was not confirmed by
+    then is purged and raised as :class:`UndeliveredMessagesError`. The block's own
+    exception wins; the undelivered messages are then attached to it as a note, logged
+    at ERROR and kept in :attr:`Producer.undelivered`.
+
+    A ``KeyboardInterrupt`` while the drain waits (a second Ctrl-C), or
+    :meth:`Producer.abort`, cuts the wait short: messages already sent get about a
+    second to be confirmed, the rest is purged and handed back. ``KeyboardInterrupt``
+    always leaves as itself, never wrapped in a group.
+
+    Entering is a checkpoint (inside a cancelled scope it raises ``Cancelled`` at
+    once); so is leaving.
+
+    Args:
+        config: The configuration.
+        on_delivery_error: Called (on the Trio thread, must not block) with each failed
+            fire-and-forget delivery. Must be a plain function (an ``async def`` is
+            refused with ``TypeError``). Without it, the first failure fails the
+            producer: the block is cancelled and leaves with :class:`DeliveryError`
+            (or :class:`UndeliveredMessagesError` when several messages failed).
+        on_statistics: Called on the Trio thread (must not block) with each
+            :class:`KafkaStatistics` snapshot librdkafka emits, every
+            ``statistics.interval.ms`` (5 s when this is given without it). The latest is
+            also in :attr:`Producer.kafka_statistics`. Exceptions are logged and ignored.
+        oauth_token: For ``sasl.mechanism=OAUTHBEARER``: a plain function returning an
+            :class:`OAuthToken`. Called once in a worker thread while opening (if it
+            raises, ``open_producer`` raises :class:`KafkaFatalError` at once), then in
+            librdkafka's background thread when the token is due for a refresh (never
+            on the Trio thread; it may block, it must not touch Trio). A failed refresh
+            is a warning while the current token is valid; once it has expired, the
+            producer fails with :class:`KafkaFatalError` and hands back its messages.
+        telemetry: Metrics for OpenTelemetry: a :class:`trio_producer.otel.Telemetry`
+            (needs the ``otel`` extra). ``None`` (the default) costs nothing.
+        **fields: :class:`ProducerConfig` fields, instead of ``config`` (type checkers
+            check their names and types: :class:`ProducerFields`).
+
+    Raises:
+        ConfigError: A bad field, or a property librdkafka rejects (before any task starts).
+        TypeError: ``on_delivery_error``, ``on_statistics`` or ``oauth_token`` is not a
+            plain callable.
+        UndeliveredMessagesError: Accepted messages were not delivered.
+        DeliveryError: A fire-and-forget delivery failed and no hook was given.
+        KafkaFatalError: librdkafka reported a fatal error.
+    """
+    cfg = make_config(config, fields)
+    hook = _check_hook(on_delivery_error)
+    check_sync_hook("on_statistics", on_statistics)
+    check_sync_hook("oauth_token", oauth_token)
+    await trio.lowlevel.checkpoint_if_cancelled()
+    client = await _open_client(cfg, on_statistics, oauth_token)
+    instruments: ProducerInstruments | None = None
+    keeper: SpoolKeeper | None = None
+    try:
+        channel = BatchChannel(
+            Batch(cfg.batch_max_messages, cfg.batch_max_bytes, cfg.queue_capacity), cfg.linger
+        )
+        state = _State(hook, channel)
+        tracker = DeliveryTracker(client, state.route_failure, state.on_fatal)
+        tracker.hooks = Hooks(
+            cfg.bootstrap_servers, on_statistics=on_statistics, oauth=client.oauth
+        )
+        if cfg.spool_path is not None:
+            if client.transactional:
+                raise ConfigError(
+                    "spool_path cannot be combined with transactions (transactional.id): "
+                    "messages the spool sends again after a crash would not belong to "
+                    "any transaction"
+                )
+            keeper = await open_keeper(
+                cfg.spool_path,
+                cfg.spool_max_bytes,
+                cfg.spool_sync,
+                cfg.spool_sync_interval,
+                cfg.spool_id_header,
+            )
+            spooled = SpooledProducer(channel, tracker, state, cfg.transaction_timeout)
+            spooled._attach(keeper)
+            tracker.on_confirmed = keeper.confirm
+            producer: Producer = spooled
+        else:
+            producer = Producer(channel, tracker, state, cfg.transaction_timeout)
+        if telemetry is not None:
+            instruments = tracker.hooks.instruments = telemetry.attach(producer)
+        if client.transactional:
+            # Blocking and not cancellable: bounded by its own timeout.
+            await trio.to_thread.run_sync(client.init_transactions, cfg.transaction_timeout)
+        _signals.register(producer)
+        try:
+            async with _running(producer, state, channel, tracker, cfg, keeper) as ending:
+                yield producer
+            raise_ = _finish(ending(), state, producer)
+        finally:
+            state.finished = True
+            _signals.unregister(producer)
+        if raise_ is not None:
+            raise raise_
+    finally:
+        if keeper is not None:
+            with trio.CancelScope(shield=True):  # bounded by the disk: one fsync, closes
+                await trio.to_thread.run_sync(keeper.spool.close)
+        if instruments is not None:
+            instruments.close()
+        client.close()
+
+
+async def _open_client(
+    cfg: ProducerConfig,
+    on_statistics: Callable[[KafkaStatistics], object] | None,
+    oauth_token: OAuthTokenProvider | None,
+) -> KafkaClient:
+    props = cfg.librdkafka_config()
+    if on_statistics is not None:
+        props.setdefault("statistics.interval.ms", DEFAULT_STATISTICS_INTERVAL_MS)
+    if oauth_token is None:
+        return KafkaClient(props)
+    mechanism = props.get("sasl.mechanism", props.get("sasl.mechanisms"))
+    if mechanism != "OAUTHBEARER":
+        raise ConfigError(
+            f"oauth_token needs librdkafka={{'sasl.mechanism': 'OAUTHBEARER', "
+            f"'security.protocol': 'SASL_SSL'}}, not sasl.mechanism={mechanism!r}"
+        )
+    try:
+        first = await trio.to_thread.run_sync(fetch_first_token, oauth_token)
+    except Exception as exc:
+        raise KafkaFatalError(provider_error(exc, fatal=True)) from exc
+    # confluent-kafka waits (about a second) for librdkafka to take the first token.
+    return await trio.to_thread.run_sync(
+        partial(KafkaClient, props, oauth_token=oauth_token, first_token=first)
+    )
+
+
+def _sink(tracker: DeliveryTracker) -> Sink:
+    """The worker's sink: the tracker, counted by the telemetry when there is one."""
+    instruments = tracker.hooks.instruments
+    return tracker if instruments is None else instruments.wrap_sink(tracker)
+
+
+@asynccontextmanager
+@enable_ki_protection
+async def _running(
+    producer: Producer,
+    state: _State,
+    channel: BatchChannel,
+    tracker: DeliveryTracker,
+    cfg: ProducerConfig,
+    keeper: SpoolKeeper | None,
+) -> AsyncIterator[Callable[[], Ending]]:
+    """Run the background tasks around the body; on the way out, drain, stop, collect.
+
+    Yields a function that, once this context has exited, describes how it ended. This
+    context never raises: everything (the body's exception included) goes into the
+    :class:`Ending`, and :func:`decide` makes the one decision.
+    """
+    body_exc: BaseException | None = None
+    interrupt: KeyboardInterrupt | None = None
+    internal: BaseException | None = None
+    ending: Ending | None = None
+
+    def get_ending() -> Ending:
+        assert ending is not None
+        return ending
+
+    try:
+        async with trio.open_nursery() as nursery:
+            # The background tasks are shielded from the block's cancellation: they stop
+            # when the shutdown cancels their scopes -- in ``finally``, so that nothing
+            # (KeyboardInterrupt included) can skip that and leave the nursery waiting.
+            worker_scope = trio.CancelScope(shield=True)
+            delivery_scope = trio.CancelScope(shield=True)
+            keeper_scope = trio.CancelScope(shield=True)
+            worker_done = trio.Event()
+            first: Iterable[list[Pending]] = ()
+            if keeper is not None:
+                first = recovered_batches(keeper)
+                nursery.start_soon(_background, keeper_scope, None, keeper.run, state)
+            nursery.start_soon(_background, delivery_scope, None, tracker.run, state)
+            nursery.start_soon(
+                _background,
+                worker_scope,
+                worker_done,
+                partial(run_worker, channel, _sink(tracker), first=first),
+                state,
+            )
+            try:
+                body_scope = trio.CancelScope()
+                state.body_scope = body_scope
+                try:
+                    # The scope absorbs the producer's own cancellation of the body, also
+                    # from inside groups (a nursery in the block); the rest is the body's.
+                    with body_scope:
+                        yield get_ending
+                except BaseException as exc:
+                    body_exc = exc
+                finally:
+                    state.body_scope = None
+                interrupt = await _drain(state, channel, tracker, worker_done, worker_scope, cfg)
+            finally:
+                worker_scope.cancel(reason="trio_producer: producer closed")
+                delivery_scope.cancel(reason="trio_producer: producer closed")
+                keeper_scope.cancel(reason="trio_producer: producer closed")
+    except BaseException as exc:  # a bug in a background task, or KeyboardInterrupt
+        internal = exc
+    # Only now, with no task left that uses the client: purge, collect.
+    state.closed = True
+    tracker.stopping = True
+    client = tracker.client
+    client.purge()
+    client.serve_remaining_reports(time.monotonic() + _STOP_GRACE)
+    tracker.process()
+    for item in channel.unsent():
+        _hand_back_unsent(item, state)
+    channel.stop()
+    tracker.stop()
+    ending = Ending(
+        body=body_exc,
+        interrupt=interrupt,
+        internal=internal,
+        failures=tuple(state.failures),
+        failed_by=state.failed_by,
+        fatal=state.fatal,
+        unknown=tracker.in_flight,
+        cut_short=state.aborted,
+        spool_path=keeper.spool.path.as_posix() if keeper is not None else None,
+        kept=producer.backlog(),
+    )
+
+
+async def _drain(
+    state: _State,
+    channel: BatchChannel,
+    tracker: DeliveryTracker,
+    worker_done: trio.Event,
+    worker_scope: trio.CancelScope,
+    cfg: ProducerConfig,
+) -> KeyboardInterrupt | None:
+    """Steps 1-3 of the shutdown: close, let the worker drain, wait for the reports.
+
+    Bounded by ``close_timeout`` and shielded. A ``KeyboardInterrupt`` here (or
+    ``Producer.abort``) cuts it short; the interrupt is returned, to leave the block.
+    """
+    # 1. Close the send side (sync): new sends raise ProducerClosedError.
+    channel.close()
+    deadline = trio.current_time() + cfg.close_timeout
+    interrupt: KeyboardInterrupt | None = None
+    try:
+        # 2-3. The worker drains (the channel's end, not a flag, ends its loop); then
+        # every delivery report, bounded by close_timeout.
+        with trio.CancelScope(deadline=deadline, shield=True) as drain_scope:
+            state.drain_scope = drain_scope
+            if state.aborted is not None:
+                drain_scope.cancel()
+            await worker_done.wait()
+            await tracker.wait_settled()
+    except KeyboardInterrupt as ki:
+        interrupt = ki
+    finally:
+        state.drain_scope = None
+    if interrupt is None and state.aborted is None:
+        return None
+    # Cut short: nothing more goes to librdkafka; what is queued there is purged now;
+    # what is already at the broker gets CUT_SHORT_GRACE to be confirmed. Failures from
+    # now on (the purged messages) are handed back at the exit, not to the hook (and,
+    # with a spool, stay in it).
+    state.closed = True
+    tracker.stopping = True
+    worker_scope.cancel(reason="trio_producer: the drain was cut short")
+    try:
+        with trio.CancelScope(deadline=trio.current_time() + CUT_SHORT_GRACE, shield=True):
+            await worker_done.wait()
+            tracker.client.purge(in_flight=False)
+            await tracker.wait_settled()
+    except KeyboardInterrupt as ki:
+        interrupt = interrupt or ki  # another Ctrl-C: stop waiting at all
+    return interrupt
+
+
+def _hand_back_unsent(item: Pending, state: _State) -> None:
+    """A message accepted but never handed to librdkafka: to its waiter, or the exit."""
+    error = failure_from_pending(item, NOT_PRODUCED)
+    tracked = item.get("callback")
+    if isinstance(tracked, TrackedReport) and tracked.has_waiter:
+        assert tracked.waiter is not None
+        tracked.failure = error
+        tracked.waiter.set()  # its send_and_wait caller (in another task) raises it
+        return
+    state.failures.append(error)
+
+
+@enable_ki_protection
+async def _background(
+    scope: trio.CancelScope,
+    done: trio.Event | None,
+    fn: Callable[[], Awaitable[object]],
+    state: _State,
+) -> None:
+    try:
+        with scope:
+            await fn()
+    except Exception:
+        # A bug: stop waiting for this task's work; the nursery raises it.
+        state.abort("internal error in a background task")
+        raise
+    finally:
+        if done is not None:
+            done.set()
+
+
+def _finish(ending: Ending, state: _State, producer: Producer) -> BaseException | None:
+    verdict = decide(ending)
+    if ending.unknown:
+        logger.error(
+            "%d message(s) have an unknown delivery status after the purge", ending.unknown
+        )
+    if verdict.undelivered:
+        producer.undelivered = verdict.undelivered
+    exc = verdict.raise_
+    if exc is not None:
+        for note in verdict.notes:
+            exc.add_note(note)
+    if verdict.internal_bug is not None:
+        logger.error(
+            "internal error in trio_producer, please report it", exc_info=verdict.internal_bug
+        )
+    if verdict.log_error:
+        logger.error(
+            "%d accepted message(s) were not delivered (the block raised %r)",
+            len(verdict.undelivered),
+            exc,
+        )
+    return exc
