@@ -537,3 +537,54 @@ def test_broker_command_serves_until_interrupted() -> None:
         code = child.wait(timeout=15)
     assert code == 0, child.output()
     assert child.err.decode().strip() == "trio-producer: broker running; Ctrl-C to stop"
+
+
+def test_an_unreachable_cluster_is_said_at_once_and_connect_timeout_gives_up() -> None:
+    port = free_port()  # nothing listens: connections are refused
+    started = time.monotonic()
+    proc = run(
+        ["produce", "-b", f"127.0.0.1:{port}", "-t", "t", "--connect-timeout", "2"],
+        stdin=b"one\ntwo\n",
+        timeout=30,
+    )
+    took = time.monotonic() - started
+    err = proc.stderr.decode()
+    assert proc.returncode == 1, err
+    assert f"the Kafka cluster at 127.0.0.1:{port} is unreachable" in err
+    assert "the cluster was unreachable for 2 s (--connect-timeout)" in err
+    assert "undelivered: one" in err
+    assert "undelivered: two" in err
+    assert last_line(proc.stderr) == "sent=2 delivered=0 rejected=0 failed=0 undelivered=2"
+    assert took < 10  # close_timeout is 30 s: the timeout, not the drain, ended it
+
+
+def test_spool_keeps_what_was_not_delivered_for_the_next_run(
+    kafka_bootstrap: str, kafka_topic: str, tmp_path: Path
+) -> None:
+    spool = str(tmp_path / "spool")
+    dead = run(
+        [
+            "produce",
+            "-b",
+            f"127.0.0.1:{free_port()}",
+            "-t",
+            kafka_topic,
+            "--spool",
+            spool,
+            "--close-timeout",
+            "0.5",
+        ],
+        stdin=b"a\nb\n",
+    )
+    assert dead.returncode == 1, dead.stderr.decode()
+    assert "kept in the spool" in dead.stderr.decode()
+    again = run(
+        ["produce", "-b", kafka_bootstrap, "-t", kafka_topic, "--spool", spool], stdin=b"c\n"
+    )
+    assert again.returncode == 0, again.stderr.decode()
+    assert "2 line(s) an earlier run left in the spool were sent first (2 delivered)" in (
+        again.stderr.decode()
+    )
+    assert last_line(again.stderr) == "sent=1 delivered=1 rejected=0 failed=0 undelivered=0"
+    records = consume_all(kafka_bootstrap, kafka_topic, expected=3)
+    assert [r.value for r in records] == [b"a", b"b", b"c"]

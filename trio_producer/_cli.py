@@ -347,6 +347,18 @@ class _Shutdown:
             nursery.start_soon(self.report_drain, deadline, 0.0, f"{again} again to stop now")
 
 
+async def _give_up_when_unreachable(producer: Producer, seconds: float) -> None:
+    """--connect-timeout: abort the producer once the cluster has been unreachable for
+    ``seconds`` (what was read is handed back, exit 1)."""
+    connectivity = producer._tracker.hooks.connectivity
+    while True:
+        await trio.sleep(min(0.2, seconds))
+        since = connectivity.unreachable_since
+        if since is not None and time.monotonic() - since >= seconds:
+            producer.abort(f"the cluster was unreachable for {seconds:g} s (--connect-timeout)")
+            return
+
+
 async def _progress(producer: Producer, result: ProduceResult, scope: trio.CancelScope) -> None:
     from rich.console import Console
 
@@ -415,6 +427,7 @@ async def run_produce(
     fmt: LineFormat,
     *,
     progress: bool = False,
+    connect_timeout: float | None = None,
 ) -> ProduceResult:
     """Produce one message per line of each ``(name, stream)`` in turn; stop after the
     last EOF, or on SIGINT or SIGTERM. Closes every stream.
@@ -425,7 +438,9 @@ async def run_produce(
     async with AsyncExitStack() as streams_open:
         for _name, stream in streams:
             await streams_open.enter_async_context(stream)
-        return await _produce(config, topic, streams, fmt, progress=progress)
+        return await _produce(
+            config, topic, streams, fmt, progress=progress, connect_timeout=connect_timeout
+        )
     raise AssertionError("unreachable")  # pragma: no cover - AsyncExitStack could swallow
 
 
@@ -436,6 +451,7 @@ async def _produce(
     fmt: LineFormat,
     *,
     progress: bool,
+    connect_timeout: float | None = None,
 ) -> ProduceResult:
     result = ProduceResult()
     producer: Producer | None = None
@@ -456,6 +472,8 @@ async def _produce(
                 )
                 if progress:
                     watchers.start_soon(_progress, producer, result, progress_scope)
+                if connect_timeout is not None:
+                    watchers.start_soon(_give_up_when_unreachable, producer, connect_timeout)
                 with read_scope:
                     await _send_lines(producer, topic, fmt, readers, result)
                 progress_scope.cancel(reason="the reading has stopped")
@@ -477,7 +495,16 @@ async def _produce(
                 shutdown.closed = True
             watchers.cancel_scope.cancel(reason="done")
             if producer is not None:
-                result.delivered = producer.statistics().delivered
+                stats = producer.statistics()
+                # With --spool, what an earlier run left is sent first and counted apart.
+                recovered = min(stats.recovered, stats.delivered)
+                result.delivered = stats.delivered - recovered
+                if stats.recovered:
+                    print(
+                        f"{PROG}: {stats.recovered} line(s) an earlier run left in the spool "
+                        f"were sent first ({recovered} delivered)",
+                        file=sys.stderr,
+                    )
     if setup_error is not None:
         raise setup_error
     return result
@@ -745,6 +772,18 @@ def _build() -> click_types.Group:
         default=None,
         help="A progress line on stderr (default: when stderr is a terminal and stdin is not).",
     )
+    @click.option(
+        "--spool",
+        "spool_path",
+        type=click.Path(file_okay=False),
+        help="A durable spool directory: every line read is on disk before it counts as "
+        "sent; what was not delivered stays there for the next run (sent first).",
+    )
+    @click.option(
+        "--connect-timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        help="Give up (exit 1) once the cluster has been unreachable this many seconds.",
+    )
     def produce(
         bootstrap_servers: str | None,
         topic: str,
@@ -770,6 +809,8 @@ def _build() -> click_types.Group:
         reader_props: tuple[str, ...],
         undelivered_path: str | None,
         progress: bool | None,
+        spool_path: str | None,
+        connect_timeout: float | None,
     ) -> None:
         """Produce one message per line of stdin (or of each --file or -l FILE in turn).
 
@@ -834,12 +875,23 @@ def _build() -> click_types.Group:
             batch_max_messages=batch_max_messages,
             close_timeout=close_timeout,
             librdkafka=librdkafka,
+            spool_path=spool_path,
         )
         streams = _open_inputs(paths)
         if progress is None:  # not over what the user types on a terminal
             typing = (not paths or "-" in paths) and sys.stdin.isatty()
             progress = sys.stderr.isatty() and not typing
-        result = trio.run(partial(run_produce, config, topic, streams, fmt, progress=progress))
+        result = trio.run(
+            partial(
+                run_produce,
+                config,
+                topic,
+                streams,
+                fmt,
+                progress=progress,
+                connect_timeout=connect_timeout,
+            )
+        )
         code = _report(result, fmt, undelivered_path)
         if code:
             raise SystemExit(code)
@@ -959,13 +1011,27 @@ _stderr_handler = logging.StreamHandler(sys.stderr)
 _error_names = _ErrorNames()
 
 
+_connectivity_handler = logging.StreamHandler(sys.stderr)
+
+
+def _is_connectivity(record: logging.LogRecord) -> bool:
+    return record.name == "trio_producer" and record.getMessage().startswith(
+        "the Kafka cluster at "
+    )
+
+
 def _setup_logging() -> None:
     """Log lines on stderr: errors only, unless ``-v`` (warnings) or ``-vv`` (info)."""
     _stderr_handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(message)s"))
     _stderr_handler.addFilter(DeduplicateFilter())  # librdkafka repeats itself; bounded
+    _stderr_handler.addFilter(lambda record: not _is_connectivity(record))
     _stderr_handler.setLevel(logging.ERROR)
+    # The cluster becoming unreachable (and coming back) is said at once, at any -v.
+    _connectivity_handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
+    _connectivity_handler.addFilter(_is_connectivity)
     root = logging.getLogger("trio_producer")
     root.addHandler(_stderr_handler)
+    root.addHandler(_connectivity_handler)
     root.addHandler(_error_names)
     root.setLevel(logging.INFO)
     root.propagate = False
