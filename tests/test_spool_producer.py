@@ -417,3 +417,90 @@ async def test_spool_sync_always_returns_after_the_fsync_and_a_cancel_cannot_una
         assert scope.cancelled_caught
     records = await read_back(kafka_topic, expected=6)
     assert [r.value for r in records] == [b"a%d" % i for i in range(5)] + [b"waited"]
+
+
+async def test_flush_right_after_reopening_waits_for_the_recovered_messages(
+    kafka_bootstrap: str, kafka_topic: str, tmp_path: Path
+) -> None:
+    spool = str(tmp_path / "spool")
+    with silent_listener() as dead, pytest.raises(UndeliveredMessagesError):
+        async with open_producer(
+            bootstrap_servers=f"127.0.0.1:{dead.getsockname()[1]}",
+            spool_path=spool,
+            close_timeout=0.2,
+        ) as producer:
+            await producer.send_many(kafka_topic, [b"old-%d" % i for i in range(500)])
+    with trio.fail_after(30):
+        async with open_producer(bootstrap_servers=kafka_bootstrap, spool_path=spool) as p:
+            await p.flush()  # found by an attack: returned before the recovered ones
+            stats = p.statistics()
+    assert (stats.recovered, stats.delivered, stats.in_flight) == (500, 500, 0)
+
+
+class _Steps(trio.abc.Instrument):
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps += 1
+
+
+async def test_a_sender_waiting_on_a_full_spool_sleeps(kafka_topic: str, tmp_path: Path) -> None:
+    """Found by an attack: the waiting sender and the keeper woke each other in a loop
+    (22,196 task steps and a whole core in one second, nothing accepted)."""
+    steps = _Steps()
+    accepted: list[bytes] = []
+    with silent_listener() as dead, trio.fail_after(20):
+        with pytest.raises(UndeliveredMessagesError):
+            async with open_producer(
+                bootstrap_servers=f"127.0.0.1:{dead.getsockname()[1]}",
+                spool_path=str(tmp_path / "spool"),
+                spool_max_bytes=65_536,
+                close_timeout=0.5,
+            ) as producer:
+                async with trio.open_nursery() as nursery:
+
+                    async def sender() -> None:
+                        for i in range(100_000):
+                            await producer.send(kafka_topic, b"full-%d" % i)
+                            accepted.append(b"full-%d" % i)
+
+                    nursery.start_soon(sender)
+                    await trio.sleep(0.5)  # the spool is full by now
+                    full_at = len(accepted)
+                    trio.lowlevel.add_instrument(steps)
+                    await trio.sleep(1.0)
+                    trio.lowlevel.remove_instrument(steps)
+                    assert len(accepted) == full_at  # nothing is confirmed: still full
+                    nursery.cancel_scope.cancel()
+    assert 0 < full_at < 1_000
+    assert steps.steps < 200, f"{steps.steps} task steps in 1 s of waiting: a busy loop"
+
+
+def test_a_ctrl_c_while_the_spool_closes_still_closes_and_unlocks_it(tmp_path: Path) -> None:
+    """Found by an attack (Ctrl-C at every traced line): a KeyboardInterrupt pending when
+    the spool's close began in a thread (a shield stops cancellations, not Ctrl-C) left
+    the spool open and locked by this very process."""
+    from trio_producer._lifecycle import _close_spool
+    from trio_producer._spool import Spool
+    from trio_producer._spooled import SpoolKeeper
+
+    spool_dir = tmp_path / "spool"
+
+    @trio.lowlevel.enable_ki_protection
+    async def close_with_a_ctrl_c_pending() -> None:
+        keeper = SpoolKeeper(
+            await trio.to_thread.run_sync(lambda: Spool.open(spool_dir, max_bytes=1 << 20)),
+            None,
+        )
+        keeper.spool.append("t", b"kept")
+        signal.raise_signal(signal.SIGINT)  # protected here: delivered at the next checkpoint
+        await _close_spool(keeper)
+
+    with pytest.raises(KeyboardInterrupt):
+        trio.run(close_with_a_ctrl_c_pending)
+    reopened = Spool.open(spool_dir, max_bytes=1 << 20)  # SpoolLockedError before the fix
+    try:
+        assert [r.value for r in reopened.recovered] == [b"kept"]
+    finally:
+        reopened.close()

@@ -286,12 +286,27 @@ async def open_producer(
         if raise_ is not None:
             raise raise_
     finally:
-        if keeper is not None:
-            with trio.CancelScope(shield=True):  # bounded by the disk: one fsync, closes
-                await trio.to_thread.run_sync(keeper.spool.close)
-        if instruments is not None:
-            instruments.close()
-        client.close()
+        try:
+            if keeper is not None:
+                await _close_spool(keeper)
+        finally:
+            try:
+                if instruments is not None:
+                    instruments.close()
+            finally:
+                client.close()
+
+
+async def _close_spool(keeper: SpoolKeeper) -> None:
+    """Close the spool (fsync, unlock) in a thread; bounded by the disk. A shield stops
+    a cancellation but not a Ctrl-C: if one arrives before the thread ran, close here,
+    synchronously (idempotent), then let it go on -- never leave the spool locked."""
+    try:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(keeper.spool.close)
+    except KeyboardInterrupt:
+        keeper.spool.close()
+        raise
 
 
 async def _open_client(

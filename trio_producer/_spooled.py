@@ -72,6 +72,9 @@ class SpoolKeeper:
         self._sync_wanted = False
         self._uninterruptible: list[trio.lowlevel.Task] = []
         self._stopped = False
+        #: Set once the recovered messages have all been handed to librdkafka (or the
+        #: producer stopped): flush() waits for it, then for their reports.
+        self.recovery_done = trio.Event()
         self.error: BaseException | None = None
 
     # ---- on the Trio thread ---------------------------------------------------------------
@@ -105,6 +108,9 @@ class SpoolKeeper:
         self.spool.confirm_many(seqs)
         if self.spool.maintenance_due:
             self._wake.unpark_all()
+        elif self._room.statistics().tasks_waiting:
+            # Room may have appeared without maintenance (a segment still active).
+            self._room.unpark_all()
 
     def has_room(self, item: Pending, size: int) -> bool:
         """Room in the spool for ``item`` (``size``: its value and key bytes)."""
@@ -113,8 +119,14 @@ class SpoolKeeper:
         return self.spool.has_room(RECORD_OVERHEAD + len(item["topic"]) + size)
 
     async def wait_for_room(self) -> None:
-        """Park until maintenance may have freed room (a checkpoint)."""
-        self._wake.unpark_all()
+        """Park until maintenance (after confirmations) may have freed room (a checkpoint).
+
+        The keeper is asked to maintain only when there is something to do; it wakes the
+        waiters after work that can free room, never on an empty round (a full spool
+        during an outage must not turn into a busy loop).
+        """
+        if self.spool.maintenance_due:
+            self._wake.unpark_all()
         await self._room.park()
 
     async def wait_synced(self, seq: int) -> None:
@@ -165,9 +177,10 @@ class SpoolKeeper:
                 if want_sync:
                     await trio.to_thread.run_sync(spool.sync)
                     self._release_synced()
+                    self._room.unpark_all()
                 elif spool.maintenance_due:
                     await trio.to_thread.run_sync(spool.maintain)
-                self._room.unpark_all()
+                    self._room.unpark_all()
         except OSError as exc:
             # A disk that fails makes every sync waiter fail, loudly; accepted messages
             # stay in memory and librdkafka, and are still delivered or handed back.
@@ -178,6 +191,7 @@ class SpoolKeeper:
             # Stopped (the producer closes) or failed: no send waits for an fsync that
             # will not come. The spool's close() fsyncs what is left (unless "never").
             self._stopped = True
+            self.recovery_done.set()
             self._release_synced()
             self._room.unpark_all()
 
@@ -234,6 +248,7 @@ def recovered_batches(keeper: SpoolKeeper, size: int = 1000) -> Iterator[list[Pe
     for start in range(0, len(records), size):
         yield [pending_from_record(r, id_header) for r in records[start : start + size]]
     records.clear()  # handed to librdkafka: the spool keeps them until confirmed
+    keeper.recovery_done.set()
 
 
 class SpooledProducer(Producer):
@@ -421,12 +436,17 @@ class SpooledProducer(Producer):
 
     @enable_ki_protection
     async def flush(self) -> None:
-        """See :meth:`Producer.flush`; also waits for what is only in the spool."""
+        """See :meth:`Producer.flush`; also waits for what is only in the spool, and for
+        the messages an earlier process left in it (recovered at open)."""
         await trio.lowlevel.checkpoint_if_cancelled()
         channel = self._channel
         if channel.closed:
             await trio.lowlevel.cancel_shielded_checkpoint()
             raise channel.closed_error()
+        if not self._keeper.recovery_done.is_set():
+            await self._keeper.recovery_done.wait()
+            if channel.closed:
+                raise channel.closed_error()
         target = channel.request_flush() + self.backlog()
         await channel.wait_produced(target)
         await self._tracker.wait_for_earlier()
