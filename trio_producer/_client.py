@@ -45,6 +45,36 @@ _TIMESTAMP_NOT_AVAILABLE = confluent_kafka.TIMESTAMP_NOT_AVAILABLE
 _QUEUE_FULL = KafkaError._QUEUE_FULL
 
 
+def check_offsets(offsets: object, group_metadata: object) -> list[Any]:
+    """Validate the arguments of ``Producer.send_offsets``: raise before anything runs."""
+    if isinstance(offsets, confluent_kafka.TopicPartition) or not isinstance(
+        offsets, list | tuple
+    ):
+        raise TypeError(
+            "offsets must be a list of confluent_kafka.TopicPartition (e.g. "
+            f"consumer.position(consumer.assignment())), not {type(offsets).__name__}"
+        )
+    for tp in offsets:
+        if not isinstance(tp, confluent_kafka.TopicPartition):
+            raise TypeError(
+                f"offsets must hold confluent_kafka.TopicPartition, not {type(tp).__name__} "
+                f"{tp!r:.60}"
+            )
+        if tp.offset < 0:
+            raise ValueError(
+                f"offset of {tp.topic}[{tp.partition}] is {tp.offset}: send the position to "
+                "resume from (the last processed offset + 1, >= 0), e.g. consumer.position()"
+            )
+    # confluent-kafka hands the consumer's group metadata over as an opaque bytes blob.
+    if not isinstance(group_metadata, bytes) or not group_metadata:
+        raise TypeError(
+            "group_metadata must be what consumer.consumer_group_metadata() returns "
+            f"(an opaque bytes object), not {type(group_metadata).__name__} "
+            f"{group_metadata!r:.40}"
+        )
+    return list(offsets)
+
+
 def error_info(err: object) -> KafkaErrorInfo:
     """Copy a confluent ``KafkaError`` (or ``KafkaException``) into a :class:`KafkaErrorInfo`."""
     if isinstance(err, KafkaErrorInfo):
@@ -382,6 +412,17 @@ class KafkaClient:
 
     def abort_transaction(self, timeout: float) -> None:
         self._txn("abort_transaction", self._producer.abort_transaction, timeout)
+
+    def send_offsets_to_transaction(
+        self, offsets: list[Any], group_metadata: object, timeout: float
+    ) -> None:
+        self._txn(
+            "send_offsets_to_transaction",
+            self._producer.send_offsets_to_transaction,
+            offsets,
+            group_metadata,
+            timeout,
+        )
 
     def purge(self, *, in_flight: bool = True) -> None:
         """Purge queued (and in-flight) messages; their reports come with _PURGE_* errors.

@@ -13,7 +13,7 @@ import attrs
 import trio
 
 from ._args import BulkMessage, bulk_item, check_topic, make_item, valid_topics
-from ._client import TrackedReport
+from ._client import TrackedReport, check_offsets
 from ._exceptions import (
     ConfigError,
     DeliveryError,
@@ -23,7 +23,9 @@ from ._exceptions import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterable, Mapping
+    from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+
+    from confluent_kafka import TopicPartition
 
     from ._batch import Pending
     from ._delivery import DeliveryTracker
@@ -378,6 +380,59 @@ class Producer:
                 raise await self._abort_transaction(exc) from None
         finally:
             self._in_transaction = False
+
+    @enable_ki_protection
+    async def send_offsets(self, offsets: Sequence[TopicPartition], group_metadata: bytes) -> None:
+        """Add a consumer's positions to the open transaction: consume-transform-produce.
+
+        The offsets are committed for the consumer's group if and only if the
+        transaction commits -- together with the messages sent in it -- so that a
+        restarted pipeline resumes exactly after the last committed transaction::
+
+            async with producer.transaction():
+                for record in batch:
+                    await producer.send("out", transform(record.value()))
+                await producer.send_offsets(
+                    consumer.position(consumer.assignment()),
+                    consumer.consumer_group_metadata(),
+                )
+
+        Runs librdkafka's ``send_offsets_to_transaction`` in a thread, bounded by
+        ``transaction_timeout``, while the delivery task pauses (like commit and abort);
+        once started it is not cancellable, so a cancellation is delivered after it
+        returns (and then aborts the transaction). Always a checkpoint.
+
+        Args:
+            offsets: ``confluent_kafka.TopicPartition`` objects whose ``offset`` is the
+                next offset to consume (the last processed one + 1), as
+                ``consumer.position()`` returns them.
+            group_metadata: ``consumer.consumer_group_metadata()`` of the consumer those
+                offsets belong to (its group, generation and member id: a zombie
+                member is fenced).
+
+        Raises:
+            TrioProducerError: No transaction is open on this producer.
+            TransactionError: librdkafka refused (``abortable``: ``transaction()`` aborts).
+            TypeError, ValueError: Bad arguments (nothing was sent).
+            ProducerClosedError: The producer is closed.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        checked = check_offsets(offsets, group_metadata)
+        if not self._in_transaction:
+            raise TrioProducerError(
+                "send_offsets() must be called inside producer.transaction(): the offsets "
+                "are committed with the transaction"
+            )
+        if self._channel.closed:
+            raise self._channel.closed_error()
+        client = self._tracker.client
+        await self._tracker.run_exclusive(
+            client.send_offsets_to_transaction,
+            checked,
+            group_metadata,
+            self._transaction_timeout,
+        )
+        await trio.lowlevel.checkpoint_if_cancelled()
 
     async def _abort_transaction(self, exc: BaseException) -> BaseException:
         """Abort the open transaction after ``exc``: shielded, bounded, and not skipped by
