@@ -47,9 +47,7 @@ _QUEUE_FULL = KafkaError._QUEUE_FULL
 
 def check_offsets(offsets: object, group_metadata: object) -> list[Any]:
     """Validate the arguments of ``Producer.send_offsets``: raise before anything runs."""
-    if isinstance(offsets, confluent_kafka.TopicPartition) or not isinstance(
-        offsets, list | tuple
-    ):
+    if isinstance(offsets, confluent_kafka.TopicPartition) or not isinstance(offsets, list | tuple):
         raise TypeError(
             "offsets must be a list of confluent_kafka.TopicPartition (e.g. "
             f"consumer.position(consumer.assignment())), not {type(offsets).__name__}"
