@@ -12,6 +12,7 @@ from ._exceptions import ConfigError as ConfigError
 from ._exceptions import DeliveryError as DeliveryError
 from ._exceptions import KafkaFatalError as KafkaFatalError
 from ._exceptions import ProducerClosedError as ProducerClosedError
+from ._exceptions import SerializationError as SerializationError
 from ._exceptions import TransactionError as TransactionError
 from ._exceptions import TrioProducerError as TrioProducerError
 from ._exceptions import UndeliveredMessagesError as UndeliveredMessagesError
@@ -44,6 +45,7 @@ __all__ = [
     "ProducerFields",
     "ProducerStatistics",
     "RecordMetadata",
+    "SerializationError",
     "SpoolError",
     "SpoolLockedError",
     "SpooledProducer",

@@ -177,3 +177,36 @@ class TransactionError(TrioProducerError):
 
     def __str__(self) -> str:
         return f"{self.operation} failed: {self.error}"
+
+
+class SerializationError(TrioProducerError):
+    """A key or value serializer raised, or returned something that is not bytes or None.
+
+    Raised by the send method at the call: the message was **not** accepted. The
+    serializer's own exception is the ``__cause__``.
+
+    Attributes:
+        field: ``"key"`` or ``"value"``.
+        topic: The topic of the message.
+        obj: The key or value that could not be serialized.
+        index: For :meth:`Producer.send_many`: the position of the element in the
+            iterable (counting from 0), else ``None``.
+    """
+
+    def __init__(
+        self, field: str, topic: str, obj: object, error: BaseException, index: int | None = None
+    ) -> None:
+        self.field = field
+        self.topic = topic
+        self.obj = obj
+        self.error = error
+        self.index = index
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f" (send_many element {self.index})" if self.index is not None else ""
+        return (
+            f"{self.field}_serializer failed for a message to topic {self.topic!r}{where}: "
+            f"{type(self.error).__name__}: {self.error} ({self.field} was "
+            f"{type(self.obj).__name__} {self.obj!r:.60}); nothing was accepted"
+        )

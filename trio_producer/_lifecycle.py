@@ -31,8 +31,10 @@ from ._hooks import (
     provider_error,
 )
 from ._producer import _STOP_GRACE, CUT_SHORT_GRACE, Producer
+from ._serializing import SerializingProducer, SerializingSpooledProducer
 from ._spooled import SpooledProducer, open_keeper, recovered_batches
 from ._worker import BatchChannel, run_worker
+from .serialization import Field, K, V
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
     from ._message import KafkaErrorInfo
     from ._spooled import SpoolKeeper
     from ._worker import Sink
+    from .serialization import Serializer
 
 logger = logging.getLogger("trio_producer")
 
@@ -153,7 +156,9 @@ def open_producer(
     on_statistics: Callable[[KafkaStatistics], object] | None = None,
     oauth_token: OAuthTokenProvider | None = None,
     telemetry: Instrumentation | None = None,
-) -> AbstractAsyncContextManager[Producer]: ...
+    key_serializer: Serializer[K] | None = None,
+    value_serializer: Serializer[V] | None = None,
+) -> AbstractAsyncContextManager[Producer[K, V]]: ...
 
 
 @overload
@@ -163,8 +168,10 @@ def open_producer(
     on_statistics: Callable[[KafkaStatistics], object] | None = None,
     oauth_token: OAuthTokenProvider | None = None,
     telemetry: Instrumentation | None = None,
+    key_serializer: Serializer[K] | None = None,
+    value_serializer: Serializer[V] | None = None,
     **fields: Unpack[ProducerFields],
-) -> AbstractAsyncContextManager[Producer]: ...
+) -> AbstractAsyncContextManager[Producer[K, V]]: ...
 
 
 @asynccontextmanager
@@ -177,8 +184,10 @@ async def open_producer(
     on_statistics: Callable[[KafkaStatistics], object] | None = None,
     oauth_token: OAuthTokenProvider | None = None,
     telemetry: Instrumentation | None = None,
+    key_serializer: Serializer[Any] | None = None,
+    value_serializer: Serializer[Any] | None = None,
     **fields: Any,
-) -> AsyncIterator[Producer]:
+) -> AsyncIterator[Producer[Any, Any]]:
     """Open a Kafka producer for the duration of an ``async with`` block.
 
     Either pass a :class:`ProducerConfig`, or its fields as keywords::
@@ -222,13 +231,18 @@ async def open_producer(
             producer fails with :class:`KafkaFatalError` and hands back its messages.
         telemetry: Metrics for OpenTelemetry: a :class:`trio_producer.otel.Telemetry`
             (needs the ``otel`` extra). ``None`` (the default) costs nothing.
+        key_serializer: Turns each key into bytes in the send call, before the
+            message is accepted (see :mod:`trio_producer.serialization`); ``None`` keys
+            are not passed to it. Without it, keys are ``bytes`` or ``str`` (UTF-8).
+        value_serializer: The same for values (``None`` stays a tombstone). The
+            producer is then a ``Producer[K, V]`` of the serializers' input types.
         **fields: :class:`ProducerConfig` fields, instead of ``config`` (type checkers
             check their names and types: :class:`ProducerFields`).
 
     Raises:
         ConfigError: A bad field, or a property librdkafka rejects (before any task starts).
         TypeError: ``on_delivery_error``, ``on_statistics`` or ``oauth_token`` is not a
-            plain callable.
+            plain callable, or a serializer is not callable.
         UndeliveredMessagesError: Accepted messages were not delivered.
         DeliveryError: A fire-and-forget delivery failed and no hook was given.
         KafkaFatalError: librdkafka reported a fatal error.
@@ -237,6 +251,9 @@ async def open_producer(
     hook = _check_hook(on_delivery_error)
     check_sync_hook("on_statistics", on_statistics)
     check_sync_hook("oauth_token", oauth_token)
+    key_field = Field[Any]("key", key_serializer) if key_serializer is not None else None
+    value_field = Field[Any]("value", value_serializer) if value_serializer is not None else None
+    serializing = key_field is not None or value_field is not None
     await trio.lowlevel.checkpoint_if_cancelled()
     client = await _open_client(cfg, on_statistics, oauth_token)
     instruments: ProducerInstruments | None = None
@@ -264,12 +281,16 @@ async def open_producer(
                 cfg.spool_sync_interval,
                 cfg.spool_id_header,
             )
-            spooled = SpooledProducer(channel, tracker, state, cfg.transaction_timeout)
+            spooled_class = SerializingSpooledProducer if serializing else SpooledProducer
+            spooled = spooled_class(channel, tracker, state, cfg.transaction_timeout)
             spooled._attach(keeper)
             tracker.on_confirmed = keeper.confirm
-            producer: Producer = spooled
+            producer: Producer[Any, Any] = spooled
         else:
-            producer = Producer(channel, tracker, state, cfg.transaction_timeout)
+            plain_class = SerializingProducer if serializing else Producer
+            producer = plain_class(channel, tracker, state, cfg.transaction_timeout)
+        if isinstance(producer, SerializingProducer):
+            producer._set_serializers(key_field, value_field)
         if telemetry is not None:
             instruments = tracker.hooks.instruments = telemetry.attach(producer)
         if client.transactional:

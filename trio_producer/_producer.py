@@ -7,12 +7,12 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic
 
 import attrs
 import trio
 
-from ._args import BulkMessage, bulk_item, check_topic, make_item, valid_topics
+from ._args import bulk_item, check_topic, make_item, valid_topics
 from ._client import TrackedReport, check_offsets
 from ._exceptions import (
     ConfigError,
@@ -21,6 +21,7 @@ from ._exceptions import (
     TransactionError,
     TrioProducerError,
 )
+from .serialization import K, V
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -72,8 +73,12 @@ class ProducerStatistics:
     recovered: int = 0
 
 
-class Producer:
+class Producer(Generic[K, V]):
     """The handle yielded by :func:`open_producer`. Do not create it yourself.
+
+    Generic in the key and value types it takes: ``Producer[bytes | str, bytes | str]``
+    (what a bare ``Producer`` means) without serializers; with a ``value_serializer``
+    of ``T``, ``Producer[..., T]`` (see :mod:`trio_producer.serialization`).
 
     Checkpoints: :meth:`send`, :meth:`send_many`, :meth:`send_and_wait`,
     :meth:`flush` and entering/leaving :meth:`transaction` always are;
@@ -106,9 +111,9 @@ class Producer:
     async def send(
         self,
         topic: str,
-        value: bytes | str | None,
+        value: V | None,
         *,
-        key: bytes | str | None = None,
+        key: K | None = None,
         headers: Headers | None = None,
         partition: int | None = None,
         timestamp: int | None = None,
@@ -148,8 +153,9 @@ class Producer:
                 item: Pending = {"topic": topic, "value": value}
                 size = len(value)
             else:
-                item = {"topic": topic, "value": value, "key": key}
-                size = len(value) + len(key)
+                raw_key: bytes = key  # type: ignore[assignment]  # (a TypeVar: no narrowing)
+                item = {"topic": topic, "value": value, "key": raw_key}
+                size = len(value) + len(raw_key)
         else:
             item, size = make_item(topic, value, key, headers, partition, timestamp, None)
         await self._channel.send(item, size)
@@ -158,9 +164,9 @@ class Producer:
     def send_nowait(
         self,
         topic: str,
-        value: bytes | str | None,
+        value: V | None,
         *,
-        key: bytes | str | None = None,
+        key: K | None = None,
         headers: Headers | None = None,
         partition: int | None = None,
         timestamp: int | None = None,
@@ -185,15 +191,18 @@ class Producer:
             if key is None:
                 self._channel.send_nowait({"topic": topic, "value": value}, len(value))
             else:
+                raw_key: bytes = key  # type: ignore[assignment]  # (a TypeVar: no narrowing)
                 self._channel.send_nowait(
-                    {"topic": topic, "value": value, "key": key}, len(value) + len(key)
+                    {"topic": topic, "value": value, "key": raw_key}, len(value) + len(raw_key)
                 )
             return
         item, size = make_item(topic, value, key, headers, partition, timestamp, None)
         self._channel.send_nowait(item, size)
 
     @enable_ki_protection
-    async def send_many(self, topic: str, messages: Iterable[BulkMessage]) -> int:
+    async def send_many(
+        self, topic: str, messages: Iterable[V | tuple[K | None, V | None] | None]
+    ) -> int:
         """Accept many messages for one topic with one checkpoint: the fast bulk path.
 
         Each element is a value (``bytes``, ``str`` or ``None``) or a ``(key, value)``
@@ -240,9 +249,9 @@ class Producer:
     async def send_and_wait(
         self,
         topic: str,
-        value: bytes | str | None,
+        value: V | None,
         *,
-        key: bytes | str | None = None,
+        key: K | None = None,
         headers: Headers | None = None,
         partition: int | None = None,
         timestamp: int | None = None,

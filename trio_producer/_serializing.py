@@ -1,0 +1,231 @@
+"""The send methods with serializers: serialize at the call, then send the bytes.
+
+A subclass, chosen when ``open_producer`` gets a serializer, so that a producer without
+one pays nothing for the feature. It sits in front of :class:`Producer` or of
+:class:`SpooledProducer` (``super()`` reaches whichever is next), and serializes before
+it calls them: a serializer that raises, or an awaited async one that is cancelled,
+leaves the message not accepted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, cast
+
+import trio
+
+from ._exceptions import SerializationError
+from ._producer import Producer
+from ._spooled import SpooledProducer
+from .serialization import Field, K, SerializerHeaders, V
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Iterable, Iterator
+
+    from ._message import Headers, RecordMetadata
+
+enable_ki_protection = trio.lowlevel.enable_ki_protection
+
+
+def _header_list(headers: Headers | None) -> SerializerHeaders:
+    """The header list the serializers see (a fresh list they may append to)."""
+    if headers is None:
+        return []
+    if isinstance(headers, Mapping):
+        return list(headers.items())
+    if isinstance(headers, list | tuple):
+        return list(headers)
+    raise TypeError(
+        f"headers must be a mapping or a list of (name, value) pairs, not {type(headers).__name__}"
+    )
+
+
+class SerializingProducer(Producer[K, V]):
+    """A :class:`Producer` with a key and/or value serializer (see :class:`Producer`)."""
+
+    _key_field: Field[K] | None = None
+    _value_field: Field[V] | None = None
+
+    def _set_serializers(self, key: Field[K] | None, value: Field[V] | None) -> None:
+        self._key_field = key
+        self._value_field = value
+        self._is_async = bool((key and key.is_async) or (value and value.is_async))
+
+    def _serialize_now(
+        self, topic: str, key: object, value: object, headers: SerializerHeaders
+    ) -> tuple[Any, Any, bool]:
+        """Serialize with sync serializers: ``(key, value, pending)``; ``pending`` says an
+        awaitable came back (it is in the slot, for :meth:`_serialize` to await)."""
+        pending = False
+        field = self._key_field
+        if key is not None and field is not None:
+            key = field.call(key, topic, headers)
+            pending = type(key) is not bytes and key is not None
+        vfield = self._value_field
+        if value is not None and vfield is not None:
+            value = vfield.call(value, topic, headers)
+            pending = pending or (type(value) is not bytes and value is not None)
+        return key, value, pending
+
+    async def _serialize(
+        self, topic: str, key: object, value: object, headers: SerializerHeaders
+    ) -> tuple[Any, Any]:
+        k, v, pending = self._serialize_now(topic, key, value, headers)
+        if pending:
+            if type(k) is not bytes and k is not None:
+                assert self._key_field is not None
+                k = await self._key_field.finish(cast("Awaitable[object]", k), topic, key)
+            if type(v) is not bytes and v is not None:
+                assert self._value_field is not None
+                v = await self._value_field.finish(cast("Awaitable[object]", v), topic, value)
+        return k, v
+
+    @enable_ki_protection
+    async def send(
+        self,
+        topic: str,
+        value: V | None,
+        *,
+        key: K | None = None,
+        headers: Headers | None = None,
+        partition: int | None = None,
+        timestamp: int | None = None,
+    ) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        pairs = _header_list(headers)
+        k, v = await self._serialize(topic, key, value, pairs)
+        await super().send(
+            topic, v, key=k, headers=pairs or None, partition=partition, timestamp=timestamp
+        )
+
+    @enable_ki_protection
+    def send_nowait(
+        self,
+        topic: str,
+        value: V | None,
+        *,
+        key: K | None = None,
+        headers: Headers | None = None,
+        partition: int | None = None,
+        timestamp: int | None = None,
+    ) -> None:
+        if self._is_async:
+            fields = (self._key_field, self._value_field)
+            which = " and ".join(repr(f) for f in fields if f is not None and f.is_async)
+            raise TypeError(
+                f"send_nowait cannot await this producer's async serializer ({which}): "
+                "use await send()"
+            )
+        pairs = _header_list(headers)
+        k, v, pending = self._serialize_now(topic, key, value, pairs)
+        if pending:
+            for out in (k, v):
+                close = getattr(out, "close", None)
+                if close is not None:
+                    close()
+            raise TypeError(
+                "a serializer returned an awaitable, which send_nowait cannot await: "
+                "declare it `async def` and use await send()"
+            )
+        super().send_nowait(
+            topic, v, key=k, headers=pairs or None, partition=partition, timestamp=timestamp
+        )
+
+    @enable_ki_protection
+    async def send_and_wait(
+        self,
+        topic: str,
+        value: V | None,
+        *,
+        key: K | None = None,
+        headers: Headers | None = None,
+        partition: int | None = None,
+        timestamp: int | None = None,
+    ) -> RecordMetadata:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        pairs = _header_list(headers)
+        k, v = await self._serialize(topic, key, value, pairs)
+        return await super().send_and_wait(
+            topic, v, key=k, headers=pairs or None, partition=partition, timestamp=timestamp
+        )
+
+    @enable_ki_protection
+    async def send_many(
+        self, topic: str, messages: Iterable[V | tuple[K | None, V | None] | None]
+    ) -> int:
+        """See :meth:`Producer.send_many`; each element is serialized as it is taken.
+
+        A ``tuple`` of two is a ``(key, value)`` pair (to send a tuple as a value, pass
+        ``(None, value)``). With an async serializer, each element is serialized and then
+        sent like :meth:`send` (a checkpoint each). An element whose serializer raises is
+        consumed but not accepted (:class:`SerializationError` says which). Headers a
+        serializer adds cannot travel on this bulk path: use :meth:`send` for those.
+        """
+        if self._is_async:
+            return await self._send_many_awaiting(topic, iter(messages))
+        return await super().send_many(topic, self._serialized(topic, iter(messages)))
+
+    def _serialized(self, topic: str, elements: Iterator[object]) -> Iterator[Any]:
+        """The elements as bytes or ``(key, value)`` bytes pairs, serialized lazily: one
+        element is taken from ``elements`` only when the bulk path takes one from here."""
+        for index, element in enumerate(elements):
+            key, value = _split(element)
+            headers: SerializerHeaders = []
+            try:
+                k, v, pending = self._serialize_now(topic, key, value, headers)
+                if pending:
+                    raise SerializationError(
+                        "key" if type(k) is not bytes and k is not None else "value",
+                        topic,
+                        element,
+                        TypeError(
+                            "the serializer returned an awaitable: declare it `async def` "
+                            "(send_many then awaits it)"
+                        ),
+                    )
+                if headers:
+                    raise SerializationError(
+                        "value" if value is not None else "key",
+                        topic,
+                        element,
+                        ValueError(
+                            f"a serializer added headers {headers!r:.60}, which send_many "
+                            "cannot carry: use send() for such messages"
+                        ),
+                    )
+            except SerializationError as exc:
+                raise _at_index(exc, index) from exc.__cause__
+            yield v if k is None else (k, v)
+
+    async def _send_many_awaiting(self, topic: str, elements: Iterator[object]) -> int:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        accepted = 0
+        for index, element in enumerate(elements):
+            key, value = _split(element)
+            headers: SerializerHeaders = []
+            try:
+                k, v = await self._serialize(topic, key, value, headers)
+            except SerializationError as exc:
+                raise _at_index(exc, index) from exc.__cause__
+            await super().send(topic, v, key=k, headers=headers or None)
+            accepted += 1
+        await trio.lowlevel.checkpoint()
+        return accepted
+
+
+def _split(element: object) -> tuple[object, object]:
+    if type(element) is tuple:
+        if len(element) != 2:
+            raise TypeError(
+                f"send_many takes values or (key, value) pairs, not a {len(element)}-tuple"
+            )
+        return element[0], element[1]
+    return None, element
+
+
+def _at_index(exc: SerializationError, index: int) -> SerializationError:
+    return SerializationError(exc.field, exc.topic, exc.obj, exc.error, index)
+
+
+class SerializingSpooledProducer(SerializingProducer[K, V], SpooledProducer):  # type: ignore[misc]
+    """A :class:`SpooledProducer` with serializers."""
