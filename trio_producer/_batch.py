@@ -122,11 +122,12 @@ class Batch:
             OverflowError: The batch is at capacity (check ``has_room`` first).
         """
         items = self.items
-        if len(items) >= self.capacity:
+        count = len(items) + 1
+        if count > self.capacity:
             raise OverflowError(f"batch is at capacity ({self.capacity} messages)")
         items.append(item)
-        self.nbytes += size
-        return len(items) >= self.wake_count or self.nbytes >= self.wake_bytes
+        self.nbytes = nbytes = self.nbytes + size
+        return count >= self.wake_count or nbytes >= self.wake_bytes
 
     def extend(
         self,
