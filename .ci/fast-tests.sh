@@ -14,4 +14,4 @@ python -m pip install --quiet --upgrade pip
 python -m pip install --quiet -e '.[test]'
 python -m pytest -q -p no:cacheprovider \
     tests/test_batch.py tests/test_config.py tests/test_worker.py tests/test_exit.py \
-    tests/test_producer.py tests/test_promise.py tests/test_spool.py
+    tests/test_producer.py tests/test_promise.py tests/test_spool.py tests/test_serialization.py

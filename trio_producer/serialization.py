@@ -36,9 +36,12 @@ import inspect
 import json
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, TypeAlias
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeAlias
 
 from ._exceptions import SerializationError
+
+if TYPE_CHECKING:
+    from confluent_kafka.serialization import SerializationContext
 
 if sys.version_info >= (3, 13):
     from typing import TypeVar
@@ -64,10 +67,23 @@ K = TypeVar("K", default=Raw)
 #: The value type of a :class:`~trio_producer.Producer` (``bytes | str`` without one).
 V = TypeVar("V", default=Raw)
 
-#: A serializer of ``T``: sync, or async (returning an awaitable).
-Serializer: TypeAlias = Callable[
-    [T, str, SerializerHeaders], "bytes | Awaitable[bytes | None] | None"
-]
+T_contra = TypeVar("T_contra", contravariant=True)
+
+
+class ContextSerializer(Protocol[T_contra]):
+    """confluent-kafka's serializer shape: ``(obj, SerializationContext) -> bytes``."""
+
+    def __call__(
+        self, obj: T_contra, ctx: SerializationContext | None = ..., /
+    ) -> bytes | Awaitable[bytes | None] | None: ...
+
+
+#: A serializer of ``T``: ``(obj, topic, headers) -> bytes``, sync or async (returning
+#: an awaitable), or a confluent-kafka ``Serializer`` object.
+Serializer: TypeAlias = (
+    Callable[[T, str, SerializerHeaders], "bytes | Awaitable[bytes | None] | None"]
+    | ContextSerializer[T]
+)
 
 
 def string_serializer(obj: str, topic: str, headers: SerializerHeaders) -> bytes:
