@@ -46,7 +46,8 @@ _QUEUE_FULL = KafkaError._QUEUE_FULL
 
 
 def check_offsets(offsets: object, group_metadata: object) -> list[Any]:
-    """Validate the arguments of ``Producer.send_offsets``: raise before anything runs."""
+    """Validate the arguments of ``Producer.send_offsets``: raise before anything runs;
+    return the offsets to send."""
     if isinstance(offsets, confluent_kafka.TopicPartition) or not isinstance(offsets, list | tuple):
         raise TypeError(
             "offsets must be a list of confluent_kafka.TopicPartition (e.g. "
@@ -58,11 +59,7 @@ def check_offsets(offsets: object, group_metadata: object) -> list[Any]:
                 f"offsets must hold confluent_kafka.TopicPartition, not {type(tp).__name__} "
                 f"{tp!r:.60}"
             )
-        if tp.offset < 0:
-            raise ValueError(
-                f"offset of {tp.topic}[{tp.partition}] is {tp.offset}: send the position to "
-                "resume from (the last processed offset + 1, >= 0), e.g. consumer.position()"
-            )
+
     # confluent-kafka hands the consumer's group metadata over as an opaque bytes blob.
     if not isinstance(group_metadata, bytes) or not group_metadata:
         raise TypeError(
@@ -70,7 +67,10 @@ def check_offsets(offsets: object, group_metadata: object) -> list[Any]:
             f"(an opaque bytes object), not {type(group_metadata).__name__} "
             f"{group_metadata!r:.40}"
         )
-    return list(offsets)
+    # A logical offset (OFFSET_INVALID -1001 for a partition nothing was consumed from
+    # yet, as consumer.position() reports it) says "no position": skipped, as librdkafka
+    # itself does, so that position(assignment()) can be passed as it is.
+    return [tp for tp in offsets if tp.offset >= 0]
 
 
 def error_info(err: object) -> KafkaErrorInfo:

@@ -71,8 +71,16 @@ class _State:
     closed: bool = False
     #: The exit has been decided: nobody can take a failure any more.
     finished: bool = False
+    #: While a transaction aborts, without ``on_delivery_error``: the failures of its
+    #: messages (refused or purged by the abort), handed back with the exception that
+    #: leaves ``transaction()`` instead of failing the producer.
+    aborting_transaction: list[DeliveryError] | None = None
 
     def route_failure(self, failure: DeliveryError) -> None:
+        if self.aborting_transaction is not None and not self.closed:
+            if self.on_delivery_error is None and self.fatal is None:
+                self.aborting_transaction.append(failure)
+                return
         if self.closed:
             # Reports served after the tasks stopped (purged at the deadline): these are
             # always handed back in the exception, never only to the hook.

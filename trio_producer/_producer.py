@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from confluent_kafka import TopicPartition
 
     from ._batch import Pending
+    from ._client import KafkaClient
     from ._delivery import DeliveryTracker
     from ._hooks import KafkaStatistics
     from ._lifecycle import _State
@@ -350,6 +351,10 @@ class Producer(Generic[K, V]):
         bounded by ``transaction_timeout`` (a Ctrl-C cuts the flush short but not the
         abort); the exception that interrupted it propagates, with a note saying the
         transaction was aborted. Either way the producer can run the next transaction.
+        Messages of the aborted transaction that the abort refused or purged before they
+        were written are failed deliveries: they go to ``on_delivery_error``, or --
+        without it -- are handed back with that exception, in its
+        ``transaction_undelivered`` attribute (they do not fail the producer).
         Transactions do not nest. Entering and leaving are checkpoints.
 
         Raises:
@@ -414,15 +419,24 @@ class Producer(Generic[K, V]):
         Args:
             offsets: ``confluent_kafka.TopicPartition`` objects whose ``offset`` is the
                 next offset to consume (the last processed one + 1), as
-                ``consumer.position()`` returns them.
+                ``consumer.position()`` returns them. Negative (logical) offsets --
+                ``OFFSET_INVALID`` for a partition nothing was consumed from -- are
+                skipped, as librdkafka does.
             group_metadata: ``consumer.consumer_group_metadata()`` of the consumer those
                 offsets belong to (its group, generation and member id: a zombie
                 member is fenced).
 
+        If librdkafka refuses (say, the consumer is no longer a member of its group),
+        the :class:`TransactionError` is abortable: ``transaction()`` aborts, and the
+        producer goes on. Messages of an aborted transaction that the abort refused or
+        purged before they were written go to ``on_delivery_error``; without it they
+        are handed back with the exception leaving ``transaction()``, in its
+        ``transaction_undelivered`` attribute (a tuple of :class:`DeliveryError`).
+
         Raises:
             TrioProducerError: No transaction is open on this producer.
             TransactionError: librdkafka refused (``abortable``: ``transaction()`` aborts).
-            TypeError, ValueError: Bad arguments (nothing was sent).
+            TypeError: Bad arguments (nothing was sent).
             ProducerClosedError: The producer is closed.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -434,6 +448,8 @@ class Producer(Generic[K, V]):
             )
         if self._channel.closed:
             raise self._channel.closed_error()
+        if not checked:
+            return  # only logical offsets: nothing to commit
         client = self._tracker.client
         await self._tracker.run_exclusive(
             client.send_offsets_to_transaction,
@@ -450,6 +466,38 @@ class Producer(Generic[K, V]):
         client = self._tracker.client
         interrupt: KeyboardInterrupt | None = None
         deadline = trio.current_time() + self._transaction_timeout
+        state = self._state
+        absorbed: list[DeliveryError] = []
+        state.aborting_transaction = absorbed
+        try:
+            outcome, interrupt = await self._run_abort(client, deadline)
+        except BaseException:
+            state.aborting_transaction = None
+            for failure in absorbed:  # not handed back here after all: route them
+                state.route_failure(failure)
+            raise
+        state.aborting_transaction = None
+        note = f"trio_producer: the transaction was {outcome}"
+        if absorbed:
+            # The abort discards the transaction's messages anyway: those it refused or
+            # purged before they were written are handed back here, not as a failure of
+            # the whole producer.
+            note += (
+                f"; {len(absorbed)} of its messages were not written before the abort and "
+                "are handed back in this exception's `transaction_undelivered`"
+            )
+        target: BaseException = interrupt if interrupt is not None else exc
+        if interrupt is not None:
+            interrupt.__context__ = exc
+        target.add_note(note)
+        if absorbed:
+            target.transaction_undelivered = tuple(absorbed)  # type: ignore[attr-defined]
+        return target
+
+    async def _run_abort(
+        self, client: KafkaClient, deadline: float
+    ) -> tuple[str, KeyboardInterrupt | None]:
+        interrupt: KeyboardInterrupt | None = None
         with trio.CancelScope(deadline=deadline, shield=True):
             try:
                 # Deliver what was sent, so that the abort purges nothing we would
@@ -474,13 +522,7 @@ class Producer(Generic[K, V]):
                 outcome = f"not aborted: aborting failed: {abort_error}"
                 logger.error("aborting the transaction failed: %s", abort_error)
                 break
-        note = f"trio_producer: the transaction was {outcome}"
-        if interrupt is not None:
-            interrupt.add_note(note)
-            interrupt.__context__ = exc
-            return interrupt
-        exc.add_note(note)
-        return exc
+        return outcome, interrupt
 
     async def _settle_quietly(self) -> None:
         channel = self._channel
