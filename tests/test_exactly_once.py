@@ -27,6 +27,7 @@ import attrs
 import confluent_kafka
 import pytest
 import trio
+import trio.lowlevel
 from confluent_kafka import TopicPartition
 
 from trio_producer import TransactionError, TrioProducerError, open_producer
@@ -587,3 +588,57 @@ def test_logical_offsets_are_skipped_like_librdkafka_does() -> None:
     ]
     kept = check_offsets(offsets, b"metadata")
     assert [(tp.partition, tp.offset) for tp in kept] == [(0, 5), (3, 0)]
+
+
+async def test_send_offsets_from_other_tasks_while_the_transaction_commits(
+    kafka_bootstrap: str, kafka_topic: str
+) -> None:
+    """librdkafka runs one transactional call at a time: a send_offsets from another task
+    racing the commit made the commit fail with _CONFLICT and wedged the producer (every
+    later begin_transaction: _STATE InTransaction). Two concurrent send_offsets failed
+    with _PREV_IN_PROGRESS. Now they are ordered: concurrent ones both succeed, and one
+    that comes once the commit has begun is refused at the call."""
+    metadata = await trio.to_thread.run_sync(group_metadata, kafka_bootstrap, unique("race"))
+    late: list[str] = []
+    async with open_producer(
+        bootstrap_servers=kafka_bootstrap,
+        transaction_timeout=10.0,
+        librdkafka={"transactional.id": unique("eos-race")},
+    ) as producer:
+        async with producer.transaction():
+            await producer.send(kafka_topic, b"m")
+            async with trio.open_nursery() as nursery:
+                for offset in (1, 2):
+                    nursery.start_soon(
+                        producer.send_offsets, [TopicPartition(kafka_topic, 0, offset)], metadata
+                    )
+
+        async def keep_sending_offsets(started: trio.Event) -> None:
+            await started.wait()
+            for _ in range(50):
+                try:
+                    await producer.send_offsets([TopicPartition(kafka_topic, 0, 1)], metadata)
+                except TrioProducerError as exc:
+                    late.append(str(exc))
+                    return
+                late.append("ok")
+                await trio.lowlevel.checkpoint()
+
+        async with trio.open_nursery() as nursery:
+            started = trio.Event()
+            nursery.start_soon(keep_sending_offsets, started)
+            async with producer.transaction():
+                await producer.send(kafka_topic, b"n")
+                started.set()
+                await trio.lowlevel.checkpoint()
+        async with producer.transaction():
+            await producer.send(kafka_topic, b"after")
+        stats = producer.statistics()
+    assert (stats.delivered, stats.failed) == (3, 0)
+    assert late[-1] in (
+        "send_offsets() came too late: the transaction is already committing or aborting "
+        "(call it inside the transaction block, before it ends)",
+        "send_offsets() must be called inside producer.transaction(): the offsets are "
+        "committed with the transaction",
+    )
+    assert set(late[:-1]) <= {"ok"}

@@ -6,10 +6,13 @@ topic, not counted, not handed back); every neighbour is in the topic once, in o
 
 from __future__ import annotations
 
+import gc
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +34,8 @@ from trio_producer.serialization import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from .conftest import ReadBack
 
 pytestmark = pytest.mark.broker
@@ -110,7 +115,9 @@ async def test_a_serializer_must_return_bytes(kafka_bootstrap: str, kafka_topic:
         return str(obj)  # type: ignore[return-value]  # the mistake under test
 
     async with open_producer(bootstrap_servers=kafka_bootstrap, key_serializer=as_text) as p:
-        with pytest.raises(SerializationError, match=r"key_serializer returned str '7'") as raised:
+        with pytest.raises(
+            SerializationError, match=r"key_serializer returned str: a serializer must return bytes"
+        ) as raised:
             await p.send(kafka_topic, b"v", key=7)
         assert raised.value.field == "key"
         assert p.statistics().delivered == 0
@@ -374,3 +381,124 @@ def test_the_handle_is_typed_by_its_serializers(tmp_path: Path) -> None:
     }, proc.stdout
     # 16: a dict is not bytes/str; 25: a str where an int goes; 26: bytes is not a str key
     assert errors == {16, 25, 26}, proc.stdout
+
+
+# ---- interrupted while serializing (from an independent attack) ---------------------------
+
+
+async def checkpointing(obj: str, topic: str, headers: SerializerHeaders) -> bytes:
+    await trio.lowlevel.checkpoint()
+    return obj.encode()
+
+
+async def test_send_many_cancelled_while_an_async_serializer_runs_says_what_was_accepted(
+    kafka_bootstrap: str, kafka_topic: str, read_back: ReadBack, tmp_path: Path
+) -> None:
+    """The element in hand when the call is cancelled was consumed, not accepted: the
+    Cancelled carries a note with the count (before: nothing told the caller)."""
+    scope = trio.CancelScope()
+
+    def elements() -> Iterator[str]:
+        for i in range(5):
+            if i == 4:
+                scope.cancel()  # m4 is taken; its serializer's checkpoint is cancelled
+            yield f"m{i}"
+
+    async with open_producer(
+        bootstrap_servers=kafka_bootstrap, value_serializer=checkpointing
+    ) as producer:
+        with scope:
+            with pytest.raises(trio.Cancelled) as raised:
+                await producer.send_many(kafka_topic, elements())
+            notes = raised.value.__notes__
+            raise raised.value
+    assert notes == [
+        "trio_producer: send_many accepted 4 elements; the next one it took (being "
+        "serialized or sent) was not accepted"
+    ]
+    got = await read_back(kafka_topic, expected=4)
+    assert [r.value for r in got] == [b"m0", b"m1", b"m2", b"m3"]
+
+
+async def test_send_many_with_an_async_serializer_returns_once_all_are_accepted(
+    kafka_bootstrap: str, kafka_topic: str, read_back: ReadBack
+) -> None:
+    """Cancelled after the last element was accepted: it returns the count (before: a
+    final unshielded checkpoint raised Cancelled with everything accepted)."""
+    scope = trio.CancelScope()
+
+    def elements() -> Iterator[str]:
+        yield from ("a", "b")
+        scope.cancel()
+
+    async with open_producer(
+        bootstrap_servers=kafka_bootstrap, value_serializer=checkpointing
+    ) as producer:
+        with scope:
+            assert await producer.send_many(kafka_topic, elements()) == 2
+    got = await read_back(kafka_topic, expected=2)
+    assert [r.value for r in got] == [b"a", b"b"]
+
+
+async def test_cancelled_async_key_serializer_leaves_no_coroutine_unawaited(
+    kafka_bootstrap: str, kafka_topic: str
+) -> None:
+    """Before: both serializers were called before either was awaited, so a cancelled
+    key left the value's coroutine never awaited (a RuntimeWarning: an error here)."""
+
+    async def slow(obj: str, topic: str, headers: SerializerHeaders) -> bytes:
+        await trio.sleep(1)
+        return obj.encode()
+
+    async with open_producer(
+        bootstrap_servers=kafka_bootstrap, key_serializer=slow, value_serializer=slow
+    ) as producer:
+        with trio.move_on_after(0.05):
+            await producer.send(kafka_topic, "v", key="k")
+        assert producer.statistics().delivered == 0
+    gc.collect()
+
+
+def test_ctrl_c_is_not_held_off_by_a_blocking_serializer(tmp_path: Path) -> None:
+    """A sync serializer that blocks (a registry call without a timeout) ran inside the
+    KI-protected send: Ctrl-C waited until it returned. Now serializers run unprotected:
+    nothing is accepted while they run, so the KeyboardInterrupt comes at once."""
+    script = tmp_path / "blocking.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os, signal, threading, time
+            import trio
+            from trio_producer import open_producer
+
+            def blocking(obj, topic, headers):
+                for _ in range(100):
+                    time.sleep(0.05)
+                return obj.encode()
+
+            async def run():
+                async with open_producer(
+                    bootstrap_servers="127.0.0.1:1", value_serializer=blocking, close_timeout=0.2
+                ) as p:
+                    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+                    await p.send("t", "x")
+                    print("send returned")
+
+            start = time.monotonic()
+            try:
+                trio.run(run)
+            except KeyboardInterrupt:
+                print(f"KeyboardInterrupt after {time.monotonic() - start:.2f} s")
+            """
+        )
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.default_int_handler),
+    )
+    assert proc.returncode == 0, proc.stderr
+    seconds = float(proc.stdout.split("after ")[1].split(" s")[0])
+    assert seconds < 2.0, proc.stdout  # the serializer alone would take 5 s

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import reprlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -208,5 +209,17 @@ class SerializationError(TrioProducerError):
         return (
             f"{self.field}_serializer failed for a message to topic {self.topic!r}{where}: "
             f"{type(self.error).__name__}: {self.error} ({self.field} was "
-            f"{type(self.obj).__name__} {self.obj!r:.60}); nothing was accepted"
+            f"{type(self.obj).__name__} {_short_repr(self.obj)}); nothing was accepted"
         )
+
+
+def _short_repr(obj: object) -> str:
+    """A bounded repr (a huge object is not rendered whole); never raises."""
+    try:
+        return _REPR.repr(obj)
+    except Exception as exc:
+        return f"<{type(obj).__name__}: repr() raised {type(exc).__name__}>"
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60

@@ -102,6 +102,11 @@ class Producer(Generic[K, V]):
         self._state = state
         self._transaction_timeout = transaction_timeout
         self._in_transaction = False
+        #: Commit or abort has begun: send_offsets may no longer join the transaction.
+        self._txn_ending = False
+        #: librdkafka runs one transactional call at a time (another one fails with
+        #: _CONFLICT or _PREV_IN_PROGRESS and wedges the transaction): this orders them.
+        self._txn_lock = trio.Lock()
         #: One :class:`DeliveryError` per accepted message that was not delivered, set
         #: when the block is left with an exception that is not the producer's own
         #: (the body's exception, or ``KeyboardInterrupt``), which won over the
@@ -379,12 +384,15 @@ class Producer(Generic[K, V]):
             try:
                 yield
             except BaseException as exc:
+                self._txn_ending = True
                 raise await self._abort_transaction(exc) from None
+            self._txn_ending = True
             try:
                 await self.flush()
-                await self._tracker.run_exclusive(
-                    client.commit_transaction, self._transaction_timeout
-                )
+                async with self._txn_lock:
+                    await self._tracker.run_exclusive(
+                        client.commit_transaction, self._transaction_timeout
+                    )
             except TransactionError as exc:
                 if exc.abortable:
                     raise await self._abort_transaction(exc) from None
@@ -394,6 +402,7 @@ class Producer(Generic[K, V]):
                 raise await self._abort_transaction(exc) from None
         finally:
             self._in_transaction = False
+            self._txn_ending = False
 
     @enable_ki_protection
     async def send_offsets(self, offsets: Sequence[TopicPartition], group_metadata: bytes) -> None:
@@ -441,23 +450,33 @@ class Producer(Generic[K, V]):
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         checked = check_offsets(offsets, group_metadata)
+        if self._channel.closed:
+            raise self._channel.closed_error()
+        self._check_joinable()
+        if not checked:
+            return  # only logical offsets: nothing to commit
+        client = self._tracker.client
+        async with self._txn_lock:  # (one transactional call at a time)
+            self._check_joinable()
+            await self._tracker.run_exclusive(
+                client.send_offsets_to_transaction,
+                checked,
+                group_metadata,
+                self._transaction_timeout,
+            )
+        await trio.lowlevel.checkpoint_if_cancelled()
+
+    def _check_joinable(self) -> None:
         if not self._in_transaction:
             raise TrioProducerError(
                 "send_offsets() must be called inside producer.transaction(): the offsets "
                 "are committed with the transaction"
             )
-        if self._channel.closed:
-            raise self._channel.closed_error()
-        if not checked:
-            return  # only logical offsets: nothing to commit
-        client = self._tracker.client
-        await self._tracker.run_exclusive(
-            client.send_offsets_to_transaction,
-            checked,
-            group_metadata,
-            self._transaction_timeout,
-        )
-        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._txn_ending:
+            raise TrioProducerError(
+                "send_offsets() came too late: the transaction is already committing or "
+                "aborting (call it inside the transaction block, before it ends)"
+            )
 
     async def _abort_transaction(self, exc: BaseException) -> BaseException:
         """Abort the open transaction after ``exc``: shielded, bounded, and not skipped by
@@ -511,8 +530,9 @@ class Producer(Generic[K, V]):
         while True:
             try:
                 with trio.CancelScope(deadline=deadline + _STOP_GRACE, shield=True) as scope:
-                    remaining = max(0.1, deadline - trio.current_time())
-                    await self._tracker.run_exclusive(client.abort_transaction, remaining)
+                    async with self._txn_lock:  # after a send_offsets still running
+                        remaining = max(0.1, deadline - trio.current_time())
+                        await self._tracker.run_exclusive(client.abort_transaction, remaining)
                 if scope.cancelled_caught:
                     outcome = "left open: the abort did not finish within transaction_timeout"
                 break

@@ -10,17 +10,18 @@ leaves the message not accepted.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ._args import check_topic
 from ._exceptions import SerializationError
 from ._producer import Producer
 from ._spooled import SpooledProducer
 from .serialization import Field, K, SerializerHeaders, V
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Iterable, Iterator
+    from collections.abc import Iterable, Iterator
 
     from ._message import Headers, RecordMetadata
 
@@ -51,34 +52,38 @@ class SerializingProducer(Producer[K, V]):
         self._value_field = value
         self._is_async = bool((key and key.is_async) or (value and value.is_async))
 
+    async def _check_open(self, topic: str) -> None:
+        """Refuse before serializing (a serializer may have side effects: a schema
+        registration) when the send would be refused anyway."""
+        check_topic(topic)
+        if self._channel.closed:
+            await trio.lowlevel.cancel_shielded_checkpoint()  # a checkpoint on every path
+            raise self._channel.closed_error()
+
     def _serialize_now(
         self, topic: str, key: object, value: object, headers: SerializerHeaders
-    ) -> tuple[Any, Any, bool]:
-        """Serialize with sync serializers: ``(key, value, pending)``; ``pending`` says an
-        awaitable came back (it is in the slot, for :meth:`_serialize` to await)."""
-        pending = False
+    ) -> tuple[Any, Any]:
+        """Serialize where nothing can be awaited (an awaitable is refused and closed)."""
         field = self._key_field
         if key is not None and field is not None:
-            key = field.call(key, topic, headers)
-            pending = type(key) is not bytes and key is not None
+            key = field.call_now(key, topic, headers)
         vfield = self._value_field
         if value is not None and vfield is not None:
-            value = vfield.call(value, topic, headers)
-            pending = pending or (type(value) is not bytes and value is not None)
-        return key, value, pending
+            value = vfield.call_now(value, topic, headers)
+        return key, value
 
     async def _serialize(
         self, topic: str, key: object, value: object, headers: SerializerHeaders
     ) -> tuple[Any, Any]:
-        k, v, pending = self._serialize_now(topic, key, value, headers)
-        if pending:
-            if type(k) is not bytes and k is not None:
-                assert self._key_field is not None
-                k = await self._key_field.finish(cast("Awaitable[object]", k), topic, key)
-            if type(v) is not bytes and v is not None:
-                assert self._value_field is not None
-                v = await self._value_field.finish(cast("Awaitable[object]", v), topic, value)
-        return k, v
+        """Serialize, awaiting an async serializer; the key first, then the value (so
+        that nothing is left un-awaited when the first one fails or is cancelled)."""
+        field = self._key_field
+        if key is not None and field is not None:
+            key = await field.serialize(key, topic, headers)
+        vfield = self._value_field
+        if value is not None and vfield is not None:
+            value = await vfield.serialize(value, topic, headers)
+        return key, value
 
     @enable_ki_protection
     async def send(
@@ -92,6 +97,7 @@ class SerializingProducer(Producer[K, V]):
         timestamp: int | None = None,
     ) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
+        await self._check_open(topic)
         pairs = _header_list(headers)
         k, v = await self._serialize(topic, key, value, pairs)
         await super().send(
@@ -116,17 +122,11 @@ class SerializingProducer(Producer[K, V]):
                 f"send_nowait cannot await this producer's async serializer ({which}): "
                 "use await send()"
             )
+        check_topic(topic)
+        if self._channel.closed:
+            raise self._channel.closed_error()
         pairs = _header_list(headers)
-        k, v, pending = self._serialize_now(topic, key, value, pairs)
-        if pending:
-            for out in (k, v):
-                close = getattr(out, "close", None)
-                if close is not None:
-                    close()
-            raise TypeError(
-                "a serializer returned an awaitable, which send_nowait cannot await: "
-                "declare it `async def` and use await send()"
-            )
+        k, v = self._serialize_now(topic, key, value, pairs)
         super().send_nowait(
             topic, v, key=k, headers=pairs or None, partition=partition, timestamp=timestamp
         )
@@ -143,6 +143,7 @@ class SerializingProducer(Producer[K, V]):
         timestamp: int | None = None,
     ) -> RecordMetadata:
         await trio.lowlevel.checkpoint_if_cancelled()
+        await self._check_open(topic)
         pairs = _header_list(headers)
         k, v = await self._serialize(topic, key, value, pairs)
         return await super().send_and_wait(
@@ -156,11 +157,16 @@ class SerializingProducer(Producer[K, V]):
         """See :meth:`Producer.send_many`; each element is serialized as it is taken.
 
         A ``tuple`` of two is a ``(key, value)`` pair (to send a tuple as a value, pass
-        ``(None, value)``). With an async serializer, each element is serialized and then
-        sent like :meth:`send` (a checkpoint each). An element whose serializer raises is
-        consumed but not accepted (:class:`SerializationError` says which). Headers a
-        serializer adds cannot travel on this bulk path: use :meth:`send` for those.
+        ``(None, value)``). An element whose serializer raises is consumed but not
+        accepted (:class:`SerializationError` says which). With sync serializers this
+        is the bulk path, which carries no headers: a serializer that adds headers makes
+        it raise for that element (use :meth:`send`). With an async serializer, each
+        element is serialized and then sent like :meth:`send` (a checkpoint each, and
+        headers travel); if the call is cancelled or interrupted while an element is
+        being serialized, that element was consumed but not accepted (a note on the
+        exception says how many were accepted).
         """
+        check_topic(topic)
         if self._is_async:
             return await self._send_many_awaiting(topic, iter(messages))
         return await super().send_many(topic, self._serialized(topic, iter(messages)))
@@ -172,49 +178,50 @@ class SerializingProducer(Producer[K, V]):
             key, value = _split(element)
             headers: SerializerHeaders = []
             try:
-                k, v, pending = self._serialize_now(topic, key, value, headers)
-                if pending:
-                    raise SerializationError(
-                        "key" if type(k) is not bytes and k is not None else "value",
-                        topic,
-                        element,
-                        TypeError(
-                            "the serializer returned an awaitable: declare it `async def` "
-                            "(send_many then awaits it)"
-                        ),
-                    )
+                k, v = self._serialize_now(topic, key, value, headers)
                 if headers:
-                    raise SerializationError(
-                        "value" if value is not None else "key",
-                        topic,
-                        element,
-                        ValueError(
-                            f"a serializer added headers {headers!r:.60}, which send_many "
-                            "cannot carry: use send() for such messages"
-                        ),
+                    problem = ValueError(
+                        f"a serializer added headers {headers!r:.60}, which send_many's "
+                        "bulk path cannot carry: use send() for such messages"
                     )
+                    field = "value" if value is not None else "key"
+                    raise SerializationError(field, topic, element, problem) from problem
             except SerializationError as exc:
                 raise _at_index(exc, index) from exc.__cause__
             yield v if k is None else (k, v)
 
     async def _send_many_awaiting(self, topic: str, elements: Iterator[object]) -> int:
         await trio.lowlevel.checkpoint_if_cancelled()
+        channel = self._channel
         accepted = 0
-        for index, element in enumerate(elements):
-            key, value = _split(element)
-            headers: SerializerHeaders = []
-            try:
-                k, v = await self._serialize(topic, key, value, headers)
-            except SerializationError as exc:
-                raise _at_index(exc, index) from exc.__cause__
-            await super().send(topic, v, key=k, headers=headers or None)
-            accepted += 1
-        await trio.lowlevel.checkpoint()
+        in_hand = False
+        try:
+            if channel.closed:
+                raise channel.closed_error()  # before taking anything
+            for index, element in enumerate(elements):
+                in_hand = True
+                key, value = _split(element)
+                headers: SerializerHeaders = []
+                try:
+                    k, v = await self._serialize(topic, key, value, headers)
+                except SerializationError as exc:
+                    raise _at_index(exc, index) from exc.__cause__
+                await super().send(topic, v, key=k, headers=headers or None)
+                in_hand = False
+                accepted += 1
+        except BaseException as exc:
+            if in_hand:
+                exc.add_note(
+                    f"trio_producer: send_many accepted {accepted} elements; the next one "
+                    "it took (being serialized or sent) was not accepted"
+                )
+            raise
+        await trio.lowlevel.cancel_shielded_checkpoint()
         return accepted
 
 
 def _split(element: object) -> tuple[object, object]:
-    if type(element) is tuple:
+    if isinstance(element, tuple):
         if len(element) != 2:
             raise TypeError(
                 f"send_many takes values or (key, value) pairs, not a {len(element)}-tuple"

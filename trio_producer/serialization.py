@@ -36,7 +36,9 @@ import inspect
 import json
 import sys
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeAlias, cast
+
+import trio
 
 from ._exceptions import SerializationError
 
@@ -126,6 +128,9 @@ class Field(Generic[T]):
     def __repr__(self) -> str:
         return f"<{self.name}_serializer {self.fn!r}>"
 
+    # Not protected from KeyboardInterrupt (the send methods are): a serializer that
+    # blocks must not hold off Ctrl-C, and nothing is accepted while it runs.
+    @trio.lowlevel.disable_ki_protection
     def call(self, obj: object, topic: str, headers: SerializerHeaders) -> object:
         """Call the serializer: the bytes (checked), or an awaitable for :meth:`finish`."""
         try:
@@ -136,12 +141,31 @@ class Field(Generic[T]):
             return out
         return self.check(out, topic, obj)
 
-    async def finish(self, awaitable: Awaitable[object], topic: str, obj: object) -> bytes | None:
+    def call_now(self, obj: object, topic: str, headers: SerializerHeaders) -> bytes | None:
+        """Call a serializer where nothing can be awaited (``send_nowait``, the bulk
+        path): an awaitable it returns is closed and refused."""
+        out = self.call(obj, topic, headers)
+        if type(out) is bytes or out is None:
+            return out
+        close = getattr(out, "close", None)
+        if close is not None:
+            close()  # no "coroutine was never awaited" on top of the error
+        problem = TypeError(
+            f"{self.name}_serializer returned an awaitable where it cannot be awaited: "
+            "declare it `async def` (then send_nowait refuses it, and send() awaits it)"
+        )
+        raise SerializationError(self.name, topic, obj, problem) from problem
+
+    async def serialize(self, obj: object, topic: str, headers: SerializerHeaders) -> bytes | None:
+        """Call the serializer and await what it returns, if it is awaitable."""
+        out = self.call(obj, topic, headers)
+        if type(out) is bytes or out is None:
+            return out
         try:
-            out = await awaitable
+            result = await cast("Awaitable[object]", out)
         except Exception as exc:
             raise SerializationError(self.name, topic, obj, exc) from exc
-        return self.check(out, topic, obj)
+        return self.check(result, topic, obj)
 
     def check(self, out: object, topic: str, obj: object) -> bytes | None:
         if type(out) is bytes or out is None:
@@ -149,10 +173,10 @@ class Field(Generic[T]):
         if isinstance(out, bytearray | memoryview):
             return bytes(out)
         problem = TypeError(
-            f"{self.name}_serializer returned {type(out).__name__} {out!r:.40}: a "
-            "serializer must return bytes (or None)"
+            f"{self.name}_serializer returned {type(out).__name__}: a serializer must "
+            "return bytes (or None)"
         )
-        raise SerializationError(self.name, topic, obj, problem) from None
+        raise SerializationError(self.name, topic, obj, problem) from problem
 
 
 def _adapt(field: str, serializer: object) -> tuple[Callable[..., object], bool]:
