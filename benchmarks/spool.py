@@ -8,6 +8,8 @@ Rows:
 
 * ``spool append``: ``Spool.append`` per message (what ``send`` / ``send_nowait`` add).
 * ``spool append_many``: ``Spool.append_many`` per batch of ``--batch`` messages.
+* ``spool append_values``: ``Spool.append_values`` per batch (one topic, values only):
+  what the producer's ``send_many`` writes per chunk.
 * sync ``never``: no fsync; ``interval``: a thread calls ``sync()`` every 100 ms while
   appending; ``always``: ``sync()`` after each batch (group commit, for ``append_many``).
 * ``os.write log``: the same framed records written with one ``os.write`` per call to an
@@ -101,6 +103,21 @@ def spool_append_many(sync: str) -> Bench:
     return bench
 
 
+def spool_append_values() -> Bench:
+    """``append_values``: what the producer's ``send_many`` writes, a chunk of one topic's
+    values (no keys, no headers)."""
+
+    def bench(path: Path, count: int, size: int, batch: int) -> float:
+        values: list[bytes | None] = [b"x" * size] * batch
+        with _spool(path, "never") as spool:
+            t0 = time.perf_counter()
+            for _ in range(count // batch):
+                spool.append_values("events", values)
+            return time.perf_counter() - t0
+
+    return bench
+
+
 def write_log(batched: bool) -> Bench:
     def bench(path: Path, count: int, size: int, batch: int) -> float:
         value = b"x" * size
@@ -179,6 +196,7 @@ ROWS: list[tuple[str, str, Bench]] = [
     ("spool append_many (mmap)", "never", spool_append_many("never")),
     ("spool append_many (mmap)", "interval", spool_append_many("interval")),
     ("spool append_many (mmap)", "always", spool_append_many("always")),
+    ("spool append_values (mmap, send_many)", "never", spool_append_values()),
     ("os.write log, one write per batch", "never", write_log(True)),
     ("sqlite WAL, executemany per batch", "never", sqlite(True, "OFF")),
     ("sqlite WAL, executemany per batch", "always", sqlite(True, "FULL")),

@@ -504,3 +504,210 @@ def test_a_ctrl_c_while_the_spool_closes_still_closes_and_unlocks_it(tmp_path: P
         assert [r.value for r in reopened.recovered] == [b"kept"]
     finally:
         reopened.close()
+
+
+# ---- send_many's bulk path: chunks spooled with one write and accepted whole ----------------
+
+
+class Consumed:
+    """An iterator of values that records what ``send_many`` took from it."""
+
+    def __init__(self, values: list[bytes]) -> None:
+        self._values = iter(values)
+        self.taken: list[bytes] = []
+
+    def __iter__(self) -> Consumed:
+        return self
+
+    def __next__(self) -> bytes:
+        value = next(self._values)
+        self.taken.append(value)
+        return value
+
+
+async def test_send_many_cancelled_while_waiting_for_room_accepted_what_it_consumed(
+    kafka_topic: str, tmp_path: Path
+) -> None:
+    """A full spool (black-holed broker): send_many waits for room and is cancelled.
+    What it consumed is in the topic once each, in order; nothing else."""
+    values = Consumed([b"%04d-" % i + b"x" * 400 for i in range(2_000)])
+    async with proxied_broker([kafka_topic]) as (bootstrap, proxy, _nursery):
+        proxy.blackhole()
+        async with open_producer(
+            bootstrap_servers=bootstrap,
+            spool_path=str(tmp_path / "spool"),
+            spool_max_bytes=65_536,
+            close_timeout=20,
+        ) as producer:
+            with trio.move_on_after(1.0) as waited:
+                await producer.send_many(kafka_topic, values)
+            assert waited.cancelled_caught
+            assert 50 < len(values.taken) < 200  # 64 KiB of ~450-byte records
+            assert producer.statistics().spooled == len(values.taken)
+            proxy.restore()
+        records = await trio.to_thread.run_sync(
+            lambda: consume_all(bootstrap, kafka_topic, idle_timeout=1.0)
+        )
+    assert [r.value for r in records] == values.taken
+
+
+async def test_send_many_accepts_a_chunk_up_to_a_bad_element(
+    kafka_bootstrap: str, kafka_topic: str, read_back: ReadBack, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    elements: list[object] = [b"a%d" % i for i in range(10)]
+    elements += [(b"k", b"pair"), "text", 123, b"never"]
+    it = iter(elements)
+    async with open_producer(bootstrap_servers=kafka_bootstrap, spool_path=str(spool)) as p:
+        with pytest.raises(TypeError, match="value must be bytes, bytearray, memoryview, str"):
+            await p.send_many(kafka_topic, it)  # type: ignore[arg-type]
+        assert next(it) == b"never"  # 123 was consumed, not accepted; the rest not taken
+        assert p.statistics().spooled + p.statistics().delivered == 12
+    records = await read_back(kafka_topic, expected=12)
+    assert [(r.key, r.value) for r in records] == [(None, b"a%d" % i) for i in range(10)] + [
+        (b"k", b"pair"),
+        (None, b"text"),
+    ]
+    assert spool_files(spool) == []  # all confirmed
+
+
+async def test_send_many_behind_a_backlog_goes_to_the_spool_in_order(
+    kafka_topic: str, tmp_path: Path
+) -> None:
+    """Store and forward: with messages only in the spool (the broker cut, memory full),
+    send_many spools behind them -- even its bad element's predecessors -- and all of
+    it is delivered in order once the broker is back."""
+    async with proxied_broker([kafka_topic]) as (bootstrap, proxy, _nursery):
+        proxy.cut()
+        async with open_producer(
+            bootstrap_servers=bootstrap,
+            spool_path=str(tmp_path / "spool"),
+            queue_capacity=20,
+            librdkafka={"queue.buffering.max.messages": 20},
+            close_timeout=30,
+        ) as producer:
+            sent = [b"a%d" % i for i in range(100)]
+            for value in sent:
+                producer.send_nowait(kafka_topic, value)
+            await trio.testing.wait_all_tasks_blocked()
+            backlog = producer.backlog()
+            assert backlog > 0
+            more = [b"b%d" % i for i in range(3000)]
+            assert await producer.send_many(kafka_topic, iter(more)) == 3000
+            assert producer.backlog() == backlog + 3000
+            with pytest.raises(TypeError):
+                await producer.send_many(kafka_topic, [b"c0", b"c1", 123])  # type: ignore[list-item]
+            assert producer.backlog() == backlog + 3002
+            sent += [*more, b"c0", b"c1"]
+            proxy.restore()
+        records = await trio.to_thread.run_sync(
+            lambda: consume_all(bootstrap, kafka_topic, expected=len(sent), timeout=60)
+        )
+    assert [r.value for r in records] == sent
+
+
+async def test_send_many_spills_into_the_spool_when_the_worker_stalls_and_lets_others_run(
+    kafka_topic: str, tmp_path: Path
+) -> None:
+    """The broker is away and memory is full: send_many does not wait for it (store and
+    forward), and other tasks run between its chunks."""
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await trio.lowlevel.checkpoint()
+
+    async with proxied_broker([kafka_topic]) as (bootstrap, proxy, _nursery):
+        proxy.cut()
+        async with open_producer(
+            bootstrap_servers=bootstrap,
+            spool_path=str(tmp_path / "spool"),
+            queue_capacity=100,
+            librdkafka={"queue.buffering.max.messages": 100},
+            close_timeout=30,
+        ) as producer:
+            values = [b"v%d" % i for i in range(50_000)]
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ticker)
+                with trio.fail_after(10):
+                    assert await producer.send_many(kafka_topic, values) == 50_000
+                ticked = ticks
+                nursery.cancel_scope.cancel()
+            assert ticked > 10  # at least one step per chunk spooled alone: ~40
+            assert producer.backlog() > 49_000
+            proxy.restore()
+        records = await trio.to_thread.run_sync(
+            lambda: consume_all(bootstrap, kafka_topic, expected=50_000, timeout=60)
+        )
+    assert [r.value for r in records] == values
+
+
+SEND_MANY_CHILD = """
+import sys, trio
+from trio_producer import open_producer
+bootstrap, topic, spool = sys.argv[1:4]
+async def main():
+    async with open_producer(
+        bootstrap_servers=bootstrap, spool_path=spool, spool_sync="never",
+        queue_capacity=500, librdkafka={"queue.buffering.max.messages": 500},
+    ) as producer:
+        print("open", flush=True)
+        for call in range(1_000_000):
+            await producer.send_many(topic, (b"%d:%d" % (call, i) for i in range(700)))
+            print("ok", call, flush=True)
+trio.run(main)
+"""
+
+
+@pytest.mark.parametrize("kill_after", [0.3, 0.8])
+async def test_kill_9_during_send_many_loses_no_chunk_it_returned(
+    kafka_bootstrap: str, kafka_topic: str, read_back: ReadBack, tmp_path: Path, kill_after: float
+) -> None:
+    """A child calls send_many over and over against a broker that never answers (into
+    memory, then into the spool alone) and is SIGKILLed. Every call that returned is
+    sent by the next producer on the spool, once each, in order."""
+    spool = str(tmp_path / "spool")
+    with silent_listener() as dead:
+        proc = await trio.lowlevel.open_process(
+            [
+                sys.executable,
+                "-c",
+                SEND_MANY_CHILD,
+                f"127.0.0.1:{dead.getsockname()[1]}",
+                kafka_topic,
+                spool,
+            ],
+            stdout=subprocess.PIPE,
+            cwd=ROOT,
+        )
+        out = b""
+        try:
+            assert proc.stdout is not None
+            with trio.move_on_after(kill_after + 5):
+                while b"open" not in out:
+                    out += await proc.stdout.receive_some(65536)
+            with trio.move_on_after(kill_after):
+                while True:
+                    chunk = await proc.stdout.receive_some(65536)
+                    if not chunk:
+                        break
+                    out += chunk
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            with trio.fail_after(10):
+                await proc.wait()
+    returned = [int(line[3:]) for line in out.split(b"\n")[:-1] if line.startswith(b"ok ")]
+    assert returned == list(range(len(returned)))
+    assert returned, "no send_many returned before the kill"
+    async with open_producer(bootstrap_servers=kafka_bootstrap, spool_path=spool) as producer:
+        with trio.fail_after(60):
+            await producer.flush()
+        recovered = producer.statistics().recovered
+    expected = [b"%d:%d" % (call, i) for call in returned for i in range(700)]
+    assert recovered >= len(expected)
+    records = await read_back(kafka_topic, expected=recovered, timeout=60)
+    values = [r.value for r in records]
+    assert len(values) == len(set(values)) == recovered  # once each
+    assert values[: len(expected)] == expected  # in order; then maybe a part of the next

@@ -41,7 +41,20 @@ enable_ki_protection = trio.lowlevel.enable_ki_protection
 
 #: send_many waits until a record of this size fits before it takes the next element.
 SEND_MANY_ROOM = 64 * 1024
+#: send_many spools and accepts its elements in chunks of at most this many: one
+#: ``Spool.append_values`` and one extension of the batch per chunk.
+SEND_MANY_CHUNK = 1024
+#: With the batch full (and no backlog), send_many waits for the worker while it makes
+#: progress; after this long without any, it spools the next chunks alone (store and
+#: forward). A broker that is merely slower than the sender is backpressure, as without a
+#: spool, and costs no read-back from the spool; one that is away does not stop the call.
+SPILL_AFTER = 0.5
 _END = object()
+
+
+def _as_is(topic: str, pair: object) -> tuple[Pending, int]:
+    """``BatchChannel.extend_nowait``'s converter for a chunk built already."""
+    return pair  # type: ignore[return-value]
 
 
 def encoded_size(item: Pending) -> int:
@@ -86,15 +99,19 @@ class SpoolKeeper:
             SpoolFullError: No room: nothing was written.
         """
         spool = self.spool
-        headers = item.get("headers")
-        seq = spool.append(
-            item["topic"],
-            item["value"],
-            item.get("key"),
-            headers,
-            item.get("partition", -1),
-            item.get("timestamp", 0),
-        )
+        if len(item) == 2:  # a topic and a value: the common case
+            headers = None
+            seq = spool.append(item["topic"], item["value"])
+        else:
+            headers = item.get("headers")
+            seq = spool.append(
+                item["topic"],
+                item["value"],
+                item.get("key"),
+                headers,
+                item.get("partition", -1),
+                item.get("timestamp", 0),
+            )
         if self.id_header is not None:
             headers = [*(headers or ()), (self.id_header, spool.id_of(seq))]
             item["headers"] = headers
@@ -102,6 +119,21 @@ class SpoolKeeper:
         if not seq & 255 and spool.maintenance_due:  # a rotation: prepare the next spare
             self._wake.unpark_all()
         return seq
+
+    def spool_many(
+        self, topic: str, values: list[bytes | None], keys: list[bytes | None] | None
+    ) -> int:
+        """Write a chunk of ``send_many`` with one ``append_values``; return the seq of
+        its first message (the rest follow).
+
+        Raises:
+            SpoolFullError: No room: nothing was written.
+        """
+        spool = self.spool
+        first = spool.append_values(topic, values, keys)
+        if spool.maintenance_due:  # a rotation: prepare the next spare
+            self._wake.unpark_all()
+        return first
 
     def confirm(self, seqs: list[int]) -> None:
         """Record deliveries (one write to the spool's ack log)."""
@@ -378,43 +410,176 @@ class SpooledProducer(Producer):
         """See :meth:`Producer.send_many`. With a spool, it waits for room *before* it
         takes the next element (room for a record of up to ``SEND_MANY_ROOM`` bytes); a
         larger element that then does not fit is held while waiting, and if the call is
-        cancelled in that wait, that element was consumed but not accepted."""
+        cancelled in that wait, that element was consumed but not accepted.
+
+        The elements are spooled and accepted in chunks (one write to the spool each),
+        each in one synchronous step, so the rule holds: what the call consumed before it
+        raised is accepted, except the bad (or held) element. With the queue in memory
+        full it waits for the worker as long as the worker makes progress (a slow broker
+        is backpressure); after ``SPILL_AFTER`` seconds without any, it goes on into the
+        spool alone (store and forward), letting other tasks run between chunks.
+        """
         check_topic(topic)
         await trio.lowlevel.checkpoint_if_cancelled()
         channel = self._channel
+        batch = channel.batch
         keeper = self._keeper
+        spool = keeper.spool
+        it = iter(messages)
         accepted = 0
         last = -1
-        it = iter(messages)
+        spill = False
         while True:
             if channel.closed:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 raise channel.closed_error()
-            if not keeper.spool.has_room(SEND_MANY_ROOM):
+            if not spool.has_room(SEND_MANY_ROOM):
                 await keeper.wait_for_room()
                 await trio.lowlevel.checkpoint_if_cancelled()
                 continue
-            element = next(it, _END)
-            if element is _END:
-                break
-            if type(element) is bytes:
-                item: Pending = {"topic": topic, "value": element}
-                size = len(element)
-            else:
-                item, size = bulk_item(topic, element)
-            while True:
-                try:
-                    last = self._accept_nowait(item, size, None)
-                except trio.WouldBlock:  # a large element: hold it and wait
-                    await keeper.wait_for_room()
+            room = 0
+            if self._backlog_from is None:
+                room = batch.room()
+                if room > 0:
+                    spill = False
+                elif not spill:
+                    # The batch is full: wait for the worker while it makes progress.
+                    progress = channel.produced + channel.in_hand_pos
+                    with trio.move_on_after(SPILL_AFTER) as waited:
+                        await channel.wait_for_room()
                     await trio.lowlevel.checkpoint_if_cancelled()
+                    stalled = channel.produced + channel.in_hand_pos == progress
+                    spill = waited.cancelled_caught and stalled
                     continue
+            count, seq, over, done = self._accept_chunk(topic, it, room)
+            accepted += count
+            if count:
+                last = seq
+            if over is not None:
+                item, size = over
+                while True:  # an element that does not fit in this segment: alone
+                    try:
+                        last = self._accept_nowait(item, size, None)
+                    except trio.WouldBlock:  # a large element: hold it and wait
+                        await keeper.wait_for_room()
+                        await trio.lowlevel.checkpoint_if_cancelled()
+                        continue
+                    break
+                accepted += 1
+            if done:
                 break
-            accepted += 1
-        if last >= 0 and keeper.spool.sync_policy == "always":
+            if room <= 0:
+                # Into the spool alone: let the worker and the delivery task run.
+                await trio.lowlevel.checkpoint()
+        if last >= 0 and spool.sync_policy == "always":
             await keeper.wait_synced_uninterruptibly(last)
         await trio.lowlevel.cancel_shielded_checkpoint()
         return accepted
+
+    def _accept_chunk(
+        self, topic: str, it: Iterator[object], room: int
+    ) -> tuple[int, int, tuple[Pending, int] | None, bool]:
+        """Take elements from ``it`` while they fit in the spool's active segment (up to
+        ``SEND_MANY_CHUNK``, and to ``room`` when that is > 0), spool them with one
+        write and accept them: into the batch when ``room`` > 0, else into the spool
+        alone (the backlog). Synchronous, and all of them or none: the caller has
+        checked that the channel is open and that the spool has room for a first element.
+
+        Returns:
+            ``(count, last, over, done)``: how many were accepted; the seq of the last;
+            an element taken that does not fit in the segment, as ``(item, size)``, to
+            accept alone (or ``None``); whether ``it`` is exhausted.
+
+        Raises:
+            Whatever the iterator or a bad element raises: the elements taken before it
+            are accepted, the bad one is not.
+        """
+        free = self._keeper.spool.segment_room
+        budget = free - SEND_MANY_ROOM  # take another element only while used <= budget
+        overhead = RECORD_OVERHEAD + len(topic)  # a valid topic name is ASCII
+        limit = min(room, SEND_MANY_CHUNK) if room > 0 else SEND_MANY_CHUNK
+        values: list[bytes | None] = []
+        keys: list[bytes | None] | None = None
+        sizes: list[int] = []
+        n = used = 0
+        over: tuple[Pending, int] | None = None
+        done = False
+        try:
+            while n < limit and (used <= budget or not n):
+                element = next(it, _END)
+                if element is _END:
+                    done = True
+                    break
+                if type(element) is bytes:
+                    size = len(element)
+                    if used + overhead + size > free:
+                        over = ({"topic": topic, "value": element}, size)
+                        break
+                    values.append(element)
+                    if keys is not None:
+                        keys.append(None)
+                else:
+                    item, size = bulk_item(topic, element)
+                    if used + overhead + size > free:
+                        over = (item, size)
+                        break
+                    values.append(item["value"])
+                    key = item.get("key")
+                    if keys is not None:
+                        keys.append(key)
+                    elif key is not None:
+                        keys = [None] * n
+                        keys.append(key)
+                used += overhead + size
+                sizes.append(size)
+                n += 1
+        finally:
+            last = -1
+            if n:
+                first = self._spool_chunk(topic, values, keys, sizes, room > 0)
+                last = first + n - 1
+        return n, last, over, done
+
+    def _spool_chunk(
+        self,
+        topic: str,
+        values: list[bytes | None],
+        keys: list[bytes | None] | None,
+        sizes: list[int],
+        to_memory: bool,
+    ) -> int:
+        """Spool a chunk (one write) and accept it into the batch, or into the spool
+        alone; return the seq of its first message."""
+        keeper = self._keeper
+        first = keeper.spool_many(topic, values, keys)
+        if not to_memory:
+            if self._backlog_from is None:
+                self._backlog_from = first
+            return first
+        seqs = range(first, first + len(values))
+        id_header = keeper.id_header
+        items: list[Pending]
+        if keys is None and id_header is None:
+            items = [
+                {"topic": topic, "value": value, "callback": TrackedReport(None, None, seq)}
+                for value, seq in zip(values, seqs, strict=True)
+            ]
+        else:
+            items = []
+            id_of = keeper.spool.id_of
+            for i, seq in enumerate(seqs):
+                item: Pending = {"topic": topic, "value": values[i]}
+                key = keys[i] if keys is not None else None
+                if key is not None:
+                    item["key"] = key
+                headers = None
+                if id_header is not None:
+                    headers = item["headers"] = [(id_header, id_of(seq))]
+                item["callback"] = TrackedReport(headers, None, seq)
+                items.append(item)
+        taken = self._channel.extend_nowait(topic, zip(items, sizes, strict=True), _as_is)
+        assert taken == len(items)
+        return first
 
     @enable_ki_protection
     async def send_and_wait(
