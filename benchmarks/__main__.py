@@ -39,7 +39,15 @@ OTHERS = [
     "trio_spool_recovery",
 ]
 #: Clients that --baseline runs again from another checkout, for a before/after table.
-BASELINE = ["trio_send", "trio_nowait", "trio_many", "trio_fanin", "trio_drain"]
+BASELINE = [
+    "trio_send",
+    "trio_nowait",
+    "trio_many",
+    "trio_fanin",
+    "trio_drain",
+    "trio_send_spool",
+    "trio_many_spool",
+]
 SUFFIX = "@baseline"
 HERE = Path(__file__).resolve().parent.parent
 

@@ -254,9 +254,9 @@ class DeliveryTracker:
                     assert tracked.waiter is not None
                     tracked.waiter.set()
             failures = epoch.failures
-            confirmed = epoch.confirmed
-            if confirmed:
-                epoch.confirmed = []
+            # Always a fresh list: failed seqs appended below must not stay behind in
+            # epoch.confirmed, to be confirmed again at the next poll.
+            confirmed, epoch.confirmed = epoch.confirmed, []
             while epoch.routed < len(failures):
                 failure = failures[epoch.routed]
                 epoch.routed += 1

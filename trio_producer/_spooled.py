@@ -421,11 +421,27 @@ class SpooledProducer(Producer):
         """
         check_topic(topic)
         await trio.lowlevel.checkpoint_if_cancelled()
+        keeper = self._keeper
+        spool = keeper.spool
+        it = iter(messages)
+        first_seq = spool.next_seq
+        try:
+            accepted, last = await self._send_many_chunks(topic, it)
+        except BaseException:
+            if spool.sync_policy == "always" and spool.next_seq > first_seq:
+                # What was accepted before the failure was promised an fsync, too.
+                await keeper.wait_synced_uninterruptibly(spool.next_seq - 1)
+            raise
+        if last >= 0 and spool.sync_policy == "always":
+            await keeper.wait_synced_uninterruptibly(last)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return accepted
+
+    async def _send_many_chunks(self, topic: str, it: Iterator[object]) -> tuple[int, int]:
         channel = self._channel
         batch = channel.batch
         keeper = self._keeper
         spool = keeper.spool
-        it = iter(messages)
         accepted = 0
         last = -1
         spill = False
@@ -471,10 +487,7 @@ class SpooledProducer(Producer):
             if room <= 0:
                 # Into the spool alone: let the worker and the delivery task run.
                 await trio.lowlevel.checkpoint()
-        if last >= 0 and spool.sync_policy == "always":
-            await keeper.wait_synced_uninterruptibly(last)
-        await trio.lowlevel.cancel_shielded_checkpoint()
-        return accepted
+        return accepted, last
 
     def _accept_chunk(
         self, topic: str, it: Iterator[object], room: int
