@@ -120,6 +120,12 @@ def main() -> None:
         args.count, args.runs, args.drain_count, args.soak = 5_000, 1, 5_000, 0
 
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in THROUGHPUT + OTHERS + baseline}
+    unknown = [name for name in args.only or () if name not in results]
+    if unknown:
+        parser.error(
+            f"unknown client(s) {', '.join(unknown)}: choose from {', '.join(results)}"
+            + ("" if args.baseline else f" (the {SUFFIX} ones need --baseline)")
+        )
     started = time.time()
     with EmbeddedBroker() as broker:
         bootstrap = broker.bootstrap_servers
