@@ -565,7 +565,8 @@ class SpooledProducer(Producer):
         alone; return the seq of its first message."""
         keeper = self._keeper
         first = keeper.spool_many(topic, values, keys)
-        if not to_memory:
+        if not to_memory or self._backlog_from is not None:
+            # (A backlog may have begun while the chunk was taken: behind it, in order.)
             if self._backlog_from is None:
                 self._backlog_from = first
             return first
@@ -591,7 +592,11 @@ class SpooledProducer(Producer):
                 item["callback"] = TrackedReport(headers, None, seq)
                 items.append(item)
         taken = self._channel.extend_nowait(topic, zip(items, sizes, strict=True), _as_is)
-        assert taken == len(items)
+        if taken < len(items) and self._backlog_from is None:
+            # Less room than measured: the caller's iterator sent on this producer while
+            # the chunk was taken. The rest of the chunk is the newest in the spool: it
+            # becomes the backlog (read back in order), never a message left behind.
+            self._backlog_from = first + taken
         return first
 
     @enable_ki_protection
