@@ -188,6 +188,12 @@ class SerializingProducer(Producer[K, V]):
                     raise SerializationError(field, topic, element, problem) from problem
             except SerializationError as exc:
                 raise _at_index(exc, index) from exc.__cause__
+            except BaseException as exc:  # e.g. Ctrl-C in the serializer (it runs unprotected)
+                exc.add_note(
+                    f"trio_producer: send_many element {index} was being serialized: "
+                    "consumed, not accepted (the ones before it were)"
+                )
+                raise
             yield v if k is None else (k, v)
 
     async def _send_many_awaiting(self, topic: str, elements: Iterator[object]) -> int:

@@ -473,14 +473,22 @@ class SpooledProducer(Producer):
                 last = seq
             if over is not None:
                 item, size = over
-                while True:  # an element that does not fit in this segment: alone
-                    try:
-                        last = self._accept_nowait(item, size, None)
-                    except trio.WouldBlock:  # a large element: hold it and wait
-                        await keeper.wait_for_room()
-                        await trio.lowlevel.checkpoint_if_cancelled()
-                        continue
-                    break
+                try:
+                    while True:  # an element that does not fit in this segment: alone
+                        try:
+                            last = self._accept_nowait(item, size, None)
+                        except trio.WouldBlock:  # a large element: hold it and wait
+                            await keeper.wait_for_room()
+                            await trio.lowlevel.checkpoint_if_cancelled()
+                            continue
+                        break
+                except BaseException as exc:
+                    exc.add_note(
+                        f"trio_producer: send_many accepted {accepted} elements; the next "
+                        "one it took (too large for the room in the spool, held while "
+                        "waiting) was not accepted"
+                    )
+                    raise
                 accepted += 1
             if done:
                 break
