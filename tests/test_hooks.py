@@ -11,13 +11,9 @@ import base64
 import json
 import math
 import os
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 import typing
-from pathlib import Path
 
 import attrs
 import pytest
@@ -34,10 +30,13 @@ from trio_producer import (
 )
 from trio_producer._hooks import OAuthCallback
 
+from .typecheck import mypy_strict
+
 if typing.TYPE_CHECKING:
+    from pathlib import Path
+
     from trio_producer._message import KafkaErrorInfo
 
-ROOT = Path(__file__).resolve().parent.parent
 OAUTH = os.environ.get("TRIO_PRODUCER_TEST_OAUTH_BOOTSTRAP")
 
 
@@ -73,16 +72,7 @@ async def main() -> None:
 
 def test_mypy_rejects_a_misspelt_field(tmp_path: Path) -> None:
     pytest.importorskip("mypy")
-    snippet = tmp_path / "snippet.py"
-    snippet.write_text(SNIPPET)
-    cache = Path(tempfile.gettempdir()) / "trio-producer-mypy-test-cache"
-    proc = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(cache), str(snippet)],
-        env={**os.environ, "MYPYPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = mypy_strict(SNIPPET, tmp_path)
     errors = [line for line in proc.stdout.splitlines() if ": error:" in line]
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert any(

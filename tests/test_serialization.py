@@ -7,13 +7,10 @@ topic, not counted, not handed back); every neighbour is in the topic once, in o
 from __future__ import annotations
 
 import gc
-import os
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -33,14 +30,15 @@ from trio_producer.serialization import (
     string_serializer,
 )
 
+from .typecheck import mypy_strict
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
     from .conftest import ReadBack
 
 pytestmark = pytest.mark.broker
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def records(got: list[Any]) -> list[tuple[bytes | None, bytes | None]]:
@@ -355,16 +353,7 @@ def bare(p: Producer) -> None:
 
 def test_the_handle_is_typed_by_its_serializers(tmp_path: Path) -> None:
     pytest.importorskip("mypy")
-    snippet = tmp_path / "snippet.py"
-    snippet.write_text(SNIPPET)
-    cache = Path(tempfile.gettempdir()) / "trio-producer-mypy-test-cache"
-    proc = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(cache), str(snippet)],
-        env={**os.environ, "MYPYPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = mypy_strict(SNIPPET, tmp_path)
     lines = [line.split("snippet.py:", 1)[1] for line in proc.stdout.splitlines() if ":" in line]
     errors = {int(line.split(":")[0]) for line in lines if ": error:" in line}
     reveals = {

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ._args import check_topic
-from ._exceptions import SerializationError
+from ._exceptions import ProducerClosedError, SerializationError
 from ._producer import Producer
 from ._spooled import SpooledProducer
 from .serialization import Field, K, SerializerHeaders, V
@@ -52,13 +52,27 @@ class SerializingProducer(Producer[K, V]):
         self._value_field = value
         self._is_async = bool((key and key.is_async) or (value and value.is_async))
 
-    async def _check_open(self, topic: str) -> None:
+    def _check_open_now(self, topic: str) -> None:
         """Refuse before serializing (a serializer may have side effects: a schema
         registration) when the send would be refused anyway."""
         check_topic(topic)
         if self._channel.closed:
-            await trio.lowlevel.cancel_shielded_checkpoint()  # a checkpoint on every path
             raise self._channel.closed_error()
+
+    async def _prepare(
+        self, topic: str, key: object, value: object, headers: Headers | None
+    ) -> tuple[Any, Any, SerializerHeaders | None]:
+        """``send``'s and ``send_and_wait``'s first half: checks, then the key, the value
+        and the headers to hand on (a checkpoint on every path)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            self._check_open_now(topic)
+        except ProducerClosedError:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            raise
+        pairs = _header_list(headers)
+        k, v = await self._serialize(topic, key, value, pairs)
+        return k, v, pairs or None
 
     def _serialize_now(
         self, topic: str, key: object, value: object, headers: SerializerHeaders
@@ -96,13 +110,8 @@ class SerializingProducer(Producer[K, V]):
         partition: int | None = None,
         timestamp: int | None = None,
     ) -> None:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        await self._check_open(topic)
-        pairs = _header_list(headers)
-        k, v = await self._serialize(topic, key, value, pairs)
-        await super().send(
-            topic, v, key=k, headers=pairs or None, partition=partition, timestamp=timestamp
-        )
+        k, v, pairs = await self._prepare(topic, key, value, headers)
+        await super().send(topic, v, key=k, headers=pairs, partition=partition, timestamp=timestamp)
 
     @enable_ki_protection
     def send_nowait(
@@ -122,9 +131,7 @@ class SerializingProducer(Producer[K, V]):
                 f"send_nowait cannot await this producer's async serializer ({which}): "
                 "use await send()"
             )
-        check_topic(topic)
-        if self._channel.closed:
-            raise self._channel.closed_error()
+        self._check_open_now(topic)
         pairs = _header_list(headers)
         k, v = self._serialize_now(topic, key, value, pairs)
         super().send_nowait(
@@ -142,12 +149,9 @@ class SerializingProducer(Producer[K, V]):
         partition: int | None = None,
         timestamp: int | None = None,
     ) -> RecordMetadata:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        await self._check_open(topic)
-        pairs = _header_list(headers)
-        k, v = await self._serialize(topic, key, value, pairs)
+        k, v, pairs = await self._prepare(topic, key, value, headers)
         return await super().send_and_wait(
-            topic, v, key=k, headers=pairs or None, partition=partition, timestamp=timestamp
+            topic, v, key=k, headers=pairs, partition=partition, timestamp=timestamp
         )
 
     @enable_ki_protection
