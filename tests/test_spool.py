@@ -737,3 +737,78 @@ def test_kill_9_loses_no_batch_appended(tmp_path: Path) -> None:
             n = int(r.value.removeprefix(b"value-"))
             assert r.key in (None, b"k%d" % n)
         carried = set(got)
+
+
+class _Report:
+    """A failed delivery report's message, as librdkafka hands it to the callback."""
+
+    def __init__(self, value: bytes, key: bytes | None = None) -> None:
+        self._value, self._key = value, key
+
+    def topic(self) -> str:
+        return "t"
+
+    def value(self) -> bytes:
+        return self._value
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def partition(self) -> int:
+        return 0
+
+    def timestamp(self) -> tuple[int, int]:
+        return (0, 0)
+
+
+def test_a_run_confirms_at_the_stop_only_what_it_can_tell_was_delivered() -> None:
+    """A spooled run's failure reports do not say which of its messages failed: they are
+    matched by key and value. While the producer runs every settled message leaves the
+    spool (handed back or delivered); at the stop a purged one stays, and so does every
+    message of the run that a kept failure cannot be told apart from."""
+    from confluent_kafka import KafkaError
+
+    from trio_producer._client import SpooledRun
+    from trio_producer._delivery import DeliveryTracker, Epoch
+
+    def run_of(*payloads: tuple[bytes | None, bytes]) -> tuple[Epoch, SpooledRun]:
+        epoch = Epoch()
+        run = SpooledRun(epoch)
+        for seq, (key, value) in enumerate(payloads):
+            item: Any = {"topic": "t", "value": value, "seq": seq}
+            if key is not None:
+                item["key"] = key
+            run.items.append(item)
+        epoch.runs.append(run)
+        return epoch, run
+
+    purged = KafkaError(KafkaError._PURGE_QUEUE)
+    payloads = [(None, b"a"), (None, b"b"), (None, b"a"), (b"k", b"c"), (None, b"c")]
+    tracker = DeliveryTracker(None, lambda error: None, lambda error: None)  # type: ignore[arg-type]
+
+    def settle(failed: list[tuple[bytes | None, bytes]], *, stopping: bool) -> list[int]:
+        epoch, run = run_of(*payloads)
+        tracker.stopping = False
+        for _ in range(len(payloads) - len(failed) - 1):
+            run(None, None)
+        confirmed: list[int] = []
+        tracker._settle_runs(epoch, confirmed)  # one report missing: not settled yet
+        assert confirmed == []
+        assert epoch.runs == [run]
+        tracker.stopping = stopping
+        if len(failed) < len(payloads):
+            run(None, None)
+        for key, value in failed:
+            run(purged, _Report(value, key))
+        tracker._settle_runs(epoch, confirmed)
+        assert epoch.runs == []
+        assert [f.error.message.value for f in epoch.failures] == [v for _, v in failed]
+        return confirmed
+
+    assert settle([], stopping=True) == [0, 1, 2, 3, 4]
+    assert settle([(None, b"b")], stopping=False) == [0, 1, 2, 3, 4]  # handed back: out
+    assert settle([(None, b"b")], stopping=True) == [0, 2, 3, 4]
+    assert settle([(None, b"a")], stopping=True) == [1, 3, 4]  # 0 or 2? both stay
+    assert settle([(b"k", b"c")], stopping=True) == [0, 1, 2, 4]
+    assert settle([(None, b"a"), (None, b"c")], stopping=True) == [1, 3]
+    assert settle(payloads, stopping=True) == []

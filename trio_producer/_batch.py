@@ -34,7 +34,9 @@ class Pending(TypedDict):
     Only plain messages (``topic``, ``value`` and maybe ``key``) go through the batch
     call; ``partition``, ``timestamp``, ``headers`` or ``callback`` (a per-message report
     callback) make a message go through ``produce()``: the batch call ignores the first
-    two and cannot carry the others.
+    two and cannot carry the others. ``seq``, a spooled message's place in the durable
+    spool, rides along in the batch call (which ignores it): the run's shared report
+    callback confirms it (see ``_client.SpooledRun``).
     """
 
     topic: str
@@ -44,6 +46,7 @@ class Pending(TypedDict):
     timestamp: NotRequired[int]
     headers: NotRequired[list[tuple[str, bytes | None]]]
     callback: NotRequired[ReportCallback]
+    seq: NotRequired[int]
 
 
 #: Why a batch was handed on; the keys of ``ProducerStatistics.batches``.

@@ -157,7 +157,7 @@ class DeliveryReports:
     Called by librdkafka on the poll thread. Subclassed by the delivery task's epochs.
     """
 
-    __slots__ = ("completed", "confirmed", "delivered", "failures")
+    __slots__ = ("completed", "confirmed", "delivered", "failures", "runs")
 
     def __init__(self) -> None:
         self.delivered = 0
@@ -166,6 +166,9 @@ class DeliveryReports:
         self.completed: list[TrackedReport] = []
         #: Spool sequence numbers of delivered spooled messages, to confirm in the spool.
         self.confirmed: list[int] = []
+        #: Runs of spooled messages handed to librdkafka's batch call with their own
+        #: shared callback, not yet confirmed (the delivery task settles them).
+        self.runs: list[SpooledRun] = []
 
     def __call__(self, err: object, msg: Any) -> None:
         if err is None:
@@ -177,10 +180,61 @@ class DeliveryReports:
         """Settle one message librdkafka refused at once, as a failed delivery."""
         error = failure_from_pending(item, info)
         tracked = item.get("callback")
+        if tracked is None and "seq" in item:  # a spooled message without a tracker
+            tracked = TrackedReport(None, None, item["seq"])
         if isinstance(tracked, TrackedReport):
             tracked.settle_failed(error, self)
         else:
             self.failures.append(Failure(error, None))
+
+
+class SpooledRun:
+    """The report callback shared by a run of spooled messages handed to librdkafka's
+    batch call together (each carries its spool ``seq`` instead of a tracker of its own).
+
+    On the poll thread it only counts, like :class:`DeliveryReports`, and keeps its
+    failures. On the Trio thread, once every message of the run has a report, the
+    delivery task confirms the run in the spool (:meth:`confirmable`): every message
+    while the producer runs (delivered, or failed and handed back), but at the stop
+    only the delivered ones -- purged messages stay in the spool for the next producer.
+    A failure report does not say which message of the run it is; it is matched to the
+    run's messages by key and value, and when several messages of the run have that
+    same key and value, none of them is confirmed (at least once: an identical one that
+    was delivered may be sent again, never one that was not delivered dropped).
+
+    Attributes:
+        items: The run's messages, in the order they were produced.
+        delivered: How many were delivered (poll thread).
+        failures: Their failures, as they came (poll thread).
+        seen: How many of ``failures`` the delivery task has looked at.
+        kept: The failures that came while the producer was stopping.
+    """
+
+    __slots__ = ("delivered", "failures", "items", "kept", "reports", "seen")
+
+    def __init__(self, reports: DeliveryReports) -> None:
+        self.reports = reports
+        self.items: list[Pending] = []
+        self.delivered = 0
+        self.failures: list[DeliveryError] = []
+        self.seen = 0
+        self.kept: list[DeliveryError] = []
+
+    def __call__(self, err: object, msg: Any) -> None:
+        if err is None:
+            self.delivered += 1
+            self.reports.delivered += 1
+        else:
+            error = failure_from_report(err, msg, None)
+            self.failures.append(error)
+            self.reports.failures.append(Failure(error, None))
+
+    def confirmable(self) -> list[int]:
+        """The seqs to confirm in the spool, once the run is settled (Trio thread)."""
+        if not self.kept:
+            return [item["seq"] for item in self.items]
+        kept = {(error.message.key, error.message.value) for error in self.kept}
+        return [item["seq"] for item in self.items if (item.get("key"), item["value"]) not in kept]
 
 
 class TrackedReport:
@@ -329,17 +383,21 @@ class KafkaClient:
                 i += 1
                 continue
             topic = first["topic"]
+            spooled = "seq" in first
             j = i + 1
             while j < n:
                 item = items[j]
-                if item["topic"] != topic or (len(item) != 2 and not _batchable(item, reports)):
+                if (
+                    item["topic"] != topic
+                    or (len(item) != 2 and not _batchable(item, reports))
+                    or ("seq" in item) is not spooled
+                ):
                     break
                 j += 1
             run = items if i == 0 and j == n else items[i:j]
+            group: DeliveryReports | SpooledRun = SpooledRun(reports) if spooled else reports
             try:
-                queued = produce_batch(
-                    topic, cast("list[dict[str, Any]]", run), on_delivery=reports
-                )
+                queued = produce_batch(topic, cast("list[dict[str, Any]]", run), on_delivery=group)
             except (KafkaException, TypeError, ValueError) as exc:
                 # The whole call was refused (e.g. a bad topic for librdkafka): fail the
                 # run message by message so that each is handed back.
@@ -349,24 +407,40 @@ class KafkaClient:
                 i = j
                 continue
             if queued == len(run):
+                if isinstance(group, SpooledRun):
+                    group.items = run
+                    reports.runs.append(group)
                 i = j
                 continue
+            queued_items: list[Pending] = []
+            stop = len(run)
             for k, item in enumerate(run):
                 err = cast("dict[str, Any]", item).pop("_error", None)
                 if err is None:
+                    if spooled:
+                        queued_items.append(item)
                     continue
                 if err.code() == _QUEUE_FULL:
                     # librdkafka queued nothing from here on: try the rest again later.
                     for later in run[k + 1 :]:
                         cast("dict[str, Any]", later).pop("_error", None)
-                    return i + k
+                    stop = k
+                    break
                 reports.fail_now(item, error_info(err))
+            if queued_items:
+                assert isinstance(group, SpooledRun)
+                group.items = queued_items
+                reports.runs.append(group)
+            if stop < len(run):
+                return i + stop
             i = j
         return i
 
     def _produce_one(self, item: Pending, reports: DeliveryReports) -> bool:
         """``produce()`` one message; False when librdkafka's queue is full."""
         callback = item.get("callback")
+        if callback is None and "seq" in item:  # (spooled messages take the batch call)
+            callback = TrackedReport(None, None, item["seq"])
         if isinstance(callback, TrackedReport):
             callback.reports = reports
         try:
@@ -458,13 +532,16 @@ class KafkaClient:
 
 def _batchable(item: Pending, reports: DeliveryReports) -> bool:
     """Whether librdkafka's batch call can carry ``item``: topic, value, and maybe a key
-    and its own report callback (then told which group it reports to)."""
+    and either its spool seq or its own report callback (then told which group it
+    reports to)."""
     size = len(item)
     if size == 3:
-        if "key" in item:
+        if "key" in item or "seq" in item:
             return True
         callback = item.get("callback")
     elif size == 4 and "key" in item:
+        if "seq" in item:
+            return True
         callback = item.get("callback")
     else:
         return False

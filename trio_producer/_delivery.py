@@ -268,16 +268,32 @@ class DeliveryTracker:
                 if owner is not None and owner.has_waiter:
                     continue  # its send_and_wait caller owns it (see Producer.send_and_wait)
                 self._route_failure(failure.error)
+            if epoch.runs:
+                self._settle_runs(epoch, confirmed)
             if confirmed and self.on_confirmed is not None:
                 self.on_confirmed(confirmed)
         self._retire()
         self._progress.unpark_all()
 
+    def _settle_runs(self, epoch: Epoch, confirmed: list[int]) -> None:
+        """Confirm the runs of spooled messages whose every report came (Trio thread)."""
+        open_runs = []
+        for run in epoch.runs:
+            failed = len(run.failures)  # (the poll thread may append meanwhile)
+            if self.stopping and run.seen < failed:
+                run.kept.extend(run.failures[run.seen : failed])
+            run.seen = failed
+            if run.delivered + failed >= len(run.items):
+                confirmed.extend(run.confirmable())
+            else:
+                open_runs.append(run)
+        epoch.runs = open_runs
+
     def _retire(self) -> None:
         epochs = self.epochs
         while len(epochs) > 1 and epochs[0].produced == epochs[0].settled:
             epoch = epochs[0]
-            if epoch.routed < len(epoch.failures) or epoch.completed:
+            if epoch.routed < len(epoch.failures) or epoch.completed or epoch.runs:
                 break  # process() has not handed these over yet
             epochs.popleft()
             epoch.settled_at_stop = self.stopping

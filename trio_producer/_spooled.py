@@ -8,8 +8,12 @@ confirms the message in the spool; what was not confirmed is sent again, first, 
 next producer that opens the directory. Without a spool none of this code runs: the
 in-memory paths keep their speed.
 
-Spooled messages carry their stable id in a header (``spool_id_header``), so they go to
-librdkafka one by one through ``produce()`` (its batch call cannot carry headers).
+Plain spooled messages (a topic, a value, maybe a key) carry their spool seq and go to
+librdkafka's batch call in runs, each run with one shared report callback
+(``_client.SpooledRun``) that confirms them. With a stable id header
+(``spool_id_header``), headers, a partition, a timestamp or a ``send_and_wait`` waiter, a
+message has its own tracker instead (``TrackedReport``) and, with headers, goes through
+``produce()`` one by one (the batch call cannot carry them).
 """
 
 from __future__ import annotations
@@ -55,6 +59,13 @@ _END = object()
 def _as_is(topic: str, pair: object) -> tuple[Pending, int]:
     """``BatchChannel.extend_nowait``'s converter for a chunk built already."""
     return pair  # type: ignore[return-value]
+
+
+def _plain(item: Pending) -> bool:
+    """A topic, a value and maybe a key: what librdkafka's batch call carries, so its
+    seq is confirmed by the run's shared report callback (``_client.SpooledRun``)."""
+    size = len(item)
+    return size == 2 or (size == 3 and "key" in item)
 
 
 def encoded_size(item: Pending) -> int:
@@ -115,7 +126,10 @@ class SpoolKeeper:
         if self.id_header is not None:
             headers = [*(headers or ()), (self.id_header, spool.id_of(seq))]
             item["headers"] = headers
-        item["callback"] = TrackedReport(headers, waiter, seq)
+        if waiter is None and _plain(item):
+            item["seq"] = seq  # confirmed by its run's shared report callback
+        else:
+            item["callback"] = TrackedReport(headers, waiter, seq)
         if not seq & 255 and spool.maintenance_due:  # a rotation: prepare the next spare
             self._wake.unpark_all()
         return seq
@@ -269,7 +283,11 @@ def pending_from_record(record: SpoolRecord, id_header: str | None) -> Pending:
         headers.append((id_header, record.id))
     if headers:
         item["headers"] = headers
-    item["callback"] = TrackedReport(headers or None, None, record.seq)
+        item["callback"] = TrackedReport(headers, None, record.seq)
+    elif _plain(item):
+        item["seq"] = record.seq
+    else:
+        item["callback"] = TrackedReport(None, None, record.seq)
     return item
 
 
@@ -583,7 +601,7 @@ class SpooledProducer(Producer):
         items: list[Pending]
         if keys is None and id_header is None:
             items = [
-                {"topic": topic, "value": value, "callback": TrackedReport(None, None, seq)}
+                {"topic": topic, "value": value, "seq": seq}
                 for value, seq in zip(values, seqs, strict=True)
             ]
         else:
@@ -594,10 +612,11 @@ class SpooledProducer(Producer):
                 key = keys[i] if keys is not None else None
                 if key is not None:
                     item["key"] = key
-                headers = None
                 if id_header is not None:
                     headers = item["headers"] = [(id_header, id_of(seq))]
-                item["callback"] = TrackedReport(headers, None, seq)
+                    item["callback"] = TrackedReport(headers, None, seq)
+                else:
+                    item["seq"] = seq
                 items.append(item)
         taken = self._channel.extend_nowait(topic, zip(items, sizes, strict=True), _as_is)
         if taken < len(items) and self._backlog_from is None:
