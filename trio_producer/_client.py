@@ -387,11 +387,12 @@ class KafkaClient:
             j = i + 1
             while j < n:
                 item = items[j]
-                if (
-                    item["topic"] != topic
-                    or (len(item) != 2 and not _batchable(item, reports))
-                    or ("seq" in item) is not spooled
-                ):
+                if item["topic"] != topic:
+                    break
+                if len(item) == 2:  # a plain in-memory message
+                    if spooled:
+                        break
+                elif not _batchable(item, reports) or ("seq" in item) is not spooled:
                     break
                 j += 1
             run = items if i == 0 and j == n else items[i:j]
