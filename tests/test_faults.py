@@ -137,6 +137,7 @@ def test_signal_mid_stream_drains_every_accepted_message(
 # ---- 3. network cut and latency -----------------------------------------------------------
 
 
+@pytest.mark.slow  # (over 5 s: in CI's -m slow run, out of the README's command)
 async def test_network_cut_of_three_seconds_loses_and_duplicates_nothing() -> None:
     topic = "cut"
     async with proxied_broker([topic], partitions=3) as (bootstrap, proxy, nursery):
@@ -219,6 +220,7 @@ async def test_latency_applies_backpressure_and_memory_stays_bounded() -> None:
 # ---- 4. broker late, broker never ---------------------------------------------------------
 
 
+@pytest.mark.slow  # (over 5 s: in CI's -m slow run, out of the README's command)
 async def test_broker_that_starts_two_seconds_late_gets_everything() -> None:
     port = free_port()
     bootstrap = f"127.0.0.1:{port}"

@@ -920,6 +920,7 @@ def child_campaign(n: int, kafka_bootstrap: str, blackhole: str, tmp: Path) -> N
     pytest.fail("\n".join(report), pytrace=False)
 
 
+@pytest.mark.slow  # (over 5 s: in CI's -m slow run, out of the README's command)
 @pytest.mark.timeout(300)
 def test_real_sigint_in_a_child(
     kafka_bootstrap: str, blackhole_address: str, tmp_path: Path

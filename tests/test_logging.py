@@ -97,6 +97,7 @@ def test_connectivity_collapses_repeated_failures(caplog: pytest.LogCaptureFixtu
     assert len(loud) == 4
 
 
+@pytest.mark.slow  # (over 5 s: in CI's -m slow run, out of the README's command)
 @pytest.mark.broker
 async def test_an_unreachable_cluster_is_one_warning_within_seconds(
     caplog: pytest.LogCaptureFixture,
@@ -175,6 +176,7 @@ def test_no_stderr_noise_without_logging_configured() -> None:
     assert proc.stdout.strip() in {"DeliveryError", "UndeliveredMessagesError"}
 
 
+@pytest.mark.slow  # (over 5 s: in CI's -m slow run, out of the README's command)
 @pytest.mark.broker
 def test_the_quickstart_without_a_broker_says_so_and_ends() -> None:
     example = Path(__file__).resolve().parent.parent / "docs" / "examples" / "quickstart.py"

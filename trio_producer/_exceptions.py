@@ -113,8 +113,12 @@ class UndeliveredMessagesError(TrioProducerError):
     ) -> None:
         self.failures: tuple[DeliveryError, ...] = tuple(failures)
         self.reason = reason
-        #: With a durable spool: the directory that still holds these messages (the next
-        #: producer that opens it sends them first -- do not send them again yourself).
+        #: With a durable spool: the directory that still holds the purged and never-sent
+        #: ones among these messages (errors ``_PURGE_QUEUE``, ``_PURGE_INFLIGHT``,
+        #: ``_NOT_PRODUCED``): the next producer that opens it sends them first, so do not
+        #: send those again yourself. Messages that failed for another reason (e.g.
+        #: ``_MSG_TIMED_OUT`` before the stop, a broker's refusal) left the spool when they
+        #: were handed back: they are yours to persist or resend.
         self.spool_path = spool_path
         super().__init__(str(self))
 
