@@ -37,6 +37,8 @@ OTHERS = [
     "trio_many_spool",
     "trio_send_spool_always",
     "trio_spool_recovery",
+    "trio_nowait_errors",
+    "trio_many_errors",
 ]
 #: Clients that --baseline runs again from another checkout, for a before/after table.
 BASELINE = [
@@ -208,6 +210,13 @@ def main() -> None:
         "raw_dr_produce_and_flush_seconds": round(raw_dr_total, 4),
         "accept_and_drain_vs_raw_dr": round(drain_total / raw_dr_total, 2),
         "idle_cpu_percent": round(median(results["trio_idle"], "idle_cpu_percent"), 3),
+        "errors_only": {
+            "nowait_msgs_per_s": round(median(results["trio_nowait_errors"], "rate")),
+            "nowait_vs_raw": round(median(results["trio_nowait_errors"], "rate") / raw, 2),
+            "many_msgs_per_s": round(median(results["trio_many_errors"], "rate")),
+            "many_vs_raw": round(median(results["trio_many_errors"], "rate") / raw, 2),
+            "many_vs_raw_dr": round(median(results["trio_many_errors"], "rate") / by["raw_dr"], 2),
+        },
         "spool": {
             "send_msgs_per_s": round(median(results["trio_send_spool"], "rate")),
             "send_vs_in_memory": round(
@@ -285,6 +294,13 @@ def main() -> None:
     ]
     for what, value, target, ok in checks:
         print(f"- {what}: {value} (target {target}) {'ok' if ok else 'MISSED'}")
+    errors_only = summary["errors_only"]
+    assert isinstance(errors_only, dict)
+    print(
+        f"- delivery_reports='errors': send_nowait loop {errors_only['nowait_vs_raw']} x raw, "
+        f"send_many {errors_only['many_vs_raw']} x raw = {errors_only['many_vs_raw_dr']} x "
+        "raw with delivery callbacks"
+    )
     print(
         f"- send_and_wait latency: p50 {summary['send_and_wait_p50_ms']} ms, "
         f"p99 {summary['send_and_wait_p99_ms']} ms"

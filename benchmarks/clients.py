@@ -278,6 +278,51 @@ def trio_many(bootstrap: str, topic: str, count: int, size: int) -> dict[str, An
     return result(count, trio.run(main))
 
 
+def trio_nowait_errors(bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any]:
+    """`trio_nowait` with `delivery_reports="errors"` (no callback per delivered message)."""
+    import trio
+
+    from trio_producer import open_producer
+
+    value = b"x" * size
+
+    async def main() -> float:
+        start = time.perf_counter()
+        async with open_producer(
+            bootstrap_servers=bootstrap, librdkafka=PROPS, delivery_reports="errors"
+        ) as producer:
+            send_nowait = producer.send_nowait
+            for _ in range(count):
+                try:
+                    send_nowait(topic, value)
+                except trio.WouldBlock:
+                    await producer.send(topic, value)
+        return time.perf_counter() - start
+
+    return result(count, trio.run(main))
+
+
+def trio_many_errors(bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any]:
+    """`trio_many` with `delivery_reports="errors"` (no callback per delivered message)."""
+    import itertools
+
+    import trio
+
+    from trio_producer import open_producer
+
+    value = b"x" * size
+
+    async def main() -> float:
+        start = time.perf_counter()
+        async with open_producer(
+            bootstrap_servers=bootstrap, librdkafka=PROPS, delivery_reports="errors"
+        ) as producer:
+            await producer.send_many(topic, itertools.repeat(value, count))
+        return time.perf_counter() - start
+
+    return result(count, trio.run(main))
+
+
 def trio_send_and_wait(bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any]:
     """Latency: sequential `send_and_wait`, linger 0 (no batching to wait for)."""
     import trio

@@ -330,6 +330,18 @@ class KafkaClient:
             ) from None
         self._closed = False
         self._transactional = bool(props.get("transactional.id"))
+        #: librdkafka reports failures only (``delivery.report.only.error``).
+        self.errors_only = props.get("delivery.report.only.error") is True
+        self._left_at_close = 0
+
+    def outstanding(self) -> int:
+        """Messages librdkafka holds: queued, in flight, or with a report not yet served.
+
+        Thread-safe. After :meth:`close`, what was left at the close.
+        """
+        if self._closed:
+            return self._left_at_close
+        return len(self._producer)
 
     def poll(self, timeout: float) -> int:
         """Serve delivery reports, errors and logs (blocks up to ``timeout``; in a thread).
@@ -518,6 +530,7 @@ class KafkaClient:
         """Release librdkafka (nothing is left to flush when this is called)."""
         if self._closed:
             return
+        self._left_at_close = len(self._producer)
         self._closed = True
         close = getattr(self._producer, "close", None)
         if close is not None:

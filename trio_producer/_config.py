@@ -6,7 +6,7 @@ import math
 import os
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Required, TypeAlias, TypedDict
+from typing import Any, Literal, Required, TypeAlias, TypedDict
 
 import attrs
 
@@ -18,7 +18,7 @@ LibrdkafkaValue: TypeAlias = str | int | float | bool
 _RESERVED = {
     "bootstrap.servers": "use the bootstrap_servers field",
     "on_delivery": "delivery reports are routed by the producer; use on_delivery_error",
-    "delivery.report.only.error": "the producer needs every delivery report",
+    "delivery.report.only.error": "use the delivery_reports field",
     "dr_cb": "delivery reports are routed by the producer; use on_delivery_error",
     "dr_msg_cb": "delivery reports are routed by the producer; use on_delivery_error",
     "error_cb": "errors are routed by the producer",
@@ -137,6 +137,11 @@ def _check_id_header(_inst: object, _attr: Any, value: Any) -> None:
         raise ConfigError(f"spool_id_header must be a non-empty str or None, not {value!r}")
 
 
+def _check_delivery_reports(_inst: object, _attr: object, value: object) -> None:
+    if value not in ("all", "errors"):
+        raise ConfigError(f"delivery_reports must be 'all' or 'errors', not {value!r}")
+
+
 def _freeze_props(value: object) -> Mapping[str, LibrdkafkaValue]:
     if not isinstance(value, Mapping):
         raise ConfigError(
@@ -204,6 +209,14 @@ class ProducerConfig:
             message's sequence number), so that consumers can drop the duplicates a
             crash can cause; ``None`` (the default) for none. Messages with headers
             take librdkafka's slower one-by-one path.
+        delivery_reports: ``"all"`` (the default): a delivery report for every
+            message, which counts each delivery and gives :meth:`~Producer.send_and_wait`
+            its result. ``"errors"``: librdkafka reports only failures (its
+            ``delivery.report.only.error``), which saves a callback per delivered
+            message (faster bulk sending); every failure is still handed back. Then
+            :meth:`~Producer.send_and_wait` is refused, :meth:`~Producer.flush` holds
+            new messages back until everything before it is settled, and a spool or
+            transactions cannot be used. See the Performance page.
         librdkafka: Any other librdkafka property (``acks``, ``compression.type``,
             ``security.protocol``, ``sasl.*``, ...). Unknown names fail at open with
             librdkafka's own message. Defaults: ``enable.idempotence=true``,
@@ -248,11 +261,25 @@ class ProducerConfig:
     spool_id_header: str | None = attrs.field(
         kw_only=True, default=None, validator=_check_id_header
     )
+    delivery_reports: Literal["all", "errors"] = attrs.field(
+        kw_only=True, default="all", validator=_check_delivery_reports
+    )
     librdkafka: Mapping[str, LibrdkafkaValue] = attrs.field(
         kw_only=True, factory=dict, converter=_freeze_props, repr=_redacted, eq=False
     )
 
     def __attrs_post_init__(self) -> None:
+        if self.delivery_reports == "errors":
+            if self.spool_path is not None:
+                raise ConfigError(
+                    "delivery_reports='errors' cannot be combined with spool_path: the spool "
+                    "must be told of every delivery to remove the message from disk"
+                )
+            if self.librdkafka.get("transactional.id"):
+                raise ConfigError(
+                    "delivery_reports='errors' cannot be combined with transactions "
+                    "(transactional.id): a commit must account for every message"
+                )
         if self.delivery_timeout is not None:
             both = [name for name in _DELIVERY_TIMEOUT_PROPS if name in self.librdkafka]
             if both:
@@ -265,6 +292,8 @@ class ProducerConfig:
         props: dict[str, LibrdkafkaValue] = dict(_DEFAULTS)
         props.update(self.librdkafka)
         props["bootstrap.servers"] = self.bootstrap_servers
+        if self.delivery_reports == "errors":
+            props["delivery.report.only.error"] = True
         timeout = self.delivery_timeout
         if timeout is not None:
             props["message.timeout.ms"] = (
@@ -294,6 +323,7 @@ class ProducerFields(TypedDict, total=False):
     spool_sync: str
     spool_sync_interval: float
     spool_id_header: str | None
+    delivery_reports: Literal["all", "errors"]
     librdkafka: Mapping[str, LibrdkafkaValue]
 
 

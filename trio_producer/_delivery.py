@@ -95,6 +95,12 @@ class DeliveryTracker:
         #: poll (open_producer sets its own).
         self.hooks = Hooks("the bootstrap servers")
         self.epochs: deque[Epoch] = deque([Epoch()])
+        #: librdkafka reports failures only: a delivery is known from its absence, once
+        #: librdkafka holds nothing any more (see process and wait_for_earlier).
+        self.errors_only = client.errors_only
+        #: flush() calls holding new messages back (errors-only reports).
+        self._holding = 0
+        self._retired_produced = 0
         self._retired_delivered = 0
         self._retired_failed = 0
         self._activity = trio.lowlevel.ParkingLot()
@@ -111,10 +117,15 @@ class DeliveryTracker:
 
     @property
     def in_flight(self) -> int:
+        if self.errors_only:
+            return self.client.outstanding()
         return sum(e.produced - e.settled for e in self.epochs)
 
     @property
     def delivered(self) -> int:
+        if self.errors_only:  # what librdkafka no longer holds and did not report failed
+            produced = self._retired_produced + sum(e.produced for e in self.epochs)
+            return max(0, produced - self.failed - self.client.outstanding())
         return self._retired_delivered + sum(e.delivered for e in self.epochs)
 
     @property
@@ -124,6 +135,8 @@ class DeliveryTracker:
     # ---- the sink -----------------------------------------------------------------------
 
     def produce(self, batch: list[Pending], start: int) -> int:
+        if self._holding:  # a flush() waits for what came before (errors-only reports)
+            return start
         epoch = self.epochs[-1]
         pos = self.client.produce(batch, start, epoch)
         epoch.produced += pos - start
@@ -154,7 +167,18 @@ class DeliveryTracker:
             if closing.done is None:
                 closing.done = trio.Event()
             self._activity.unpark_all()
-            await closing.done.wait()
+            if not self.errors_only:
+                await closing.done.wait()
+            else:
+                # Without success reports, the epoch is settled only once librdkafka
+                # holds nothing: new messages wait in the batch until then.
+                self._holding += 1
+                try:
+                    await closing.done.wait()
+                finally:
+                    self._holding -= 1
+                    if not self._holding:
+                        self._progress.unpark_all()  # the worker goes on
         if closing.settled_at_stop and (closing.failures or closing.produced > closing.settled):
             raise ProducerClosedError(
                 "the producer closed before every message sent before flush() was "
@@ -246,6 +270,11 @@ class DeliveryTracker:
                     # Connection errors collapse into one WARNING when the cluster is
                     # unreachable, and one INFO when it is back (see _logging.Connectivity).
                     self.hooks.connectivity.error(error)
+        if self.errors_only and not self.client.outstanding():
+            # librdkafka holds nothing: every message produced so far was delivered,
+            # or its failure was served (in the failures lists).
+            for epoch in self.epochs:
+                epoch.delivered = epoch.produced - len(epoch.failures)
         self.hooks.after_poll(self)
         for epoch in self.epochs:
             if epoch.completed:
@@ -297,6 +326,7 @@ class DeliveryTracker:
                 break  # process() has not handed these over yet
             epochs.popleft()
             epoch.settled_at_stop = self.stopping
+            self._retired_produced += epoch.produced
             self._retired_delivered += epoch.delivered
             self._retired_failed += len(epoch.failures)
             if epoch.done is not None:

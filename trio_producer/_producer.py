@@ -275,7 +275,17 @@ class Producer(Generic[K, V]):
         If cancelled (or interrupted) after the message was accepted, the message is
         still delivered, or handed back like a fire-and-forget one: to
         ``on_delivery_error``, or in the exception leaving ``open_producer``.
+
+        Refused (``ConfigError``, nothing accepted) by a producer opened with
+        ``delivery_reports="errors"``: librdkafka then says nothing of a delivery.
         """
+        if self._tracker.errors_only:
+            await trio.lowlevel.checkpoint()
+            raise ConfigError(
+                "send_and_wait needs the delivery report of its message, and this producer "
+                "was opened with delivery_reports='errors' (librdkafka reports failures "
+                "only): use send(), or open it with delivery_reports='all'"
+            )
         event = trio.Event()
         item, size = make_item(topic, value, key, headers, partition, timestamp, event)
         tracked = item["callback"]
@@ -314,7 +324,9 @@ class Producer(Generic[K, V]):
 
         Hands the pending batch to librdkafka at once (trigger ``"flush"``). Failed
         deliveries are routed as usual (``on_delivery_error`` or the producer fails).
-        Always a checkpoint, even when nothing is pending.
+        Always a checkpoint, even when nothing is pending. With
+        ``delivery_reports="errors"`` it waits until librdkafka holds nothing, holding
+        newer messages back in the queue meanwhile.
 
         Raises:
             ProducerClosedError: The producer is closed, or it closed before every
