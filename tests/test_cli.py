@@ -58,6 +58,17 @@ def test_stdin_lines_with_keys_and_headers_arrive(kafka_bootstrap: str, kafka_to
     ]
 
 
+def test_delivery_reports_errors_only(kafka_bootstrap: str, kafka_topic: str) -> None:
+    lines = b"".join(b"line-%d\n" % i for i in range(2000))
+    proc = run(
+        ["produce", "-b", kafka_bootstrap, "-t", kafka_topic, "--delivery-reports", "errors"], lines
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert last_line(proc.stderr) == "sent=2000 delivered=2000 rejected=0 failed=0 undelivered=0"
+    records = consume_all(kafka_bootstrap, kafka_topic, expected=2000)
+    assert [r.value for r in records] == [b"line-%d" % i for i in range(2000)]
+
+
 def test_json_lines_mode(kafka_bootstrap: str, kafka_topic: str, tmp_path: Path) -> None:
     source = tmp_path / "in.jsonl"
     source.write_text(
@@ -489,6 +500,21 @@ def test_unreachable_broker_exits_nonzero_and_keeps_the_lines(tmp_path: Path) ->
             ["produce", "-b", "127.0.0.1:1", "-t", "t", "-c", "10"],
             "trio-producer: error: kcat's -c is not supported: to send the first N lines: "
             "head -n N | trio-producer produce",
+        ),
+        (
+            [
+                "produce",
+                "-b",
+                "127.0.0.1:1",
+                "-t",
+                "t",
+                "--delivery-reports",
+                "errors",
+                "--spool",
+                "d",
+            ],
+            "trio-producer: error: delivery_reports='errors' cannot be combined with "
+            "spool_path: the spool must be told of every delivery to remove the message from disk",
         ),
         (
             ["produce", "-b", "127.0.0.1:1", "-t", "t", "-z", "brotli"],

@@ -11,7 +11,7 @@ import tempfile
 import time
 from contextlib import AsyncExitStack, ExitStack
 from functools import partial
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import attrs
 import trio
@@ -780,6 +780,13 @@ def _build() -> click_types.Group:
         "sent; what was not delivered stays there for the next run (sent first).",
     )
     @click.option(
+        "--delivery-reports",
+        type=click.Choice(["all", "errors"]),
+        default="all",
+        show_default=True,
+        help="'errors': librdkafka reports failures only (faster; not with --spool).",
+    )
+    @click.option(
         "--connect-timeout",
         type=click.FloatRange(min=0, min_open=True),
         help="Give up (exit 1) once the cluster has been unreachable this many seconds.",
@@ -810,6 +817,7 @@ def _build() -> click_types.Group:
         undelivered_path: str | None,
         progress: bool | None,
         spool_path: str | None,
+        delivery_reports: Literal["all", "errors"],
         connect_timeout: float | None,
     ) -> None:
         """Produce one message per line of stdin (or of each --file or -l FILE in turn).
@@ -876,6 +884,7 @@ def _build() -> click_types.Group:
             close_timeout=close_timeout,
             librdkafka=librdkafka,
             spool_path=spool_path,
+            delivery_reports=delivery_reports,
         )
         streams = _open_inputs(paths)
         if progress is None:  # not over what the user types on a terminal
