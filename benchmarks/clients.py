@@ -652,6 +652,8 @@ CLIENTS: dict[str, Callable[[str, str, int, int], dict[str, Any]]] = {
     "aiokafka": aiokafka,
     "trio_send": trio_send,
     "trio_nowait": trio_nowait,
+    "trio_nowait_errors": trio_nowait_errors,
+    "trio_many_errors": trio_many_errors,
     "trio_send_and_wait": trio_send_and_wait,
     "trio_drain": trio_drain,
     "raw_flush": raw_flush,
