@@ -22,6 +22,9 @@ import time
 import uuid
 from pathlib import Path
 
+# (run as a script with the project installed: its free_port, not a copy)
+from trio_producer.testing import free_port
+
 HERE = Path(__file__).resolve().parent
 POM = HERE / "apache-kafka" / "pom.xml"
 KAFKA_VERSION = "4.1.1"
@@ -37,15 +40,6 @@ STORE_PASSWORD = "test-store-pass"
 
 def log(message: str) -> None:
     print(f"[apache-kafka] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def resolve_jars() -> Path:

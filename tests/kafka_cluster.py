@@ -42,13 +42,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trio_producer.testing import free_port
+
 try:  # imported as tests.kafka_cluster
-    from .apache_kafka import KAFKA_VERSION, cluster_id, free_port, resolve_jars
+    from .apache_kafka import KAFKA_VERSION, cluster_id, resolve_jars
 except ImportError:  # run as a script: tests/ is on sys.path
     from apache_kafka import (  # type: ignore[no-redef,import-not-found,unused-ignore]
         KAFKA_VERSION,
         cluster_id,
-        free_port,
         resolve_jars,
     )
 

@@ -8,9 +8,7 @@ from hypothesis import strategies as st
 
 from trio_producer._batch import Batch, Pending
 
-
-def item(i: int) -> Pending:
-    return {"topic": "t", "value": str(i).encode()}
+from .helpers import item
 
 
 def lingering(max_messages: int, max_bytes: int, capacity: int) -> Batch:

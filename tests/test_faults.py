@@ -10,7 +10,6 @@ from __future__ import annotations
 import gc
 import os
 import random
-import resource
 import signal
 import sys
 import threading
@@ -33,6 +32,7 @@ from trio_producer import (
 from trio_producer.testing import EmbeddedBroker, consume_all, create_topics, free_port
 
 from .faultproxy import proxied_broker
+from .helpers import rss_mb
 
 pytestmark = [pytest.mark.broker, pytest.mark.faults]
 
@@ -185,7 +185,7 @@ async def test_latency_applies_backpressure_and_memory_stays_bounded() -> None:
         proxy.latency = 0.05
         count = 20_000
         max_queued = max_in_flight = 0
-        rss_before = rss_peak = _rss_mb()  # current RSS (ru_maxrss never goes down)
+        rss_before = rss_peak = rss_mb()  # current RSS (ru_maxrss never goes down)
         async with open_producer(
             bootstrap_servers=bootstrap,
             queue_capacity=500,
@@ -198,7 +198,7 @@ async def test_latency_applies_backpressure_and_memory_stays_bounded() -> None:
                     stats = producer.statistics()
                     max_queued = max(max_queued, stats.queued)
                     max_in_flight = max(max_in_flight, stats.in_flight)
-                    rss_peak = max(rss_peak, _rss_mb())
+                    rss_peak = max(rss_peak, rss_mb())
             send_seconds = time.monotonic() - start
         rss_growth_mb = rss_peak - rss_before
     assert producer.statistics().delivered == count
@@ -350,8 +350,8 @@ async def test_soak_one_million_messages(kafka_bootstrap: str, kafka_topic: str)
         for i in range(count):
             await producer.send(kafka_topic, value)
             if i % 100_000 == 0:
-                rss[i] = _rss_mb()
-    rss[count] = _rss_mb()
+                rss[i] = rss_mb()
+    rss[count] = rss_mb()
     assert producer.statistics().delivered == count
     assert _count_tasks(root) == tasks_before
     # Trio keeps idle worker threads cached for ~10 s; librdkafka's threads end with the client.
@@ -369,11 +369,6 @@ async def test_soak_one_million_messages(kafka_bootstrap: str, kafka_topic: str)
         rss_growth_mb=round(growth, 1),
         threads_left=threading.active_count() - threads_before,
     )
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
 def _count_tasks(task: trio.lowlevel.Task) -> int:

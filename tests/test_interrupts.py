@@ -35,7 +35,7 @@ the end of ``trio.run`` (``DRAIN_KI_BOUND`` after a KI past the body, else
 ``close_timeout`` + 2 s), a watchdog (a trial still running ``close_timeout`` +
 ``HANG_GRACE`` s after its start is a hang: every scope under the main task is then
 unshielded and cancelled so that the next trial can run), and the ledger rule of
-``tests/interrupt_ledger.py`` against what is read back from the topic.
+``tests/accounting.py`` against what is read back from the topic.
 
 Density: ``TRIO_PRODUCER_INTERRUPT_POINTS`` points per (scenario, variant), half in the
 body and half after it (defaults per scenario: 24, 10 for the idempotent drain, 4 for
@@ -80,7 +80,7 @@ import trio_producer
 from trio_producer import Producer, UndeliveredMessagesError, open_producer
 from trio_producer.testing import consume_all, create_topics
 
-from .interrupt_ledger import Ledger, payload_prefix
+from .accounting import Ledger, payload_prefix
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
@@ -372,11 +372,9 @@ def run_trial(trial: Trial) -> Trial:
         signal.signal(signal.SIGINT, old_sigint)
         sys.unraisablehook = old_hook
     ledger = trial.ledger
-    if trial.producer is not None:
-        ledger.hand_back(trial.producer)
-    for raised in (trial.block_exc, trial.exc):  # the same DeliveryError counts once
-        if raised is not None:
-            ledger.hand_back(raised)
+    # each object once: the block's exception is often also what left trio.run
+    for source in (trial.producer, trial.block_exc, trial.exc):
+        ledger.collect(source)
     return trial
 
 
@@ -638,7 +636,10 @@ def campaign(
         for r in records:
             by_prefix.setdefault(payload_prefix(r.value), []).append(r.value)
         for t in trials:
-            t.ledger.record_read_back(by_prefix.get(t.ledger.prefix, []))
+            t.ledger.record_topic(by_prefix.get(t.ledger.prefix, []), shared=True)
+    else:
+        for t in trials:
+            t.ledger.record_topic([])  # a black hole keeps nothing
 
     verdicts: Counter[str] = Counter()
     phases: Counter[str] = Counter()
@@ -826,7 +827,8 @@ def judge_child(run: ChildRun) -> list[str]:
         return [f"no report (exit code {run.returncode})"]
     kinds: list[str] = []
     landed = [s for s in run.signals if r["t_block_exit"] is not None and s < r["t_block_exit"]]
-    baseline = "UndeliveredMessagesError" if run.blackhole and r["accepted"] else "normal exit"
+    accepted_any = bool(r["books"]["accepted"])
+    baseline = "UndeliveredMessagesError" if run.blackhole and accepted_any else "normal exit"
     if landed:
         block, ran = r["block_exit_detail"], r["exit_detail"]
         ki_after_block = ran == "KeyboardInterrupt" and block.split(" (")[0] == baseline
@@ -874,13 +876,11 @@ def child_campaign(n: int, kafka_bootstrap: str, blackhole: str, tmp: Path) -> N
     verdicts: Counter[str] = Counter()
     examples: dict[str, ChildRun] = {}
     for run in runs:
-        ledger = Ledger(run.prefix)
         if run.report is not None:
-            ledger.attempted = [p.encode() for p in run.report["attempted"]]
-            ledger.accepted = {p.encode() for p in run.report["accepted"]}
-            ledger.uncertain = {p.encode() for p in run.report["uncertain"]}
-            ledger.handed_back.update(p.encode() for p in run.report["handed_back"])
-        ledger.record_read_back(values)
+            ledger = Ledger.from_books(run.prefix, run.report["books"])
+        else:
+            ledger = Ledger(run.prefix)
+        ledger.record_topic(values, shared=True)
         run.ledger = ledger
         kinds = judge_child(run)
         verdicts.update(kinds or ["ok"])

@@ -56,14 +56,6 @@ def unique(name: str) -> str:
     return f"{name}-{os.getpid()}-{next(_names)}"
 
 
-async def send_counted(ledger: Ledger, producer: Producer, topic: str, **kwargs: Any) -> bytes:
-    """``send`` one fresh payload; record it as accepted only if ``send`` returned."""
-    payload = ledger.new()
-    await producer.send(topic, payload, **kwargs)
-    ledger.accepted(payload)
-    return payload
-
-
 async def reopen_and_read(ledger: Ledger, bootstrap: str, proxy: FaultProxy, topic: str) -> None:
     """Read a proxied topic back: cut first, so data the black hole held is dropped."""
     proxy.cut()
@@ -116,21 +108,13 @@ async def test_cancelled_send_and_wait_never_loses_a_failed_delivery(
     outcomes = {"raised DeliveryError": 0, "cancelled": 0, "returned": 0}
 
     async def one(producer: Producer, delay: float) -> None:
-        payload = ledger.new()
-        with trio.move_on_after(delay):
-            try:
-                await producer.send_and_wait(kafka_topic, payload, **kwargs)
-            except DeliveryError as exc:
-                ledger.accepted(payload)
-                ledger.hand_back(exc, "its send_and_wait")
-                outcomes["raised DeliveryError"] += 1
-                return
-            except trio.Cancelled:
-                ledger.uncertain(payload)  # cancelled before or after it was accepted
-                outcomes["cancelled"] += 1
-                raise
-            ledger.accepted(payload)
-            outcomes["returned"] += 1
+        # DeliveryError: accepted and handed back by its send_and_wait (None);
+        # cancelled: uncertain (before or after it was accepted)
+        with trio.move_on_after(delay) as scope:
+            meta = await ledger.send_and_wait(producer, kafka_topic, **kwargs)
+            outcomes["raised DeliveryError" if meta is None else "returned"] += 1
+        if scope.cancelled_caught:
+            outcomes["cancelled"] += 1
 
     producer: Producer | None = None
     exit_exc: BaseException | None = None
@@ -152,7 +136,7 @@ async def test_cancelled_send_and_wait_never_loses_a_failed_delivery(
             exit_exc = exc
     assert producer is not None
     ledger.collect(exit_exc)
-    ledger.collect_undelivered(producer)
+    ledger.collect(producer)
     stats = producer.statistics()
     await ledger.read_topic(kafka_bootstrap, kafka_topic)
     print(f"[figures] {kind}: {outcomes} {ledger.summary()} stats={stats}")
@@ -177,8 +161,8 @@ async def test_unencodable_header_raises_at_the_call_and_the_producer_goes_on(
     bad_headers: Any = {"trace-id": "\ud800"} if shape == "mapping" else [("trace-id", "\ud800")]
     with trio.fail_after(10):
         async with open_producer(bootstrap_servers=kafka_bootstrap, close_timeout=2) as p:
-            await send_counted(ledger, p, kafka_topic, headers={"ok": "fine"})
-            bad = ledger.new()
+            await ledger.send(p, kafka_topic, headers={"ok": "fine"})
+            bad = ledger.new_payload()
             with pytest.raises((TypeError, ValueError)) as info:
                 if method == "send":
                     await p.send(kafka_topic, bad, headers=bad_headers)
@@ -189,10 +173,10 @@ async def test_unencodable_header_raises_at_the_call_and_the_producer_goes_on(
             assert "trace-id" in str(info.value), (
                 f"the error does not name the header: {info.value}"
             )
-            await send_counted(ledger, p, kafka_topic, headers={"ok": "fine"})
+            await ledger.send(p, kafka_topic, headers={"ok": "fine"})
     await ledger.read_topic(kafka_bootstrap, kafka_topic)
     ledger.check()
-    assert list(ledger.in_topic) == sorted(ledger.accepted_set)  # both neighbours, in order
+    assert list(ledger.in_topic) == sorted(ledger.accepted)  # both neighbours, in order
 
 
 # ---- 4. KeyboardInterrupt while leaving the block (and in the body) ----------------------
@@ -297,12 +281,12 @@ async def test_flush_in_another_task_is_released_when_the_producer_closes(where:
                         bootstrap_servers=bootstrap, close_timeout=1, librdkafka=librdkafka
                     ) as p:
                         producer = p
-                        warm = ledger.new()
+                        warm = ledger.new_payload()
                         await p.send_and_wait(topic, warm)
-                        ledger.accepted(warm)
+                        ledger.mark_accepted(warm)
                         proxy.blackhole()
                         for _ in range(20):
-                            await send_counted(ledger, p, topic)
+                            await ledger.send(p, topic)
                         outer.start_soon(flusher, p)
                         await trio.sleep(0.2)
                 except Exception as exc:
@@ -320,7 +304,7 @@ async def test_flush_in_another_task_is_released_when_the_producer_closes(where:
     assert flushed["at"] <= left_at + 0.1
     assert isinstance(exit_exc, UndeliveredMessagesError), f"left with {exit_exc!r}"
     ledger.collect(exit_exc)
-    ledger.collect_undelivered(producer)
+    ledger.collect(producer)
     ledger.check()
 
 
@@ -343,8 +327,8 @@ async def test_failed_delivery_with_a_nursery_in_the_block_leaves_as_that_delive
                     for _ in range(3):
                         nursery.start_soon(trio.sleep, 30)
                     for _ in range(5):
-                        await send_counted(ledger, p, kafka_topic)
-                    bad = await send_counted(ledger, p, kafka_topic, partition=5)
+                        await ledger.send(p, kafka_topic)
+                    bad = await ledger.send(p, kafka_topic, partition=5)
                     await trio.sleep(30)
         except BaseException as exc:
             exit_exc = exc
@@ -352,7 +336,7 @@ async def test_failed_delivery_with_a_nursery_in_the_block_leaves_as_that_delive
     assert exit_exc.error.name == "_UNKNOWN_PARTITION"
     assert exit_exc.message.value == bad
     ledger.collect(exit_exc)
-    ledger.collect_undelivered(producer)
+    ledger.collect(producer)
     await ledger.read_topic(kafka_bootstrap, kafka_topic)
     ledger.check()
     assert sum(ledger.in_topic.values()) == 5
@@ -378,7 +362,7 @@ async def test_cancelled_block_with_a_nursery_inside_still_raises_undelivered() 
                             for _ in range(3):
                                 nursery.start_soon(trio.sleep, 30)
                             for _ in range(20):
-                                await send_counted(ledger, p, topic)
+                                await ledger.send(p, topic)
                             await trio.sleep(30)
             except BaseException as exc:
                 exit_exc = exc
@@ -388,9 +372,9 @@ async def test_cancelled_block_with_a_nursery_inside_still_raises_undelivered() 
         f"move_on_after(0.5) was left with {exit_exc!r}; "
         f"{len(producer.undelivered)} message(s) only in producer.undelivered"
     )
-    assert sorted(m.value or b"" for m in exit_exc.messages) == sorted(ledger.accepted_set)
+    assert sorted(m.value or b"" for m in exit_exc.messages) == sorted(ledger.accepted)
     ledger.collect(exit_exc)
-    ledger.collect_undelivered(producer)
+    ledger.collect(producer)
     ledger.check()
 
 
@@ -429,25 +413,14 @@ async def test_failed_delivery_while_a_send_waits_for_room_raises_that_delivery_
                     librdkafka={"queue.buffering.max.messages": 3},
                 ) as p:
                     producer = p
-                    bad = await send_counted(ledger, p, topic, partition=5)
+                    bad = await ledger.send(p, topic, partition=5)
                     nursery.start_soon(restore_later)
                     if bulk:
-                        consumed: list[bytes] = []
-
-                        def values() -> Any:
-                            for _ in range(100_000):
-                                payload = ledger.new()
-                                consumed.append(payload)
-                                yield payload
-
-                        try:
-                            await p.send_many(topic, values())
-                        finally:
-                            for payload in consumed:  # what it consumed was accepted
-                                ledger.accepted(payload)
+                        # what send_many consumed is accepted: the iterator records it
+                        await ledger.send_many(p, topic, 100_000)
                     else:
                         for _ in range(100_000):
-                            await send_counted(ledger, p, topic)
+                            await ledger.send(p, topic)
                     await trio.sleep(5)
             except BaseException as exc:
                 exit_exc = exc
@@ -456,7 +429,7 @@ async def test_failed_delivery_while_a_send_waits_for_room_raises_that_delivery_
     assert exit_exc.message.value == bad
     assert exit_exc.error.name == "_UNKNOWN_PARTITION"
     ledger.collect(exit_exc)
-    ledger.collect_undelivered(producer)
+    ledger.collect(producer)
     ledger.check()
 
 
@@ -486,16 +459,18 @@ async def test_transaction_cancelled_while_committing_ends_and_the_next_one_work
                 with trio.CancelScope() as scope:
                     async with p.transaction():
                         for _ in range(1_000):
-                            await send_counted(first, p, kafka_topic)
+                            await first.send(p, kafka_topic)
                         # runs once the body is done and the commit step has begun
                         nursery.start_soon(_cancel, scope)
                 took = trio.current_time() - start
             assert scope.cancelled_caught, "the cancellation did not reach the caller"
             assert took < close_timeout + 2
             async with p.transaction():
-                await send_counted(second, p, kafka_topic)
-    await first.read_topic(kafka_bootstrap, kafka_topic, isolation_level="read_committed")
-    await second.read_topic(kafka_bootstrap, kafka_topic, isolation_level="read_committed")
+                await second.send(p, kafka_topic)
+    for ledger in (first, second):  # one topic, two ledgers
+        await ledger.read_topic(
+            kafka_bootstrap, kafka_topic, shared=True, isolation_level="read_committed"
+        )
     assert sum(second.in_topic.values()) == 1
     got = sum(first.in_topic.values())
     assert got in (0, 1_000), f"{got} of 1000 records of the interrupted transaction are visible"
@@ -604,7 +579,7 @@ async def test_on_delivery_error_that_is_async_or_not_callable_is_refused_at_ope
                 bootstrap_servers=kafka_bootstrap, close_timeout=2, on_delivery_error=hook
             ) as p:
                 entered = True
-                await send_counted(ledger, p, kafka_topic)
+                await ledger.send(p, kafka_topic)
     assert not entered
     await ledger.read_topic(kafka_bootstrap, kafka_topic)
     ledger.check()

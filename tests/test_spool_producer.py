@@ -29,6 +29,7 @@ from trio_producer._spool import Spool, SpoolLockedError
 from trio_producer.testing import consume_all
 
 from .faultproxy import proxied_broker
+from .helpers import rss_mb
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -324,16 +325,6 @@ async def test_kill_9_at_random_moments_loses_nothing_accepted(tmp_path: Path) -
         assert firsts == sorted(firsts), f"order broken for key {key!r}"
 
 
-def rss_mb() -> float:
-    """Anonymous resident memory (heap): the spool's file mappings are page cache, and
-    count in RSS as the segments fill, but they are not the producer's memory."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no RssAnon in /proc/self/status")
-
-
 @pytest.mark.faults
 @pytest.mark.slow
 @pytest.mark.timeout(300)
@@ -359,7 +350,7 @@ async def test_store_and_forward_a_million_messages_through_an_outage(tmp_path: 
             rss = {}
             for start in range(0, count, 100_000):
                 await producer.send_many(topic, [value] * 100_000)
-                rss[start + 100_000] = rss_mb()
+                rss[start + 100_000] = rss_mb(anon=True)  # the spool's mappings are not ours
             accepted_in = trio.current_time() - started
             stats = producer.statistics()
             on_disk = sum(p.stat().st_size for p in spool.iterdir())

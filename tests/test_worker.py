@@ -7,13 +7,11 @@ import trio
 import trio.testing
 
 from trio_producer import ProducerClosedError
-from trio_producer._batch import Batch, Pending
+from trio_producer._batch import Batch
 from trio_producer._worker import BatchChannel, run_worker
 from trio_producer.testing import RecordingSink
 
-
-def item(i: int) -> Pending:
-    return {"topic": "t", "value": str(i).encode()}
+from .helpers import item
 
 
 def make(

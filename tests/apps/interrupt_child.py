@@ -5,7 +5,7 @@ Usage: interrupt_child.py BOOTSTRAP TOPIC PREFIX REPORT_PATH [COUNT] [CLOSE_TIME
 
 ``linger`` is 3600 s, so every message leaves in the final drain; the body sends COUNT
 messages (default 600) with a short sleep every 20, so it lasts about 0.6 s. The report:
-``{"attempted", "accepted", "uncertain", "handed_back", "exit", "exit_detail",
+``{"books" (the ledger's, see tests/accounting.py), "exit", "exit_detail",
 "block_exit_detail", "traceback", "t_opened", "t_body_left", "t_block_exit", "t_end"}`` (times are
 ``time.time()``, comparable with the parent's clock). ``exit`` is ``"normal"``, or the
 name of the exception type that left ``trio.run``. If the run still goes on DUMP_AFTER
@@ -32,7 +32,7 @@ signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import trio  # noqa: E402
 
-from tests.interrupt_ledger import Ledger  # noqa: E402
+from tests.accounting import Ledger  # noqa: E402
 from trio_producer import Producer, open_producer  # noqa: E402
 
 BOOTSTRAP, TOPIC, PREFIX, REPORT = sys.argv[1:5]
@@ -116,16 +116,11 @@ try:
 except KeyboardInterrupt as late:  # landed between trio.run and the line above
     exc = exc or late
 
-if holder:
-    ledger.hand_back(holder[0])
-for raised in [*block_exc, exc]:  # the same DeliveryError counts once
-    if raised is not None:
-        ledger.hand_back(raised)
+# each object once: the block's exception is often also what left trio.run
+for source in [*holder, *block_exc, exc]:
+    ledger.collect(source)
 report: dict[str, Any] = {
-    "attempted": [p.decode() for p in ledger.attempted],
-    "accepted": sorted(p.decode() for p in ledger.accepted),
-    "uncertain": sorted(p.decode() for p in ledger.uncertain),
-    "handed_back": sorted(p.decode() for p in ledger.handed_back.elements()),
+    "books": ledger.books(),
     "exit": "normal" if exc is None else type(exc).__name__,
     "exit_detail": describe(exc),
     "block_exit_detail": describe(block_exc[0] if block_exc else None),

@@ -73,22 +73,15 @@ async def watchdog(after: float) -> None:
     progress("still running; tasks:\n" + "\n".join(lines))
 
 
-async def send_counted(ledger: Ledger, producer: Producer, topic: str, **kwargs: Any) -> bytes:
-    payload = ledger.new()
-    await producer.send(topic, payload, **kwargs)
-    ledger.accepted(payload)
-    return payload
-
-
 def verdict(ledger: Ledger, producer: Producer | None) -> None:
     ledger.collect(result.pop("_exc", None))
     if producer is not None:
-        ledger.collect_undelivered(producer)
+        ledger.collect(producer)
         result["undelivered"] = len(producer.undelivered)
         result["undelivered_values"] = sorted(
             (f.message.value or b"").decode() for f in producer.undelivered
         )
-    result["accepted"] = sorted(v.decode() for v in ledger.accepted_set)
+    result["accepted"] = sorted(v.decode() for v in ledger.accepted)
     result["in_topic"] = sum(ledger.in_topic.values())
     result["problems"] = ledger.problems()
     result["summary"] = ledger.summary()
@@ -111,12 +104,12 @@ async def ctrl_c_black_hole() -> None:
         try:
             async with open_producer(bootstrap_servers=bootstrap, close_timeout=5) as p:
                 producer = p
-                warm = ledger.new()
+                warm = ledger.new_payload()
                 await p.send_and_wait(topic, warm)
-                ledger.accepted(warm)
+                ledger.mark_accepted(warm)
                 proxy.blackhole()
                 for _ in range(100):
-                    await send_counted(ledger, p, topic)
+                    await ledger.send(p, topic)
                 await trio.sleep(0.1)  # they are in flight, unanswered
                 nursery.start_soon(ctrl_c_after, 0.5)
                 result["body_end"] = trio.current_time()
@@ -147,7 +140,7 @@ async def ctrl_c_healthy_drain(bootstrap: str, topic: str) -> None:
             ) as p:
                 producer = p
                 for _ in range(20_000):
-                    await send_counted(ledger, p, topic)
+                    await ledger.send(p, topic)
                 nursery.start_soon(ctrl_c_after, 0)  # lands as the drain starts
                 result["body_end"] = trio.current_time()
                 progress("body done")
@@ -171,7 +164,7 @@ async def ctrl_c_body(bootstrap: str, topic: str) -> None:
             ) as p:
                 producer = p
                 for _ in range(100):
-                    await send_counted(ledger, p, topic)
+                    await ledger.send(p, topic)
                 nursery.start_soon(ctrl_c_after, 0.1)
                 await trio.sleep(10)
                 result["reached_end"] = True
@@ -200,7 +193,7 @@ async def cancelled_at_open(bootstrap: str, topic: str) -> None:
             scope.cancel()
             async with open_producer(bootstrap_servers=bootstrap, close_timeout=2) as p:
                 result["body_entered"] = True
-                await send_counted(ledger, p, topic)  # if the body runs, this must raise
+                await ledger.send(p, topic)  # if the body runs, this must raise
     except BaseException as exc:
         note_exit(exc)
     result["took"] = trio.current_time() - start
