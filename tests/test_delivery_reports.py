@@ -227,3 +227,57 @@ async def test_a_cancelled_block_with_a_cut_broker_keeps_the_promise(seed: int) 
             del ledger.handed[payload]
     ledger.check()
     assert len(ledger.accepted) > 0
+
+
+async def test_statistics_add_up_while_librdkafka_has_other_events_queued(
+    kafka_bootstrap: str, kafka_topic: str
+) -> None:
+    """librdkafka's count of what it holds also counts its queued logs and statistics:
+    they are not messages in flight, and ``delivered`` never goes down."""
+    async with open_producer(
+        bootstrap_servers=kafka_bootstrap,
+        delivery_reports="errors",
+        librdkafka={
+            "debug": "metadata",
+            "topic.metadata.refresh.interval.ms": 100,
+            "statistics.interval.ms": 200,
+        },
+    ) as producer:
+        await producer.send_many(kafka_topic, [b"m-%d" % i for i in range(1000)])
+        await producer.flush()
+        seen = []
+        for _ in range(15):
+            await trio.sleep(0.1)
+            stats = producer.statistics()
+            seen.append((stats.queued, stats.in_flight, stats.delivered, stats.failed))
+    assert seen == [(0, 0, 1000, 0)] * 15
+
+
+@pytest.mark.timeout(60)
+async def test_flush_returns_while_librdkafka_is_never_empty() -> None:
+    """A slow broker (librdkafka's mock cluster, 50 ms per request) and three tasks that
+    keep sending: librdkafka never holds nothing on its own, so flush() returns only
+    because it holds the newer messages back -- and they go on afterwards."""
+    async with open_producer(
+        bootstrap_servers="mock:9092",
+        delivery_reports="errors",
+        librdkafka={"test.mock.num.brokers": 1, "test.mock.broker.rtt": 50},
+    ) as producer:
+
+        async def keep_sending() -> None:
+            while True:
+                await producer.send_many("busy", [b"x" * 100] * 200)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(keep_sending)
+            await producer.send("busy", b"warm-up")
+            await trio.sleep(0.3)
+            for _ in range(3):
+                with trio.fail_after(10):
+                    await producer.flush()
+                settled = producer.statistics()
+                await trio.sleep(0.2)
+                assert producer.statistics().delivered > settled.delivered  # not held back
+            nursery.cancel_scope.cancel()
+    assert producer.statistics().failed == 0

@@ -102,6 +102,9 @@ class DeliveryTracker:
         self._holding = 0
         self._retired_produced = 0
         self._retired_delivered = 0
+        #: Errors-only reports: a lower bound of the deliveries between the moments
+        #: librdkafka holds nothing (its count also holds logs and statistics).
+        self._delivered_at_least = 0
         self._retired_failed = 0
         self._activity = trio.lowlevel.ParkingLot()
         self._progress = trio.lowlevel.ParkingLot()
@@ -118,15 +121,16 @@ class DeliveryTracker:
     @property
     def in_flight(self) -> int:
         if self.errors_only:
-            return self.client.outstanding()
+            # (Not librdkafka's own count, which also holds its queued logs and
+            # statistics: the deliveries are known at the moments it holds nothing.)
+            produced = self._retired_produced + sum(e.produced for e in self.epochs)
+            return produced - self.delivered - self.failed
         return sum(e.produced - e.settled for e in self.epochs)
 
     @property
     def delivered(self) -> int:
-        if self.errors_only:  # what librdkafka no longer holds and did not report failed
-            produced = self._retired_produced + sum(e.produced for e in self.epochs)
-            return max(0, produced - self.failed - self.client.outstanding())
-        return self._retired_delivered + sum(e.delivered for e in self.epochs)
+        settled = self._retired_delivered + sum(e.delivered for e in self.epochs)
+        return max(settled, self._delivered_at_least)
 
     @property
     def failed(self) -> int:
@@ -270,11 +274,18 @@ class DeliveryTracker:
                     # Connection errors collapse into one WARNING when the cluster is
                     # unreachable, and one INFO when it is back (see _logging.Connectivity).
                     self.hooks.connectivity.error(error)
-        if self.errors_only and not self.client.outstanding():
-            # librdkafka holds nothing: every message produced so far was delivered,
-            # or its failure was served (in the failures lists).
-            for epoch in self.epochs:
-                epoch.delivered = epoch.produced - len(epoch.failures)
+        if self.errors_only:
+            left = self.client.outstanding()
+            if not left:
+                # librdkafka holds nothing: every message produced so far was delivered,
+                # or its failure was served (in the failures lists).
+                for epoch in self.epochs:
+                    epoch.delivered = epoch.produced - len(epoch.failures)
+            else:
+                produced = self._retired_produced + sum(e.produced for e in self.epochs)
+                at_least = produced - self.failed - left
+                if at_least > self._delivered_at_least:
+                    self._delivered_at_least = at_least
         self.hooks.after_poll(self)
         for epoch in self.epochs:
             if epoch.completed:
