@@ -784,7 +784,11 @@ def test_a_run_confirms_at_the_stop_only_what_it_can_tell_was_delivered() -> Non
 
     purged = KafkaError(KafkaError._PURGE_QUEUE)
     payloads = [(None, b"a"), (None, b"b"), (None, b"a"), (b"k", b"c"), (None, b"c")]
-    tracker = DeliveryTracker(None, lambda error: None, lambda error: None)  # type: ignore[arg-type]
+
+    class Client:
+        errors_only = False
+
+    tracker = DeliveryTracker(Client(), lambda error: None, lambda error: None)  # type: ignore[arg-type]
 
     def settle(failed: list[tuple[bytes | None, bytes]], *, stopping: bool) -> list[int]:
         epoch, run = run_of(*payloads)
