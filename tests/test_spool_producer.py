@@ -492,8 +492,13 @@ def test_a_ctrl_c_while_the_spool_closes_still_closes_and_unlocks_it(tmp_path: P
         signal.raise_signal(signal.SIGINT)  # protected here: delivered at the next checkpoint
         await _close_spool(keeper)
 
-    with pytest.raises(KeyboardInterrupt):
-        trio.run(close_with_a_ctrl_c_pending)
+    # (pytest may run with SIGINT ignored, as a background job: Trio then leaves it alone)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            trio.run(close_with_a_ctrl_c_pending)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     reopened = Spool.open(spool_dir, max_bytes=1 << 20)  # SpoolLockedError before the fix
     try:
         assert [r.value for r in reopened.recovered] == [b"kept"]
