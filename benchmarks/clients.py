@@ -12,7 +12,7 @@ import json
 import resource
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -237,7 +237,13 @@ def trio_send(bootstrap: str, topic: str, count: int, size: int) -> dict[str, An
     return result(count, seconds, rss_marks_mb=marks)
 
 
-def trio_nowait(bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any]:
+def trio_nowait(
+    bootstrap: str,
+    topic: str,
+    count: int,
+    size: int,
+    delivery_reports: Literal["all", "errors"] = "all",
+) -> dict[str, Any]:
     """The bulk path: `send_nowait` in a loop, `await send()` only when the queue is full."""
     import trio
 
@@ -247,7 +253,11 @@ def trio_nowait(bootstrap: str, topic: str, count: int, size: int) -> dict[str, 
 
     async def main() -> float:
         start = time.perf_counter()
-        async with open_producer(bootstrap_servers=bootstrap, librdkafka=PROPS) as producer:
+        async with open_producer(
+            bootstrap_servers=bootstrap,
+            librdkafka=PROPS,
+            delivery_reports=delivery_reports,
+        ) as producer:
             send_nowait = producer.send_nowait
             for _ in range(count):
                 try:
@@ -259,7 +269,13 @@ def trio_nowait(bootstrap: str, topic: str, count: int, size: int) -> dict[str, 
     return result(count, trio.run(main))
 
 
-def trio_many(bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any]:
+def trio_many(
+    bootstrap: str,
+    topic: str,
+    count: int,
+    size: int,
+    delivery_reports: Literal["all", "errors"] = "all",
+) -> dict[str, Any]:
     """The async bulk path: one `await send_many()` for all of it."""
     import itertools
 
@@ -271,7 +287,11 @@ def trio_many(bootstrap: str, topic: str, count: int, size: int) -> dict[str, An
 
     async def main() -> float:
         start = time.perf_counter()
-        async with open_producer(bootstrap_servers=bootstrap, librdkafka=PROPS) as producer:
+        async with open_producer(
+            bootstrap_servers=bootstrap,
+            librdkafka=PROPS,
+            delivery_reports=delivery_reports,
+        ) as producer:
             await producer.send_many(topic, itertools.repeat(value, count))
         return time.perf_counter() - start
 
@@ -280,47 +300,12 @@ def trio_many(bootstrap: str, topic: str, count: int, size: int) -> dict[str, An
 
 def trio_nowait_errors(bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any]:
     """`trio_nowait` with `delivery_reports="errors"` (no callback per delivered message)."""
-    import trio
-
-    from trio_producer import open_producer
-
-    value = b"x" * size
-
-    async def main() -> float:
-        start = time.perf_counter()
-        async with open_producer(
-            bootstrap_servers=bootstrap, librdkafka=PROPS, delivery_reports="errors"
-        ) as producer:
-            send_nowait = producer.send_nowait
-            for _ in range(count):
-                try:
-                    send_nowait(topic, value)
-                except trio.WouldBlock:
-                    await producer.send(topic, value)
-        return time.perf_counter() - start
-
-    return result(count, trio.run(main))
+    return trio_nowait(bootstrap, topic, count, size, "errors")
 
 
 def trio_many_errors(bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any]:
     """`trio_many` with `delivery_reports="errors"` (no callback per delivered message)."""
-    import itertools
-
-    import trio
-
-    from trio_producer import open_producer
-
-    value = b"x" * size
-
-    async def main() -> float:
-        start = time.perf_counter()
-        async with open_producer(
-            bootstrap_servers=bootstrap, librdkafka=PROPS, delivery_reports="errors"
-        ) as producer:
-            await producer.send_many(topic, itertools.repeat(value, count))
-        return time.perf_counter() - start
-
-    return result(count, trio.run(main))
+    return trio_many(bootstrap, topic, count, size, "errors")
 
 
 def trio_send_and_wait(bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any]:
