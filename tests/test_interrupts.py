@@ -464,6 +464,26 @@ async def scenario_e_blackhole(t: Trial) -> None:
         t.body_done()
 
 
+async def scenario_f_errors_only(t: Trial) -> None:
+    """delivery_reports="errors": send_many of 30 into a queue of 20, a flush (which holds
+    the worker back until librdkafka holds nothing), then 10 sends."""
+    async with open_producer(
+        bootstrap_servers=t.bootstrap,
+        librdkafka=FAST,
+        linger=0.05,
+        batch_max_messages=10,
+        queue_capacity=20,
+        delivery_reports="errors",
+        close_timeout=t.scenario.close_timeout,
+    ) as producer:
+        t.opened(producer)
+        await t.ledger.send_many(producer, t.topic, 30)
+        await producer.flush()
+        for _ in range(10):
+            await t.ledger.send(producer, t.topic)
+        t.body_done()
+
+
 SCENARIOS = {
     s.name: s
     for s in [
@@ -472,6 +492,7 @@ SCENARIOS = {
         Scenario("c_send_many", scenario_c_send_many, close_timeout=2.0, points=24),
         Scenario("d_nursery", scenario_d_nursery, close_timeout=2.0, points=24),
         Scenario("e_blackhole", scenario_e_blackhole, close_timeout=1.0, points=4, blackhole=True),
+        Scenario("f_errors_only", scenario_f_errors_only, close_timeout=2.0, points=12),
     ]
 }
 VARIANTS = ("line", "step", "cancel")
