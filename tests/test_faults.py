@@ -114,7 +114,7 @@ async def test_cancellation_at_a_random_moment_loses_nothing(
 # ---- 2. signals ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["sigint", "sigterm"])
+@pytest.mark.parametrize("mode", ["sigint", pytest.param("sigterm", marks=pytest.mark.slow)])
 def test_signal_mid_stream_drains_every_accepted_message(
     kafka_bootstrap: str, kafka_topic: str, mode: str
 ) -> None:

@@ -462,7 +462,10 @@ while True:
 """
 
 
-@pytest.mark.parametrize("mode", ["single", "batch"])
+@pytest.mark.parametrize(
+    "mode",
+    ["single", pytest.param("batch", marks=pytest.mark.slow)],  # (4 s each)
+)
 def test_kill_9_loses_nothing_appended(tmp_path: Path, mode: str) -> None:
     """SIGKILL a child that appends (and confirms every third message) at a random moment.
 

@@ -661,7 +661,7 @@ trio.run(main)
 """
 
 
-@pytest.mark.parametrize("kill_after", [0.3, 0.8])
+@pytest.mark.parametrize("kill_after", [0.3, pytest.param(0.8, marks=pytest.mark.slow)])
 async def test_kill_9_during_send_many_loses_no_chunk_it_returned(
     kafka_bootstrap: str, kafka_topic: str, read_back: ReadBack, tmp_path: Path, kill_after: float
 ) -> None:
