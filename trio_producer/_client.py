@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 import confluent_kafka
 from confluent_kafka import KafkaError, KafkaException
 
-from ._batch import Pending, message_from_pending
+from ._batch import Pending, ReportCallback, message_from_pending
 from ._config import is_secret
 from ._exceptions import ConfigError, DeliveryError, TransactionError
 from ._hooks import OAuthCallback, OAuthToken, OAuthTokenProvider
@@ -179,9 +179,7 @@ class DeliveryReports:
     def fail_now(self, item: Pending, info: KafkaErrorInfo) -> None:
         """Settle one message librdkafka refused at once, as a failed delivery."""
         error = failure_from_pending(item, info)
-        tracked = item.get("callback")
-        if tracked is None and "seq" in item:  # a spooled message without a tracker
-            tracked = TrackedReport(None, None, item["seq"])
+        tracked = _own_callback(item)
         if isinstance(tracked, TrackedReport):
             tracked.settle_failed(error, self)
         else:
@@ -332,15 +330,10 @@ class KafkaClient:
         self._transactional = bool(props.get("transactional.id"))
         #: librdkafka reports failures only (``delivery.report.only.error``).
         self.errors_only = props.get("delivery.report.only.error") is True
-        self._left_at_close = 0
 
     def outstanding(self) -> int:
-        """Messages librdkafka holds: queued, in flight, or with a report not yet served.
-
-        Thread-safe. After :meth:`close`, what was left at the close.
-        """
-        if self._closed:
-            return self._left_at_close
+        """Messages librdkafka holds: queued, in flight, or with a report not yet served
+        (and its queued logs and statistics). Thread-safe; not after :meth:`close`."""
         return len(self._producer)
 
     def poll(self, timeout: float) -> int:
@@ -451,9 +444,7 @@ class KafkaClient:
 
     def _produce_one(self, item: Pending, reports: DeliveryReports) -> bool:
         """``produce()`` one message; False when librdkafka's queue is full."""
-        callback = item.get("callback")
-        if callback is None and "seq" in item:  # (spooled messages take the batch call)
-            callback = TrackedReport(None, None, item["seq"])
+        callback = _own_callback(item)
         if isinstance(callback, TrackedReport):
             callback.reports = reports
         try:
@@ -530,7 +521,6 @@ class KafkaClient:
         """Release librdkafka (nothing is left to flush when this is called)."""
         if self._closed:
             return
-        self._left_at_close = len(self._producer)
         self._closed = True
         close = getattr(self._producer, "close", None)
         if close is not None:
@@ -542,6 +532,15 @@ class KafkaClient:
             for warning in caught:
                 logger.warning("closing the Kafka client: %s", warning.message)
         del self._producer
+
+
+def _own_callback(item: Pending) -> ReportCallback | None:
+    """The message's own report callback; a spooled message that has none (its run's
+    shared callback would have served it) gets a tracker of its seq."""
+    callback = item.get("callback")
+    if callback is None and "seq" in item:
+        return TrackedReport(None, None, item["seq"])
+    return callback
 
 
 def _batchable(item: Pending, reports: DeliveryReports) -> bool:
