@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, TypeAlias
 
+from ._batch import Route
 from ._client import TrackedReport
 
 if TYPE_CHECKING:
@@ -160,4 +161,8 @@ def make_item(
         item["headers"] = pairs
     if pairs is not None or waiter is not None:
         item["callback"] = TrackedReport(pairs, waiter)
+    if partition is not None or timestamp is not None or pairs is not None:
+        item["route"] = Route.SINGLE  # what librdkafka's batch call cannot carry
+    elif waiter is not None:
+        item["route"] = Route.TRACKED
     return item, size

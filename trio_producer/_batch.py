@@ -9,6 +9,7 @@ exhaustively, on exactly the code production runs, without an event loop or a br
 
 from __future__ import annotations
 
+import enum
 import math
 from itertools import islice
 from typing import TYPE_CHECKING, NotRequired, Protocol, TypedDict
@@ -25,18 +26,41 @@ class ReportCallback(Protocol):
     def __call__(self, err: object, msg: object, /) -> None: ...
 
 
+class Route(enum.IntEnum):
+    """How a message goes to librdkafka: decided once, when it is accepted, and carried
+    in its ``route`` key (absent for the common case, :attr:`SHARED`).
+
+    The worker's client (``_client.KafkaClient.produce``) only reads this key; it never
+    infers a route from which other keys a message has. So a field added to messages
+    later changes no route, and the routing is unit-tested without a broker.
+    """
+
+    #: A plain message (topic, value, maybe a key): librdkafka's batch call, counted by
+    #: the epoch's shared report callback. Never written: the absence of ``route``.
+    SHARED = 0
+    #: A plain message with its own report callback (a ``send_and_wait`` waiter):
+    #: the batch call too, in a run with the shared ones; the callback is its own.
+    TRACKED = 1
+    #: A plain spooled message carrying its ``seq``: the batch call, in a run of
+    #: spooled messages whose shared callback confirms them in the spool.
+    SPOOLED = 2
+    #: Headers, a partition or a timestamp (the batch call drops the first and ignores
+    #: or refuses the others): ``produce()``, one by one, in order.
+    SINGLE = 3
+
+
 class Pending(TypedDict):
     """One accepted message on its way to librdkafka.
 
     Shaped the way ``confluent_kafka.Producer.produce_batch`` takes a message, so that
     the worker hands runs of them over without building anything per message. Absent
     keys mean the defaults: no key, the partitioner's choice, the time of producing.
-    Only plain messages (``topic``, ``value`` and maybe ``key``) go through the batch
-    call; ``partition``, ``timestamp``, ``headers`` or ``callback`` (a per-message report
-    callback) make a message go through ``produce()``: the batch call ignores the first
-    two and cannot carry the others. ``seq``, a spooled message's place in the durable
-    spool, rides along in the batch call (which ignores it): the run's shared report
-    callback confirms it (see ``_client.SpooledRun``).
+    ``route`` (a :class:`Route`; absent means :attr:`Route.SHARED`) says how it goes to
+    librdkafka; it is set where the message is built, by whoever adds what decides it
+    (``partition``, ``timestamp``, ``headers``, a ``callback``, a spool ``seq``). The
+    batch call ignores the keys it does not know (``route``, ``seq``): ``seq``, a
+    spooled message's place in the durable spool, rides along and the run's shared
+    report callback confirms it (see ``_client.SpooledRun``).
     """
 
     topic: str
@@ -47,6 +71,7 @@ class Pending(TypedDict):
     headers: NotRequired[list[tuple[str, bytes | None]]]
     callback: NotRequired[ReportCallback]
     seq: NotRequired[int]
+    route: NotRequired[Route]
 
 
 #: Why a batch was handed on; the keys of ``ProducerStatistics.batches``.

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 import confluent_kafka
 from confluent_kafka import KafkaError, KafkaException
 
-from ._batch import Pending, ReportCallback, message_from_pending
+from ._batch import Pending, ReportCallback, Route, message_from_pending
 from ._config import is_secret
 from ._exceptions import ConfigError, DeliveryError, TransactionError
 from ._hooks import OAuthCallback, OAuthToken, OAuthTokenProvider
@@ -29,6 +29,8 @@ from ._logging import LibrdkafkaLog
 from ._message import KafkaErrorInfo, Message, RecordMetadata
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import trio
 
 logger = logging.getLogger("trio_producer")
@@ -43,6 +45,8 @@ NOT_PRODUCED = KafkaErrorInfo(
 
 _TIMESTAMP_NOT_AVAILABLE = confluent_kafka.TIMESTAMP_NOT_AVAILABLE
 _QUEUE_FULL = KafkaError._QUEUE_FULL
+
+SHARED, TRACKED, SPOOLED, SINGLE = Route.SHARED, Route.TRACKED, Route.SPOOLED, Route.SINGLE
 
 
 def check_offsets(offsets: object, group_metadata: object) -> list[Any]:
@@ -305,7 +309,10 @@ class KafkaClient:
         *,
         oauth_token: OAuthTokenProvider | None = None,
         first_token: OAuthToken | None = None,
+        producer_class: Callable[[dict[str, Any]], Any] | None = None,
     ) -> None:
+        """``producer_class`` stands in for ``confluent_kafka.Producer`` (for unit tests of
+        the routing against a fake; see tests/test_client.py)."""
         #: Errors reported by librdkafka's error_cb, appended on the poll thread.
         self.errors: list[KafkaErrorInfo] = []
         #: The latest statistics JSON (stats_cb, poll thread); see take_statistics.
@@ -321,7 +328,7 @@ class KafkaClient:
             self.oauth = OAuthCallback(oauth_token, first_token, self._on_error)
             conf["oauth_cb"] = self.oauth
         try:
-            self._producer = confluent_kafka.Producer(conf)
+            self._producer = (producer_class or confluent_kafka.Producer)(conf)
         except (KafkaException, TypeError, ValueError) as exc:
             raise ConfigError(
                 f"librdkafka rejected the configuration: {_scrub(exc, props)}"
@@ -366,38 +373,45 @@ class KafkaClient:
     def produce(self, items: list[Pending], start: int, reports: DeliveryReports) -> int:
         """Hand ``items[start:]`` to librdkafka; return the index of the first one not taken.
 
-        Runs of plain messages (topic, value, key, and maybe their own report callback)
-        for one topic go through librdkafka's batch call in one go; a message with
-        headers, a partition or a timestamp goes through ``produce()`` (the batch call
-        ignores or refuses those). A full
-        librdkafka queue stops the loop there: nothing is dropped, the caller waits for
-        delivery reports and calls again from the returned index (order is kept). A
-        message librdkafka refuses at once (too large, unknown partition, ...) is failed
-        like a failed delivery and the loop goes on.
+        Each message's route (:class:`~trio_producer._batch.Route`, decided when it was
+        accepted) says how: runs of shared and tracked messages for one topic go through
+        librdkafka's batch call in one go, runs of spooled ones likewise with a
+        :class:`SpooledRun` callback; a single-route message (headers, a partition or a
+        timestamp) goes through ``produce()``. Nothing else about a message decides its
+        route. A full librdkafka queue stops the loop there: nothing is dropped, the
+        caller waits for delivery reports and calls again from the returned index (order
+        is kept). A message librdkafka refuses at once (too large, unknown partition,
+        ...) is failed like a failed delivery and the loop goes on.
         """
         produce_batch = self._producer.produce_batch
         n = len(items)
         i = start
         while i < n:
             first = items[i]
-            if len(first) != 2 and not _batchable(first, reports):
-                # Headers, a partition or a timestamp: librdkafka's batch call would drop
-                # them (or refuse the call).
+            route = first.get("route", SHARED)
+            if route is SINGLE:
                 if not self._produce_one(first, reports):
                     return i
                 i += 1
                 continue
+            if route is TRACKED:
+                cast("TrackedReport", first["callback"]).reports = reports
             topic = first["topic"]
-            spooled = "seq" in first
+            spooled = route is SPOOLED
+            # The run: the next messages for this topic that the same batch call takes
+            # (shared and tracked ones together; spooled ones in runs of their own).
             j = i + 1
             while j < n:
                 item = items[j]
                 if item["topic"] != topic:
                     break
-                if len(item) == 2:  # a plain in-memory message
-                    if spooled:
+                if "route" in item:
+                    route = item["route"]
+                    if route is SINGLE or (route is SPOOLED) is not spooled:
                         break
-                elif not _batchable(item, reports) or ("seq" in item) is not spooled:
+                    if route is TRACKED:
+                        cast("TrackedReport", item["callback"]).reports = reports
+                elif spooled:
                     break
                 j += 1
             run = items if i == 0 and j == n else items[i:j]
@@ -538,30 +552,9 @@ def _own_callback(item: Pending) -> ReportCallback | None:
     """The message's own report callback; a spooled message that has none (its run's
     shared callback would have served it) gets a tracker of its seq."""
     callback = item.get("callback")
-    if callback is None and "seq" in item:
+    if callback is None and item.get("route") is SPOOLED:
         return TrackedReport(None, None, item["seq"])
     return callback
-
-
-def _batchable(item: Pending, reports: DeliveryReports) -> bool:
-    """Whether librdkafka's batch call can carry ``item``: topic, value, and maybe a key
-    and either its spool seq or its own report callback (then told which group it
-    reports to)."""
-    size = len(item)
-    if size == 3:
-        if "key" in item or "seq" in item:
-            return True
-        callback = item.get("callback")
-    elif size == 4 and "key" in item:
-        if "seq" in item:
-            return True
-        callback = item.get("callback")
-    else:
-        return False
-    if not isinstance(callback, TrackedReport):
-        return False
-    callback.reports = reports
-    return True
 
 
 def _call_error(exc: BaseException) -> KafkaErrorInfo:

@@ -26,6 +26,7 @@ import attrs
 import trio
 
 from ._args import bulk_item, check_topic, make_item
+from ._batch import Route
 from ._client import TrackedReport
 from ._exceptions import ProducerClosedError
 from ._producer import Producer, ProducerStatistics
@@ -54,18 +55,12 @@ SEND_MANY_CHUNK = 1024
 #: spool, and costs no read-back from the spool; one that is away does not stop the call.
 SPILL_AFTER = 0.5
 _END = object()
+SPOOLED = Route.SPOOLED
 
 
 def _as_is(topic: str, pair: object) -> tuple[Pending, int]:
     """``BatchChannel.extend_nowait``'s converter for a chunk built already."""
     return pair  # type: ignore[return-value]
-
-
-def _plain(item: Pending) -> bool:
-    """A topic, a value and maybe a key: what librdkafka's batch call carries, so its
-    seq is confirmed by the run's shared report callback (``_client.SpooledRun``)."""
-    size = len(item)
-    return size == 2 or (size == 3 and "key" in item)
 
 
 def encoded_size(item: Pending) -> int:
@@ -110,7 +105,7 @@ class SpoolKeeper:
             SpoolFullError: No room: nothing was written.
         """
         spool = self.spool
-        if len(item) == 2:  # a topic and a value: the common case
+        if len(item) == 2:  # only a topic and a value: the common case, a shorter call
             headers = None
             seq = spool.append(item["topic"], item["value"])
         else:
@@ -123,13 +118,17 @@ class SpoolKeeper:
                 item.get("partition", -1),
                 item.get("timestamp", 0),
             )
+        route = item.get("route", Route.SHARED)
         if self.id_header is not None:
             headers = [*(headers or ()), (self.id_header, spool.id_of(seq))]
             item["headers"] = headers
-        if waiter is None and _plain(item):
+            route = Route.SINGLE
+        if route is Route.SHARED and waiter is None:
             item["seq"] = seq  # confirmed by its run's shared report callback
+            item["route"] = Route.SPOOLED
         else:
             item["callback"] = TrackedReport(headers, waiter, seq)
+            item["route"] = Route.TRACKED if route is Route.SHARED else route
         if not seq & 255 and spool.maintenance_due:  # a rotation: prepare the next spare
             self._wake.unpark_all()
         return seq
@@ -283,11 +282,12 @@ def pending_from_record(record: SpoolRecord, id_header: str | None) -> Pending:
         headers.append((id_header, record.id))
     if headers:
         item["headers"] = headers
-        item["callback"] = TrackedReport(headers, None, record.seq)
-    elif _plain(item):
-        item["seq"] = record.seq
+    if headers or record.partition >= 0 or record.timestamp > 0:
+        item["callback"] = TrackedReport(headers or None, None, record.seq)
+        item["route"] = Route.SINGLE
     else:
-        item["callback"] = TrackedReport(None, None, record.seq)
+        item["seq"] = record.seq
+        item["route"] = Route.SPOOLED
     return item
 
 
@@ -601,7 +601,7 @@ class SpooledProducer(Producer):
         items: list[Pending]
         if keys is None and id_header is None:
             items = [
-                {"topic": topic, "value": value, "seq": seq}
+                {"topic": topic, "value": value, "seq": seq, "route": SPOOLED}
                 for value, seq in zip(values, seqs, strict=True)
             ]
         else:
@@ -615,8 +615,10 @@ class SpooledProducer(Producer):
                 if id_header is not None:
                     headers = item["headers"] = [(id_header, id_of(seq))]
                     item["callback"] = TrackedReport(headers, None, seq)
+                    item["route"] = Route.SINGLE
                 else:
                     item["seq"] = seq
+                    item["route"] = SPOOLED
                 items.append(item)
         taken = self._channel.extend_nowait(topic, zip(items, sizes, strict=True), _as_is)
         if taken < len(items) and self._backlog_from is None:
