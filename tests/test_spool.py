@@ -819,3 +819,95 @@ def test_a_run_confirms_at_the_stop_only_what_it_can_tell_was_delivered() -> Non
     assert settle([(b"k", b"c")], stopping=True) == [0, 1, 2, 4]
     assert settle([(None, b"a"), (None, b"c")], stopping=True) == [1, 3]
     assert settle(payloads, stopping=True) == []
+
+
+def _three_segment_spool(path: Path) -> tuple[list[Path], int]:
+    """Three segments of 10-byte-valued records, crashed: the first two sealed by
+    rotation, the third active. Returns the segment files and records per segment."""
+    spool = Spool.open(path, max_bytes=16 * SEG, segment_bytes=SEG)
+    per_segment = (SEG - 64) // (RECORD_OVERHEAD + 1 + 10)
+    for i in range(2 * per_segment + 5):
+        spool.append("t", b"value%05d" % i)
+    crash(spool)
+    segs = segment_files(path)
+    assert len(segs) == 3
+    return segs, per_segment
+
+
+@pytest.mark.parametrize("how", ["flipped", "zeroed"])
+@pytest.mark.parametrize("which", ["first", "middle", "last", "last two", "only part of last"])
+def test_damage_in_a_sealed_segment_is_corruption_never_a_torn_tail(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, which: str, how: str
+) -> None:
+    """Found by the attack on #22: a damaged last record of a segment that a later one
+    follows was counted as a torn tail (INFO, "never accepted"). Only the active
+    segment can end in a torn write: a sealed one's records were all written whole."""
+    segs, per = _three_segment_spool(tmp_path)
+    offsets = record_offsets(segs[0])
+    assert len(offsets) == per
+    index = {"first": [0], "middle": [per // 2], "last": [per - 1], "last two": [per - 2, per - 1]}
+    damaged = index.get(which, [per - 1])
+    data = bytearray(segs[0].read_bytes())
+    for i in damaged:
+        start, length = offsets[i]
+        if which == "only part of last":
+            lo, hi = start + length // 2, start + length
+        else:
+            lo, hi = start, start + length
+        if how == "zeroed":
+            data[lo:hi] = bytes(hi - lo)
+        else:
+            data[lo + 9] ^= 0x40  # in the seq (or, for a part, in the value)
+            data[hi - 1] ^= 0x40
+    segs[0].write_bytes(bytes(data))
+    with caplog.at_level(logging.INFO, logger="trio_producer"):
+        spool = Spool.open(tmp_path, max_bytes=16 * SEG, segment_bytes=SEG)
+    with spool:
+        total = 2 * per + 5
+        assert [r.seq for r in spool.recovered] == [s for s in range(total) if s not in damaged]
+        assert spool.recovery.torn_tails == 0
+        assert spool.recovery.torn_tail_bytes == 0
+        assert spool.recovery.corrupt_records == len(damaged)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1, errors
+    lost = f"{damaged[0]}..{damaged[-1]}"
+    assert f"seqs {lost} lost" in errors[0]
+    # Reported again by the next recovery (not cut as if it were never accepted).
+    crash(spool)
+    with Spool.open(tmp_path, max_bytes=16 * SEG, segment_bytes=SEG) as spool:
+        assert spool.recovery.corrupt_records == len(damaged)
+        assert spool.recovery.torn_tails == 0
+
+
+def test_a_torn_write_at_the_end_of_the_active_segment_stays_a_torn_tail(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    segs, per = _three_segment_spool(tmp_path)
+    start, length = record_offsets(segs[2])[-1]
+    data = bytearray(segs[2].read_bytes())
+    data[start + length - 3 : start + length] = bytes(3)  # the copy did not finish
+    segs[2].write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="trio_producer"):
+        spool = Spool.open(tmp_path, max_bytes=16 * SEG, segment_bytes=SEG)
+    with spool:
+        assert [r.seq for r in spool.recovered] == list(range(2 * per + 4))
+        assert (spool.recovery.torn_tails, spool.recovery.corrupt_records) == (1, 0)
+    assert caplog.records == []
+
+
+def test_a_corrupt_header_of_a_sealed_segment_keeps_its_records(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    segs, per = _three_segment_spool(tmp_path)
+    data = bytearray(segs[1].read_bytes())
+    data[20] ^= 1  # in the uuid
+    segs[1].write_bytes(bytes(data))
+    with caplog.at_level(logging.INFO, logger="trio_producer"):
+        spool = Spool.open(tmp_path, max_bytes=16 * SEG, segment_bytes=SEG)
+    with spool:
+        assert [r.seq for r in spool.recovered] == list(range(2 * per + 5))
+        assert (spool.recovery.torn_tails, spool.recovery.corrupt_records) == (0, 0)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == [
+        f"spool {tmp_path}: segment {segs[1].name} has a corrupt header; its records get new ids"
+    ]

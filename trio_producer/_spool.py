@@ -234,6 +234,20 @@ def _seg_name(index: int) -> str:
     return f"{index:016d}.seg"
 
 
+def _header_first_seq(seg_path: Path) -> int | None:
+    """The first seq a segment file's header names, or ``None`` if unreadable."""
+    try:
+        with seg_path.open("rb") as f:
+            head = f.read(_SEG_HEAD.size + 4)
+    except OSError:
+        return None
+    if len(head) < _SEG_HEAD.size + 4 or head[:8] != _SEG_MAGIC:
+        return None
+    if zlib.crc32(head[: _SEG_HEAD.size]) != _U32.unpack_from(head, _SEG_HEAD.size)[0]:
+        return None
+    return int(_SEG_HEAD.unpack_from(head, 0)[4])
+
+
 def _encode_headers(headers: Sequence[tuple[str, bytes | None]]) -> bytes:
     parts: list[bytes] = []
     for name, value in headers:
@@ -486,15 +500,25 @@ class Spool:
             tmp.unlink()
         found = SpoolRecovery()
         max_seq = -1
-        max_index = -1
-        for seg_path in sorted(self.path.glob("*.seg")):
+        paths: dict[int, Path] = {}
+        for seg_path in self.path.glob("*.seg"):
             try:
-                index = int(seg_path.stem)
+                paths[int(seg_path.stem)] = seg_path
             except ValueError:
                 continue
-            max_index = max(max_index, index)
+        max_index = max(paths, default=-1)
+        for index in sorted(paths):
+            seg_path = paths[index]
             found = found._replace(segments=found.segments + 1)
-            seg, records, found, top = self._recover_segment(seg_path, index, found)
+            # Only the newest segment can end in a torn write: one that a later segment
+            # follows was sealed by a rotation, after its last record was written whole.
+            # The next segment's header says where its records must end.
+            sealed = index < max_index
+            following = paths.get(index + 1)
+            next_first = _header_first_seq(following) if following is not None else None
+            seg, records, found, top = self._recover_segment(
+                seg_path, index, found, sealed=sealed, next_first=next_first
+            )
             max_seq = max(max_seq, top)
             if seg is None:
                 seg_path.unlink()
@@ -525,7 +549,13 @@ class Spool:
             )
 
     def _recover_segment(
-        self, seg_path: Path, index: int, found: SpoolRecovery
+        self,
+        seg_path: Path,
+        index: int,
+        found: SpoolRecovery,
+        *,
+        sealed: bool,
+        next_first: int | None,
     ) -> tuple[_Segment | None, list[SpoolRecord], SpoolRecovery, int]:
         data = seg_path.read_bytes()
         size = len(data)
@@ -556,6 +586,7 @@ class Spool:
         pos = _SEG_HEADER_SIZE
         prev_seq = first_seq - 1 if first_seq >= 0 else None
         cut_at = -1
+        tail_reported = False
         while pos < data_end:
             parsed = _parse_record(data, pos, size)
             if parsed is not None:
@@ -564,35 +595,38 @@ class Spool:
                 prev_seq = seq
                 pos += length
                 continue
-            # A zero magic is an uncommitted write (append_many writes its first magic
-            # last): everything from here on was never accepted.
-            uncommitted = data[pos : pos + 4] == b"\0\0\0\0"
+            # In the active segment, a zero magic is an uncommitted write (append_many
+            # writes its first magic last): everything from here on was never accepted.
+            # A sealed segment has no uncommitted write: there it is damage.
+            uncommitted = not sealed and data[pos : pos + 4] == b"\0\0\0\0"
             nxt = None if uncommitted else self._resync(data, pos + 1, data_end, size)
-            if nxt is None:
+            if nxt is None and not sealed:
                 found = found._replace(
                     torn_tails=found.torn_tails + 1,
                     torn_tail_bytes=found.torn_tail_bytes + data_end - pos,
                 )
                 cut_at = pos
                 break
+            if nxt is None:
+                # Damage up to the end of a sealed segment: accepted records lost.
+                found = self._report_lost(
+                    found, seg_path, pos, data_end - pos, prev_seq, next_first
+                )
+                tail_reported = True
+                break
             next_seq = _HEAD.unpack_from(data, nxt)[2]
-            lost = next_seq - prev_seq - 1 if prev_seq is not None else 1
-            lost = max(lost, 1)
-            logger.error(
-                "spool %s: segment %s: %d corrupt record(s) skipped at offset %d "
-                "(%d bytes, checksum mismatch); seqs %s lost, the rest recovered",
-                self.path,
-                seg_path.name,
-                lost,
-                pos,
-                nxt - pos,
-                f"{prev_seq + 1}..{next_seq - 1}" if prev_seq is not None else "unknown",
-            )
-            found = found._replace(
-                corrupt_records=found.corrupt_records + lost,
-                corrupt_bytes=found.corrupt_bytes + nxt - pos,
-            )
+            found = self._report_lost(found, seg_path, pos, nxt - pos, prev_seq, next_seq)
             pos = nxt
+        if (
+            sealed
+            and not tail_reported
+            and prev_seq is not None
+            and next_first is not None
+            and next_first > prev_seq + 1
+        ):
+            # Records missing after the last whole one (zeroed: lost on the way to the
+            # disk, or damaged) although the next segment starts later.
+            found = self._report_lost(found, seg_path, data_end, 0, prev_seq, next_first)
         if cut_at >= 0:
             # Cut the torn tail so a later recovery does not count it again.
             fd = os.open(seg_path, os.O_RDWR)
@@ -629,6 +663,38 @@ class Spool:
             SpoolRecord(seq, seg_uuid + seq.to_bytes(8, "big"), *rec) for seq, rec in pending
         ]
         return seg, records, found, top
+
+    def _report_lost(
+        self,
+        found: SpoolRecovery,
+        seg_path: Path,
+        pos: int,
+        nbytes: int,
+        prev_seq: int | None,
+        next_seq: int | None,
+    ) -> SpoolRecovery:
+        """Count and log (ERROR) records lost to damage between ``prev_seq`` and
+        ``next_seq`` (exclusive; ``None``: unknown, then at least one is counted)."""
+        if prev_seq is not None and next_seq is not None:
+            lost = max(next_seq - prev_seq - 1, 0)
+            seqs = f"seqs {prev_seq + 1}..{next_seq - 1} lost" if lost else "no seq lost"
+        else:
+            lost = 1
+            seqs = "seqs unknown lost (at least 1)"
+        logger.error(
+            "spool %s: segment %s: %d corrupt record(s) skipped at offset %d "
+            "(%d bytes, checksum mismatch or zeroed); %s, the rest recovered",
+            self.path,
+            seg_path.name,
+            lost,
+            pos,
+            nbytes,
+            seqs,
+        )
+        return found._replace(
+            corrupt_records=found.corrupt_records + lost,
+            corrupt_bytes=found.corrupt_bytes + nbytes,
+        )
 
     @staticmethod
     def _resync(data: bytes, start: int, data_end: int, size: int) -> int | None:
