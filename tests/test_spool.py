@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -20,6 +21,7 @@ from trio_producer._spool import (
     _HEAD,
     RECORD_OVERHEAD,
     Spool,
+    SpoolDiskFullError,
     SpoolError,
     SpoolFullError,
     SpoolLockedError,
@@ -911,3 +913,173 @@ def test_a_corrupt_header_of_a_sealed_segment_keeps_its_records(
     assert errors == [
         f"spool {tmp_path}: segment {segs[1].name} has a corrupt header; its records get new ids"
     ]
+
+
+class DiskFull:
+    """An injection seam: the spool's writes fail with ENOSPC while ``full`` is set."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import trio_producer._spool as module
+
+        self.full = False
+        self.calls = 0
+        real_write, real_fallocate = module._write, module._fallocate
+
+        def write(fd: int, data: bytes) -> int:
+            if self.full:
+                self.calls += 1
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_write(fd, data)
+
+        def fallocate(fd: int, offset: int, length: int) -> None:
+            if self.full:
+                self.calls += 1
+                raise OSError(errno.ENOSPC, "No space left on device")
+            real_fallocate(fd, offset, length)
+
+        monkeypatch.setattr(module, "_write", write)
+        monkeypatch.setattr(module, "_fallocate", fallocate)
+
+
+def test_a_full_disk_refuses_the_next_segment_at_the_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    disk = DiskFull(monkeypatch)
+    spool = Spool.open(tmp_path, max_bytes=64 * SEG, segment_bytes=SEG)
+    try:
+        disk.full = True
+        seqs = []
+        with caplog.at_level(logging.WARNING, logger="trio_producer"):
+            while spool.segment_room >= RECORD_OVERHEAD + 1 + 100:
+                seqs.append(spool.append("t", b"x" * 100))  # preallocated: accepted
+            for _ in range(3):
+                with pytest.raises(SpoolDiskFullError) as info:
+                    spool.append("t", b"x" * 100)
+            with pytest.raises(SpoolDiskFullError):
+                spool.append_values("t", [b"y" * 100] * 5)
+        assert str(info.value) == (
+            f"spool {str(tmp_path)!r}: no space left on the device for a new segment "
+            f"({SEG} bytes): nothing of the call was accepted ([Errno 28] No space left "
+            "on device)"
+        )
+        assert isinstance(info.value, SpoolError)
+        assert info.value.path == tmp_path
+        assert spool.next_seq == len(seqs)  # nothing of the refused calls was written
+        assert spool.disk_error == (
+            f"no space left on the device ({str(tmp_path)!r}): [Errno 28] No space left on device"
+        )
+        errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert [r.levelno for r in errors] == [logging.ERROR]  # once, not per call
+        disk.full = False
+        assert spool.append("t", b"x" * 100) == len(seqs)  # in a new segment
+        assert spool.disk_error is None
+    finally:
+        crash(spool)
+    with Spool.open(tmp_path, max_bytes=64 * SEG, segment_bytes=SEG) as spool:
+        assert [r.seq for r in spool.recovered] == [*seqs, len(seqs)]
+
+
+def test_a_full_disk_under_the_ack_log_keeps_confirming_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    disk = DiskFull(monkeypatch)
+    spool = Spool.open(tmp_path, max_bytes=64 * SEG, segment_bytes=SEG)
+    seqs = [spool.append("t", b"x" * 100) for _ in range(100)]  # 4 segments
+    spool.confirm_many(seqs[:3])
+    disk.full = True
+    with caplog.at_level(logging.WARNING, logger="trio_producer"):
+        spool.confirm_many(seqs[3:10])  # no exception: delivery goes on
+        spool.confirm(seqs[10])
+        spool.confirm_many(seqs[11:20])
+    assert spool.pending == 80
+    assert spool.unrecorded_confirmations == 17
+    assert spool.disk_error == (
+        f"no space left on the device ({str(tmp_path)!r}): [Errno 28] No space left on device"
+    )
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert errors == [
+        f"spool {str(tmp_path)!r}: no space left on the device for the confirmation log "
+        "([Errno 28] No space left on device): delivery goes on; messages confirmed "
+        "from now on are sent again by the next run unless the log can be written "
+        "before it ends"
+    ]
+    crash(spool)  # a crash before the disk had room: those 17 come back
+    disk.full = False
+    spool = Spool.open(tmp_path, max_bytes=64 * SEG, segment_bytes=SEG)
+    assert [r.seq for r in spool.recovered] == seqs[3:]
+    spool.confirm_many(seqs[3:10])
+    disk.full = True
+    spool.confirm_many(seqs[10:20])
+    assert spool.unrecorded_confirmations == 10
+    disk.full = False
+    spool.confirm_many(seqs[20:21])  # the disk has room again: the held ones go first
+    assert spool.unrecorded_confirmations == 0
+    assert spool.disk_error is None
+    crash(spool)
+    with Spool.open(tmp_path, max_bytes=64 * SEG, segment_bytes=SEG) as spool:
+        assert [r.seq for r in spool.recovered] == seqs[21:]
+
+
+def test_a_short_ack_write_is_cut_so_later_batches_stay_readable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import trio_producer._spool as module
+
+    real_write = module._write
+    short = [True]
+
+    def write(fd: int, data: bytes) -> int:
+        if short[0]:
+            short[0] = False
+            return real_write(fd, data[:5])  # the disk filled in the middle
+        return real_write(fd, data)
+
+    spool = Spool.open(tmp_path, max_bytes=1 << 20)
+    seqs = [spool.append("t", b"%d" % i) for i in range(10)]
+    monkeypatch.setattr(module, "_write", write)
+    spool.confirm_many(seqs[:4])  # written in part: cut, held
+    assert spool.unrecorded_confirmations == 4
+    spool.confirm_many(seqs[4:6])
+    assert spool.unrecorded_confirmations == 0
+    crash(spool)
+    with Spool.open(tmp_path, max_bytes=1 << 20) as spool:
+        assert [r.seq for r in spool.recovered] == seqs[6:]
+        assert spool.recovery.corrupt_acks == 0
+
+
+def test_reopening_on_a_full_disk_recovers_and_refuses_only_new_segments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    disk = DiskFull(monkeypatch)
+    spool = Spool.open(tmp_path, max_bytes=64 * SEG, segment_bytes=SEG)
+    seqs = [spool.append("t", b"%d" % i) for i in range(50)]
+    crash(spool)
+    disk.full = True
+    with Spool.open(tmp_path, max_bytes=64 * SEG, segment_bytes=SEG) as spool:
+        assert [r.seq for r in spool.recovered] == seqs
+        assert spool.disk_error is not None
+        with pytest.raises(SpoolDiskFullError, match="no space left on the device"):
+            spool.append("t", b"new")
+        spool.confirm_many(seqs)  # delivered: the segment goes, space comes back
+        spool.maintain()
+        disk.full = False
+        assert spool.append("t", b"new") == 50
+    with Spool.open(tmp_path, max_bytes=64 * SEG, segment_bytes=SEG) as spool:
+        assert [r.value for r in spool.recovered] == [b"new"]
+
+
+def test_store_and_forward_reads_back_after_the_directory_is_removed(tmp_path: Path) -> None:
+    path = tmp_path / "spool"
+    spool = Spool.open(path, max_bytes=64 * SEG, segment_bytes=SEG)
+    try:
+        first = spool.append_values("t", [b"%05d" % i * 10 for i in range(200)])
+        shutil.rmtree(path)
+        records = spool.read_from(first, 200)
+        assert [r.value for r in records] == [b"%05d" % i * 10 for i in range(200)]
+        with pytest.raises(SpoolError, match="cannot create a new segment") as info:
+            while True:
+                spool.append("t", b"x" * 100)
+        assert not isinstance(info.value, SpoolDiskFullError)
+        spool.confirm_many(range(200))  # no exception
+    finally:
+        spool.close()  # logs, does not raise

@@ -6,6 +6,9 @@ once: the spool is at-least-once across a crash), or still in the spool and said
 
 from __future__ import annotations
 
+import errno
+import itertools
+import logging
 import os
 import random
 import signal
@@ -26,6 +29,7 @@ from trio_producer import (
     open_producer,
 )
 from trio_producer._spool import Spool, SpoolLockedError
+from trio_producer._spooled import SpoolKeeper
 from trio_producer.testing import consume_all
 
 from .faultproxy import proxied_broker
@@ -796,3 +800,52 @@ async def test_a_run_cut_short_keeps_exactly_its_undelivered_messages_in_the_spo
     assert len(kept) == len(set(kept)) == len(handed_back)
     assert sorted(kept) == sorted(handed_back)
     assert [value for value in values if value in set(kept)] == kept  # in send order
+
+
+async def test_no_room_for_the_spare_segment_is_retried_with_a_backoff_not_a_loop(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Found by the attack on #22: maintenance_due stayed true after the keeper's
+    maintain() failed to create the spare (ENOSPC), so the keeper ran it again at once:
+    thousands of WARNINGs in two idle seconds."""
+    import trio_producer._spool as module
+
+    real_fallocate = module._fallocate
+    tries: list[float] = []
+    full = [True]
+
+    def fallocate(fd: int, offset: int, length: int) -> None:
+        if full[0]:
+            tries.append(autojump_clock.current_time())
+            if len(tries) > 50:
+                raise RuntimeError("the keeper retries in a loop")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fallocate(fd, offset, length)
+
+    # maintain() runs in a thread: jump the clock only once that thread is done too.
+    autojump_clock.autojump_threshold = 0.1  # type: ignore[attr-defined]
+    spool = Spool.open(tmp_path, max_bytes=64 * 4096, segment_bytes=4096)
+    monkeypatch.setattr(module, "_fallocate", fallocate)
+    keeper = SpoolKeeper(spool, None)
+    try:
+        with caplog.at_level(logging.INFO, logger="trio_producer"):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(keeper.run)
+                await trio.sleep(600)
+                # 1, 2, 4, ... 60 s apart: 15 tries in 600 s (not thousands), one WARNING.
+                gaps = [round(b - a) for a, b in itertools.pairwise(tries)]
+                assert gaps == [1, 2, 4, 8, 16, 32] + [60] * 8
+                assert spool.disk_error is not None
+                full[0] = False
+                await trio.sleep(61)
+                assert spool._spare is not None
+                assert spool.disk_error is None
+                nursery.cancel_scope.cancel()
+        messages = [(r.levelname, r.getMessage()) for r in caplog.records]
+        assert [level for level, _ in messages] == ["WARNING", "INFO"]
+        assert "cannot create the spare segment (no space left on the device" in messages[0][1]
+    finally:
+        spool.close()

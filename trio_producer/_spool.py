@@ -68,6 +68,7 @@ __all__ = [
     "DEFAULT_ID_HEADER",
     "RECORD_OVERHEAD",
     "Spool",
+    "SpoolDiskFullError",
     "SpoolError",
     "SpoolFullError",
     "SpoolLockedError",
@@ -106,6 +107,11 @@ _SEG_HEADER_SIZE = 64
 _ACK_FRAME = struct.Struct("<II")  # count, crc32 of the packed seqs
 
 _MIN_SEGMENT = 4096
+#: The system calls that can meet a full disk, by name: a seam for tests that make the
+#: disk full without filling one.
+_write = os.write
+_fallocate = os.posix_fallocate
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _DEFAULT_SEGMENT = 64 << 20
 
 
@@ -132,6 +138,26 @@ class SpoolLockedError(SpoolError):
 
 class SpoolFullError(SpoolError):
     """The spool holds ``max_bytes``: nothing was written. Wait for confirmations."""
+
+
+class SpoolDiskFullError(SpoolError):
+    """The disk under the spool has no room for the next segment file: nothing of the
+    call was written (what the spool accepted before stays). Room comes back when
+    confirmations let the spool delete segments, or when the disk is cleaned up.
+
+    Attributes:
+        path: The spool directory.
+    """
+
+    def __init__(self, path: Path, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+def _describe(exc: OSError, path: Path) -> str:
+    """A disk condition, for logs and ``Spool.disk_error``."""
+    what = "no space left on the device" if exc.errno in _DISK_FULL else "the disk failed"
+    return f"{what} ({str(path)!r}): {exc}"
 
 
 class SpoolRecord(NamedTuple):
@@ -205,6 +231,7 @@ class _Segment:
         "sealed",
         "size",
         "uuid",
+        "view",
     )
 
     def __init__(self, path: Path, index: int, first_seq: int, uuid: bytes, size: int) -> None:
@@ -224,6 +251,9 @@ class _Segment:
         #: Records in the segment; known once it is sealed.
         self.count = -1
         self.sealed = False
+        #: A read-only mapping for ``read_from`` (segments of this run); closed only by
+        #: dropping it (a reader may still hold it).
+        self.view: mmap.mmap | None = None
 
     @property
     def ack_path(self) -> Path:
@@ -344,7 +374,8 @@ class _Reader:
         self.uuid = uuid
 
     def close(self) -> None:
-        self.buf.close()
+        # The view belongs to its segment (and may be read again): just let it go.
+        self.buf = None  # type: ignore[assignment]
 
 
 class Spool:
@@ -413,6 +444,16 @@ class Spool:
         self._synced_seq = -1
         # The read cursor of read_from (owning thread).
         self._reader: _Reader | None = None
+        # Disk conditions, each with one writer: a new segment could not be created
+        # (owning thread), the ack log could not be written (owning thread), no spare
+        # could be created (background thread). A string while it lasts.
+        self._append_error: str | None = None
+        self._ack_error: str | None = None
+        self._spare_error: str | None = None
+        self._spare_retry = False  # retry_spare() was called: try again once
+        #: Confirmations not written to their ack log (disk full), per segment (owning
+        #: thread): written before the next ones, dropped when their segment goes.
+        self._unwritten: dict[_Segment, array[int]] = {}
 
     # ------------------------------------------------------------------ opening
 
@@ -470,7 +511,20 @@ class Spool:
         spool._lock()
         try:
             spool._recover()
-            spool._start_segment(spool._new_segment_file(spool.segment_bytes), spool.segment_bytes)
+            try:
+                fresh = spool._new_segment_file(spool.segment_bytes)
+            except OSError as exc:
+                # Recovery needs no new space: open without an active segment; the
+                # first append creates one, or is refused (SpoolDiskFullError).
+                spool._append_error = _describe(exc, spool.path)
+                logger.error(
+                    "spool %r opened without a segment for new messages (%s): the "
+                    "recovered messages are sent; new ones are refused until there is room",
+                    str(spool.path),
+                    spool._append_error,
+                )
+            else:
+                spool._start_segment(fresh, spool.segment_bytes)
         except BaseException:
             spool._release_all()
             raise
@@ -491,8 +545,12 @@ class Spool:
         except BaseException:
             os.close(fd)
             raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            pid_line = f"{os.getpid()}\n".encode()
+            os.pwrite(fd, pid_line, 0)
+            os.ftruncate(fd, len(pid_line))
+        except OSError:
+            os.ftruncate(fd, 0)  # a full disk: the pid stays unknown, the lock holds
         self._lock_fd = fd
 
     def _recover(self) -> None:
@@ -746,7 +804,7 @@ class Spool:
         tmp = self.path / f"spare-{os.urandom(8).hex()}.tmp"
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
-            os.posix_fallocate(fd, 0, size)
+            _fallocate(fd, 0, size)
             mm = mmap.mmap(fd, size)
         except BaseException:
             os.close(fd)
@@ -760,15 +818,19 @@ class Spool:
     def _start_segment(self, seg: _Segment, size: int) -> None:
         """Make a spare file the active segment (owning thread)."""
         index = self._next_index
-        self._next_index += 1
-        seg.index = index
-        seg.first_seq = self._seq
         head = _SEG_HEAD.pack(_SEG_MAGIC, 1, 0, self.uuid, self._seq, index)
         mm = seg.mm
         assert mm is not None
         mm[: len(head) + 4] = head + _U32.pack(zlib.crc32(head))
+        # A read-only view for read_from, made while the file is open in this thread:
+        # store and forward reads back through it even if the directory goes away.
+        view = mmap.mmap(seg.fd, size, access=mmap.ACCESS_READ)
         final = self.path / _seg_name(index)
-        os.rename(seg.path, final)
+        os.rename(seg.path, final)  # (may fail: nothing below has happened then)
+        seg.view = view
+        self._next_index += 1
+        seg.index = index
+        seg.first_seq = self._seq
         seg.path = final
         self._dir_dirty = True
         self._segments.append(seg)
@@ -792,7 +854,7 @@ class Spool:
         return self._spare is not None or self.used_bytes + self.segment_bytes <= self.max_bytes
 
     def _check_fits(self, need: int) -> None:
-        if self._closed or self._seg is None:
+        if self._closed:
             raise SpoolError(f"spool {str(self.path)!r} is closed")
         if need > self.segment_bytes - _SEG_HEADER_SIZE:
             raise SpoolError(
@@ -814,9 +876,49 @@ class Spool:
         if fresh is None:
             if self.used_bytes + self.segment_bytes > self.max_bytes:
                 raise self._full_error()
-            fresh = self._new_segment_file(self.segment_bytes)
+            try:
+                fresh = self._new_segment_file(self.segment_bytes)
+            except OSError as exc:
+                raise self._segment_error(exc) from exc
+        try:
+            self._start_segment_after(fresh)
+        except OSError as exc:
+            self._fg_allocated += fresh.size
+            self._dead.append(fresh)  # maintain() deletes the file
+            raise self._segment_error(exc) from exc
+        self._append_error = None
+
+    def _segment_error(self, exc: OSError) -> SpoolError:
+        """A new segment could not be made: the error for the call (and log it, once
+        per episode)."""
+        description = _describe(exc, self.path)
+        if self._append_error is None:
+            logger.error(
+                "spool %r: cannot create a new segment (%s): new messages are refused "
+                "until there is room",
+                str(self.path),
+                description,
+            )
+        self._append_error = description
+        if exc.errno in _DISK_FULL:
+            return SpoolDiskFullError(
+                self.path,
+                f"spool {str(self.path)!r}: no space left on the device for a new segment "
+                f"({self.segment_bytes} bytes): nothing of the call was accepted ({exc})",
+            )
+        return SpoolError(
+            f"spool {str(self.path)!r}: cannot create a new segment: nothing of the call "
+            f"was accepted ({exc})"
+        )
+
+    def _start_segment_after(self, fresh: _Segment) -> None:
+        """Seal the active segment (if any) and make ``fresh`` the active one."""
         old = self._seg
-        assert old is not None
+        if old is None:  # opened on a full disk: the first segment of this run
+            self._start_segment(fresh, fresh.size)
+            return
+        # The new file first: if it fails, the active segment stays as it is.
+        self._start_segment(fresh, fresh.size)
         old.count = self._seq - old.first_seq
         if len(old.done) < old.count:
             old.done.extend(bytes(old.count - len(old.done)))
@@ -825,7 +927,6 @@ class Spool:
         del old.done[old.count :]
         old.sealed = True
         self._to_close.append(old)
-        self._start_segment(fresh, fresh.size)
         if old.ndone >= old.count:
             self._retire(old)
 
@@ -833,6 +934,8 @@ class Spool:
         i = self._segments.index(seg)
         del self._segments[i]
         del self._firsts[i]
+        seg.view = None
+        self._unwritten.pop(seg, None)  # its records go with it: nothing to record
         self._dead.append(seg)
 
     # ------------------------------------------------------------------ appending
@@ -1063,10 +1166,12 @@ class Spool:
         try:
             while len(fresh) < new_segments:
                 fresh.append(self._new_segment_file(self.segment_bytes))
-        except BaseException:
+        except BaseException as exc:
             for seg in fresh:
                 self._fg_allocated += seg.size
                 self._dead.append(seg)  # maintain() deletes the files
+            if isinstance(exc, OSError):
+                raise self._segment_error(exc) from exc
             raise
         group: list[bytes] = []
         room = self._limit - self._pos
@@ -1138,12 +1243,10 @@ class Spool:
         if i < 0:
             raise ValueError(f"seq {seq} is in no segment of this spool")
         seg = self._segments[i]
-        fd = os.open(seg.path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            size = os.fstat(fd).st_size
-            buf = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
-        finally:
-            os.close(fd)
+        buf = seg.view
+        if buf is None:  # pragma: no cover - every segment of this run has a view
+            raise SpoolError(f"spool segment {seg.path.name} has no view to read")
+        size = len(buf)
         pos = _SEG_HEADER_SIZE
         for _ in range(seq - seg.first_seq):  # skip to seq by the records' lengths
             pos += _U32.unpack_from(buf, pos + 4)[0]
@@ -1164,6 +1267,8 @@ class Spool:
         Raises:
             ValueError: A seq this spool never gave out.
         """
+        if self._unwritten:
+            self._write_unwritten()
         if isinstance(seqs, list | tuple | range) and len(seqs) > 8 and self._confirm_run(seqs):
             return
         firsts = self._firsts
@@ -1224,19 +1329,73 @@ class Spool:
         return True
 
     def _write_acks(self, seg: _Segment, acks: array[int]) -> None:
+        held = self._unwritten.get(seg)
+        if held is not None:
+            acks = held + acks
+        if self._append_acks(seg, acks):
+            self._unwritten.pop(seg, None)
+            if not self._unwritten:
+                self._ack_error = None
+        else:
+            self._unwritten[seg] = acks
+        if seg.sealed and seg.ndone >= seg.count:
+            self._retire(seg)  # deleted: what it could not record does not matter
+
+    def _append_acks(self, seg: _Segment, acks: array[int]) -> bool:
+        """One frame of confirmations to the segment's ack log; False (logged at ERROR
+        once per episode) when the disk refuses it: then nothing of it is in the log."""
         body = acks.tobytes()
         frame = _ACK_FRAME.pack(len(acks), zlib.crc32(body)) + body
-        if seg.ack_fd < 0:
-            seg.ack_fd = os.open(
-                seg.ack_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644
-            )
-            self._dir_dirty = True
-        os.write(seg.ack_fd, frame)
+        try:
+            if seg.ack_fd < 0:
+                seg.ack_fd = os.open(
+                    seg.ack_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644
+                )
+                self._dir_dirty = True
+            written = _write(seg.ack_fd, frame)
+            if written != len(frame):
+                # Part of a frame (the disk filled in the middle): cut it, or the
+                # frames after it could not be read.
+                os.ftruncate(seg.ack_fd, seg.ack_bytes)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as exc:
+            if self._ack_error is None:
+                what = "no space left on the device" if exc.errno in _DISK_FULL else "an error"
+                logger.error(
+                    "spool %r: %s for the confirmation log (%s): delivery goes on; "
+                    "messages confirmed from now on are sent again by the next run "
+                    "unless the log can be written before it ends",
+                    str(self.path),
+                    what,
+                    exc,
+                )
+            self._ack_error = _describe(exc, self.path)
+            return False
         seg.ack_bytes += len(frame)
-        if seg.sealed and seg.ndone >= seg.count:
-            self._retire(seg)
+        return True
+
+    def _write_unwritten(self) -> None:
+        """Try again to record the confirmations a full disk held back."""
+        for seg, acks in list(self._unwritten.items()):
+            if not self._append_acks(seg, acks):
+                return
+            del self._unwritten[seg]
+        self._ack_error = None
 
     # ------------------------------------------------------------------ state
+
+    @property
+    def disk_error(self) -> str | None:
+        """The disk condition the spool is in, or ``None``: no room for a new segment
+        (new messages are refused), for the ack log (confirmations held in memory), or
+        for the spare segment."""
+        return self._append_error or self._ack_error or self._spare_error
+
+    @property
+    def unrecorded_confirmations(self) -> int:
+        """Confirmations a full disk keeps out of the ack logs (held in memory, written
+        when there is room; if the process ends first, those messages are sent again)."""
+        return sum(len(acks) for acks in self._unwritten.values())
 
     @property
     def used_bytes(self) -> int:
@@ -1267,9 +1426,22 @@ class Spool:
         """Whether :meth:`maintain` has work: segments to close or delete, no spare."""
         return bool(self._to_close or self._dead) or (
             self._spare is None
+            and (self._spare_error is None or self._spare_retry)  # see retry_spare()
             and not self._closed
             and self.used_bytes + self.segment_bytes <= self.max_bytes
         )
+
+    @property
+    def spare_failed(self) -> bool:
+        """The last try to create the spare segment failed (no room): :meth:`maintain`
+        tries again after :meth:`retry_spare`, or once it has deleted a segment."""
+        return self._spare_error is not None and not self._spare_retry
+
+    def retry_spare(self) -> None:
+        """Let the next :meth:`maintain` try to create the spare segment again (its
+        caller waits between tries: a full disk is not retried in a loop)."""
+        with self._io_lock:
+            self._spare_retry = self._spare_error is not None
 
     def has_room(self, nbytes: int) -> bool:
         """Whether a record of ``nbytes`` encoded bytes can be appended now.
@@ -1349,6 +1521,7 @@ class Spool:
             if not synced and self.sync_policy != "never" and seg.fd >= 0:
                 os.fsync(seg.fd)
             self._close_segment_files(seg, acks=False)
+        freed = False
         while self._dead:
             seg = self._dead.pop(0)
             self._close_segment_files(seg, acks=True)
@@ -1356,16 +1529,33 @@ class Spool:
             seg.ack_path.unlink(missing_ok=True)
             self._freed += seg.size
             self._dir_dirty = True
-        if self._spare is None and self.used_bytes + self.segment_bytes <= self.max_bytes:
+            freed = True
+        if (
+            self._spare is None
+            and (self._spare_error is None or freed or self._spare_retry)
+            and self.used_bytes + self.segment_bytes <= self.max_bytes
+        ):
+            self._spare_retry = False
             try:
                 spare = self._new_segment_file(self.segment_bytes)
             except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-                logger.warning("spool %s: no space for a spare segment: %s", self.path, exc)
+                # Not fatal: the next rotation tries (and refuses its call if it
+                # fails too). Logged once per episode; retried after retry_spare().
+                if self._spare_error is None:
+                    logger.warning(
+                        "spool %r: cannot create the spare segment (%s); trying again later",
+                        str(self.path),
+                        _describe(exc, self.path),
+                    )
+                self._spare_error = _describe(exc, self.path)
             else:
                 self._bg_allocated += spare.size
                 self._spare = spare
+                if self._spare_error is not None:
+                    logger.info(
+                        "spool %r: the spare segment could be created again", str(self.path)
+                    )
+                self._spare_error = None
 
     @staticmethod
     def _close_segment_files(seg: _Segment, *, acks: bool) -> None:
@@ -1399,12 +1589,32 @@ class Spool:
                 self._reader.close()
                 self._reader = None
             try:
+                if self._unwritten:
+                    self._write_unwritten()
+                    if self._unwritten:
+                        logger.error(
+                            "spool %r: %d confirmation(s) could not be written (%s): those "
+                            "messages will be sent again by the next run",
+                            str(self.path),
+                            self.unrecorded_confirmations,
+                            self.disk_error,
+                        )
                 if self.sync_policy != "never":
-                    for seg in [*self._to_close, *self._segments]:
-                        if seg.fd >= 0:
-                            os.fsync(seg.fd)
-                        if seg.ack_fd >= 0:
-                            os.fsync(seg.ack_fd)
+                    try:
+                        for seg in [*self._to_close, *self._segments]:
+                            if seg.fd >= 0:
+                                os.fsync(seg.fd)
+                            if seg.ack_fd >= 0:
+                                os.fsync(seg.ack_fd)
+                    except OSError as exc:
+                        # Not raised: the producer's exit must still say what it could
+                        # not deliver. What the kernel holds may still reach the disk.
+                        logger.error(
+                            "spool %r: the final fsync failed (%s): messages accepted "
+                            "since the last sync may not survive a power loss",
+                            str(self.path),
+                            exc,
+                        )
                 # Everything is sealed now; a fully confirmed active segment goes too.
                 active = self._seg
                 if active is not None and not active.sealed:
@@ -1427,7 +1637,12 @@ class Spool:
                     spare.path.unlink(missing_ok=True)
                     self._freed += spare.size
                 if self.sync_policy != "never":
-                    self._fsync_dir()
+                    try:
+                        self._fsync_dir()
+                    except OSError as exc:
+                        logger.error(
+                            "spool %r: cannot fsync the directory: %s", str(self.path), exc
+                        )
             finally:
                 self._closed = True
                 self._release_all()

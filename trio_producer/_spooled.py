@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from typing import TYPE_CHECKING
 
 import attrs
@@ -53,6 +54,10 @@ SEND_MANY_CHUNK = 1024
 #: forward). A broker that is merely slower than the sender is backpressure, as without a
 #: spool, and costs no read-back from the spool; one that is away does not stop the call.
 SPILL_AFTER = 0.5
+#: With no room on the disk for the spare segment, the keeper tries again after this
+#: many seconds, doubling up to SPARE_RETRY_MAX (and at once after it deleted a segment).
+SPARE_RETRY_MIN = 1.0
+SPARE_RETRY_MAX = 60.0
 _END = object()
 
 
@@ -206,33 +211,60 @@ class SpoolKeeper:
 
     # ---- the background task ------------------------------------------------------------
 
+    def _sync_failed(self, exc: OSError) -> None:
+        """The disk refused an fsync (or the directory is gone): not a bug of this
+        library, and not a reason to stop delivering. Every sync waiter fails from now
+        on (``Producer.sync`` raises, ``spool_sync="always"`` refuses new messages);
+        accepted messages stay in memory and librdkafka, and are delivered or handed
+        back as usual. Logged at ERROR once."""
+        if self.error is None:
+            logger.error(
+                "spool %r: the disk refused an fsync (%s): messages are still delivered, "
+                "but the spool no longer promises that they survive a power loss",
+                str(self.spool.path),
+                exc,
+            )
+            self.error = exc
+
     @enable_ki_protection
     async def run(self) -> None:
         """fsync on the policy's schedule, and maintain (rotate, delete) when due."""
         spool = self.spool
         interval = spool.sync_interval if spool.sync_policy == "interval" else None
+        backoff = SPARE_RETRY_MIN
+        retry_at = math.inf
         try:
             while True:
+                if not spool.spare_failed:
+                    backoff, retry_at = SPARE_RETRY_MIN, math.inf
+                elif retry_at == math.inf:  # no room for the spare: try again later
+                    retry_at = trio.current_time() + backoff
+                    backoff = min(2 * backoff, SPARE_RETRY_MAX)
                 if not (self._sync_wanted or spool.maintenance_due):
-                    with trio.move_on_after(interval if interval is not None else 3600):
+                    wait = interval if interval is not None and self.error is None else 3600
+                    with trio.move_on_at(min(trio.current_time() + wait, retry_at)):
                         await self._wake.park()
-                want_sync = self._sync_wanted or (
-                    interval is not None and spool.next_seq - 1 > spool.synced_seq
+                if spool.spare_failed and trio.current_time() >= retry_at:
+                    spool.retry_spare()
+                    retry_at = math.inf
+                want_sync = self.error is None and (
+                    self._sync_wanted
+                    or (interval is not None and spool.next_seq - 1 > spool.synced_seq)
                 )
                 self._sync_wanted = False
                 if want_sync:
-                    await trio.to_thread.run_sync(spool.sync)
+                    try:
+                        await trio.to_thread.run_sync(spool.sync)
+                    except OSError as exc:
+                        self._sync_failed(exc)
                     self._release_synced()
                     self._room.unpark_all()
                 elif spool.maintenance_due:
-                    await trio.to_thread.run_sync(spool.maintain)
+                    try:
+                        await trio.to_thread.run_sync(spool.maintain)
+                    except OSError as exc:
+                        self._sync_failed(exc)
                     self._room.unpark_all()
-        except OSError as exc:
-            # A disk that fails makes every sync waiter fail, loudly; accepted messages
-            # stay in memory and librdkafka, and are still delivered or handed back.
-            self.error = exc
-            logger.error("the spool failed: %r", exc)
-            raise
         finally:
             # Stopped (the producer closes) or failed: no send waits for an fsync that
             # will not come. The spool's close() fsyncs what is left (unless "never").
