@@ -28,7 +28,7 @@ from trio_producer import (
     UndeliveredMessagesError,
     open_producer,
 )
-from trio_producer._spool import Spool, SpoolLockedError
+from trio_producer._spool import Spool, SpoolDiskFullError, SpoolLockedError
 from trio_producer._spooled import SpoolKeeper
 from trio_producer.testing import consume_all
 
@@ -849,3 +849,80 @@ async def test_no_room_for_the_spare_segment_is_retried_with_a_backoff_not_a_loo
         assert "cannot create the spare segment (no space left on the device" in messages[0][1]
     finally:
         spool.close()
+
+
+async def test_a_full_disk_refuses_new_segments_at_the_call_and_delivery_goes_on(
+    kafka_bootstrap: str,
+    kafka_topic: str,
+    read_back: ReadBack,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Found by the attack on #22: ENOSPC from the ack log's write, inside the delivery
+    task, aborted the producer as an "internal error", cut the drain short and purged
+    what was in flight while the broker was healthy."""
+    import trio_producer._spool as module
+
+    real_write, real_fallocate = module._write, module._fallocate
+    full = [False]
+
+    def write(fd: int, data: bytes) -> int:
+        if full[0]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    def fallocate(fd: int, offset: int, length: int) -> None:
+        if full[0]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fallocate(fd, offset, length)
+
+    monkeypatch.setattr(module, "_write", write)
+    monkeypatch.setattr(module, "_fallocate", fallocate)
+    spool = str(tmp_path / "spool")
+    sent: list[bytes] = []
+    with caplog.at_level(logging.WARNING, logger="trio_producer"):
+        async with open_producer(
+            bootstrap_servers=kafka_bootstrap,
+            spool_path=spool,
+            spool_max_bytes=1 << 20,  # segments of 256 KiB
+            spool_sync="never",
+        ) as producer:
+            for i in range(10):
+                await producer.send(kafka_topic, b"before-%d" % i)
+                sent.append(b"before-%d" % i)
+            await producer.flush()
+            full[0] = True
+            for i in range(10):
+                await producer.send(kafka_topic, b"full-%d" % i)
+                sent.append(b"full-%d" % i)
+            await producer.flush()  # delivered, confirmed in memory
+            stats = producer.statistics()
+            assert stats.delivered == 20
+            assert stats.spool_unrecorded == 10
+            assert stats.spool_error == (
+                f"no space left on the device ({spool!r}): [Errno 28] No space left on device"
+            )
+            value = b"x" * 1000
+            with pytest.raises(SpoolDiskFullError) as info:
+                while True:  # the preallocated segment still takes messages
+                    await producer.send(kafka_topic, value)
+                    sent.append(value)
+            assert info.value.path == Path(spool)
+            assert "no space left on the device for a new segment" in str(info.value)
+            # The active segment and the spare, preallocated before the disk filled: 2 x
+            # 256 KiB of ~1 KiB records, then refused at the call.
+            assert 400 < len(sent) < 540
+            await producer.flush()
+            full[0] = False
+            await producer.send(kafka_topic, b"after")  # room again: a new segment
+            sent.append(b"after")
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 2, errors  # once for the ack log, once for the segment
+    assert "for the confirmation log" in errors[0]
+    assert "cannot create a new segment" in errors[1]
+    assert not [e for e in errors if "internal error" in e]
+    records = await read_back(kafka_topic, expected=len(sent))
+    assert [r.value for r in records] == sent
+    with Spool.open(spool, max_bytes=1 << 20) as reopened:
+        assert reopened.recovered == []  # every confirmation was written, or its segment went

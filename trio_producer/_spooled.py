@@ -180,6 +180,18 @@ class SpoolKeeper:
             self._wake.unpark_all()
         await self._room.park()
 
+    def check_can_sync(self) -> None:
+        """Refuse a message that ``spool_sync="always"`` must fsync when an fsync failed.
+
+        Raises:
+            SpoolError: It cannot be made durable (nothing was accepted).
+        """
+        if self.error is not None and self.spool.sync_policy == "always":
+            raise SpoolError(
+                f"spool {str(self.spool.path)!r}: an fsync failed ({self.error}): with "
+                "spool_sync='always' no new message is accepted"
+            ) from self.error
+
     async def wait_synced(self, seq: int) -> None:
         """Return once ``seq`` is fsynced (group commit: one fsync serves every waiter).
 
@@ -402,6 +414,7 @@ class SpooledProducer(Producer):
 
     async def _accept(self, item: Pending, size: int, waiter: trio.Event | None) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
+        self._keeper.check_can_sync()
         channel = self._channel
         while True:
             try:
@@ -413,7 +426,7 @@ class SpooledProducer(Producer):
                     await channel.wait_for_room()
                 await trio.lowlevel.checkpoint_if_cancelled()
                 continue
-            except ProducerClosedError:
+            except (ProducerClosedError, SpoolError):  # (SpoolError: nothing accepted)
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 raise
             break
@@ -472,6 +485,7 @@ class SpooledProducer(Producer):
         check_topic(topic)
         await trio.lowlevel.checkpoint_if_cancelled()
         keeper = self._keeper
+        keeper.check_can_sync()
         spool = keeper.spool
         it = iter(messages)
         first_seq = spool.next_seq
@@ -697,11 +711,18 @@ class SpooledProducer(Producer):
     def statistics(self) -> ProducerStatistics:
         """See :meth:`Producer.statistics`; ``queued`` counts what is only in the spool."""
         stats = super().statistics()
+        keeper = self._keeper
+        spool = keeper.spool
+        error = spool.disk_error
+        if keeper.error is not None:
+            error = f"an fsync failed ({str(spool.path)!r}): {keeper.error}"
         return attrs.evolve(
             stats,
             queued=stats.queued + self.backlog(),
-            spooled=self._keeper.spool.pending,
-            recovered=self._keeper.recovered,
+            spooled=spool.pending,
+            recovered=keeper.recovered,
+            spool_error=error,
+            spool_unrecorded=spool.unrecorded_confirmations,
         )
 
     @enable_ki_protection
