@@ -11,6 +11,7 @@ import itertools
 import logging
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -926,3 +927,35 @@ async def test_a_full_disk_refuses_new_segments_at_the_call_and_delivery_goes_on
     assert [r.value for r in records] == sent
     with Spool.open(spool, max_bytes=1 << 20) as reopened:
         assert reopened.recovered == []  # every confirmation was written, or its segment went
+
+
+async def test_a_spool_directory_removed_while_running_hands_everything_back(
+    kafka_topic: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by the attack on #22: store and forward read segments back by path, so a
+    removed directory lost what only the spool held. Now it reads through mappings that
+    outlive the files, and the exit hands back what the spool can no longer keep."""
+    spool = tmp_path / "spool"
+    with silent_listener() as dead:
+        with pytest.raises(UndeliveredMessagesError) as raised:
+            async with open_producer(
+                bootstrap_servers=f"127.0.0.1:{dead.getsockname()[1]}",
+                spool_path=str(spool),
+                queue_capacity=10,
+                close_timeout=0.5,
+                librdkafka={"queue.buffering.max.messages": 10},
+            ) as producer:
+                for i in range(100):
+                    await producer.send(kafka_topic, b"m-%d" % i)
+                assert producer.backlog() > 50  # only in the spool
+                while spool.exists():  # (the keeper may be creating a spare meanwhile)
+                    shutil.rmtree(spool, ignore_errors=True)
+    error = raised.value
+    assert error.spool_path is None
+    assert sorted(m.value for m in error.messages) == sorted(b"m-%d" % i for i in range(100))
+    assert "kept in the spool" not in str(error)
+    assert any(
+        "was removed while the producer ran" in r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.ERROR
+    )

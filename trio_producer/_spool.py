@@ -419,6 +419,7 @@ class Spool:
         self.recovered: list[SpoolRecord] = []
         self.recovery = SpoolRecovery()
         self._lock_fd = -1
+        self._lock_id = (0, 0)
         self._io_lock = threading.Lock()
         self._closed = False
         # Owned by the appending thread.
@@ -509,6 +510,8 @@ class Spool:
         )
         spool.path.mkdir(parents=True, exist_ok=True)
         spool._lock()
+        st = os.fstat(spool._lock_fd)
+        spool._lock_id = (st.st_dev, st.st_ino)
         try:
             spool._recover()
             try:
@@ -1383,6 +1386,16 @@ class Spool:
         self._ack_error = None
 
     # ------------------------------------------------------------------ state
+
+    def directory_intact(self) -> bool:
+        """Whether the spool's files are still where the next :meth:`open` looks: its
+        ``LOCK`` file is the one this spool holds (``False`` once the directory was
+        removed or replaced). Blocking (one ``stat``)."""
+        try:
+            st = os.stat(self.path / "LOCK")
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self._lock_id
 
     @property
     def disk_error(self) -> str | None:

@@ -369,6 +369,17 @@ class SpooledProducer(Producer):
             return 0
         return self._keeper.spool.next_seq - self._backlog_from
 
+    def take_backlog(self) -> list[Pending]:
+        """Read every message that is only in the spool back into memory and end the
+        backlog (for the exit, when the spool can no longer keep them)."""
+        start = self._backlog_from
+        if start is None:
+            return []
+        keeper = self._keeper
+        records = keeper.spool.read_from(start, keeper.spool.next_seq - start)
+        self._backlog_from = None
+        return [pending_from_record(record, keeper.id_header) for record in records]
+
     def _refill(self) -> None:
         start = self._backlog_from
         if start is None:
