@@ -82,7 +82,8 @@ def test_every_field_round_trips(tmp_path: Path) -> None:
         assert [r.id for r in spool.recovered] == ids
         assert ids[7] == uuid + (7).to_bytes(8, "big")
         assert spool.uuid != uuid
-        assert spool.recovery.recovered == spool.recovery.duplicates_possible == 10
+        assert spool.recovery.recovered == 10
+        assert spool.recovery.duplicates_possible == 0  # none was handed to Kafka
         assert (spool.recovery.torn_tails, spool.recovery.corrupt_records) == (0, 0)
         assert spool.next_seq == 10
         assert spool.id_of(3) == ids[3]  # a recovered record keeps its id
@@ -435,7 +436,7 @@ def test_sync_and_maintain_in_another_thread(tmp_path: Path, policy: str) -> Non
         spool.confirm_many(unconfirmed)
         spool.maintain()
     assert spool.used_bytes == 0
-    assert list(tmp_path.iterdir()) == [tmp_path / "LOCK"]
+    assert sorted(tmp_path.iterdir()) == [tmp_path / "HANDED", tmp_path / "LOCK"]
 
 
 CHILD = """
@@ -1083,3 +1084,28 @@ def test_store_and_forward_reads_back_after_the_directory_is_removed(tmp_path: P
         spool.confirm_many(range(200))  # no exception
     finally:
         spool.close()  # logs, does not raise
+
+
+def test_duplicates_possible_counts_what_was_handed_to_kafka(tmp_path: Path) -> None:
+    """Found by the attack on #22: every recovered record counted as a possible
+    duplicate, even when none could have been sent. Only records at or below the
+    hand-off mark (written before the producer hands records to Kafka) can be."""
+    spool = Spool.open(tmp_path, max_bytes=64 * SEG, segment_bytes=SEG)
+    seqs = [spool.append("t", b"%d" % i) for i in range(10)]
+    spool.note_handed(5)
+    spool.note_handed(3)  # never goes back
+    crash(spool)
+    spool = Spool.open(tmp_path, max_bytes=64 * SEG, segment_bytes=SEG)
+    assert [r.seq for r in spool.recovered] == seqs
+    assert spool.recovery.duplicates_possible == 6  # seqs 0..5
+    spool.confirm_many(seqs[:2])
+    more = [spool.append("t", b"new") for _ in range(4)]
+    crash(spool)  # this run handed nothing: the mark it carried over still holds
+    spool = Spool.open(tmp_path, max_bytes=64 * SEG, segment_bytes=SEG)
+    assert [r.seq for r in spool.recovered] == seqs[2:] + more
+    assert spool.recovery.duplicates_possible == 4  # seqs 2..5
+    spool.note_handed(spool.next_seq - 1)
+    crash(spool)
+    (tmp_path / "HANDED").write_bytes(b"\x00" * 12)  # damaged: unknown, so all of them
+    with Spool.open(tmp_path, max_bytes=64 * SEG, segment_bytes=SEG) as spool:
+        assert spool.recovery.duplicates_possible == len(spool.recovered) == 12

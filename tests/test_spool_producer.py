@@ -56,7 +56,7 @@ def silent_listener() -> socket.socket:
 
 
 def spool_files(path: Path) -> list[str]:
-    return sorted(p.name for p in path.iterdir() if p.name != "LOCK")
+    return sorted(p.name for p in path.iterdir() if p.name not in ("LOCK", "HANDED"))
 
 
 async def test_every_field_round_trips_with_an_id_header_and_the_spool_empties(
@@ -959,3 +959,30 @@ async def test_a_spool_directory_removed_while_running_hands_everything_back(
         for r in caplog.records
         if r.levelno == logging.ERROR
     )
+
+
+async def test_duplicates_possible_counts_only_what_reached_librdkafka(
+    kafka_topic: str, tmp_path: Path
+) -> None:
+    """Found by the attack on #22: every recovered message counted as a possible
+    duplicate, also the store-and-forward backlog that never left the spool."""
+    spool = tmp_path / "spool"
+    with silent_listener() as dead:
+        with pytest.raises(UndeliveredMessagesError) as raised:
+            async with open_producer(
+                bootstrap_servers=f"127.0.0.1:{dead.getsockname()[1]}",
+                spool_path=str(spool),
+                queue_capacity=10,
+                close_timeout=0.5,
+                librdkafka={"queue.buffering.max.messages": 10},
+            ) as producer:
+                for i in range(100):
+                    await producer.send(kafka_topic, b"m-%d" % i)
+                await trio.testing.wait_all_tasks_blocked()
+                in_memory = 100 - producer.backlog()
+    assert len(raised.value.messages) == in_memory
+    with Spool.open(spool, max_bytes=1 << 30) as reopened:
+        assert len(reopened.recovered) == 100
+        # The hand-off mark: the newest message in memory when a batch went to
+        # librdkafka (an upper bound; the backlog behind it never left the spool).
+        assert reopened.recovery.duplicates_possible == in_memory

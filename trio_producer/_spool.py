@@ -105,6 +105,7 @@ _SEG_MAGIC = b"TPSPOOL1"
 _SEG_HEAD = struct.Struct("<8sHH16sQQ")  # magic, version, flags, uuid, first seq, index
 _SEG_HEADER_SIZE = 64
 _ACK_FRAME = struct.Struct("<II")  # count, crc32 of the packed seqs
+_HANDED = struct.Struct("<qI")  # the hand-off mark, crc32 of it
 
 _MIN_SEGMENT = 4096
 #: The system calls that can meet a full disk, by name: a seam for tests that make the
@@ -200,8 +201,10 @@ class SpoolRecovery(NamedTuple):
         corrupt_acks: Ack batches skipped (their messages count as unconfirmed: sent
             again, never lost).
         duplicates_possible: How many of the recovered records may already be in Kafka
-            (delivered but not yet confirmed when the earlier process died): at most
-            what it had in flight, here counted as every recovered record.
+            (delivered but not confirmed when the earlier process ended): those at or
+            below the hand-off mark (``HANDED``: before handing records to Kafka, the
+            producer records that none above a seq was handed, see
+            ``Spool.note_handed``). Every recovered record when the mark is unknown.
     """
 
     recovered: int = 0
@@ -420,6 +423,9 @@ class Spool:
         self.recovery = SpoolRecovery()
         self._lock_fd = -1
         self._lock_id = (0, 0)
+        # The hand-off mark (owning thread): see note_handed.
+        self._handed = -1
+        self._handed_fd = -1
         self._io_lock = threading.Lock()
         self._closed = False
         # Owned by the appending thread.
@@ -596,7 +602,14 @@ class Spool:
         self._seq = self._run_first_seq = max_seq + 1
         self._next_index = max_index + 1
         n = len(self.recovered)
-        self.recovery = found._replace(recovered=n, duplicates_possible=n)
+        mark = self._read_handed()
+        if mark is None:  # unknown (an older spool, or the mark could not be written)
+            duplicates = n
+        else:
+            duplicates = sum(1 for r in self.recovered if r.seq <= mark)
+            self._handed = mark
+        self.recovery = found._replace(recovered=n, duplicates_possible=duplicates)
+        self._open_handed()
         if n or found.torn_tails or found.corrupt_records:
             logger.info(
                 "spool %s: recovered %d unconfirmed message(s) from %d segment(s) "
@@ -766,6 +779,54 @@ class Spool:
                 return pos
             pos = data.find(_MAGIC_BYTES, pos + 1, data_end)
         return None
+
+    def _read_handed(self) -> int | None:
+        """The hand-off mark an earlier process left, or ``None`` when unknown."""
+        try:
+            data = (self.path / "HANDED").read_bytes()
+        except FileNotFoundError:
+            return None if self.recovered else -1
+        if len(data) != _HANDED.size:
+            return None
+        mark, crc = _HANDED.unpack(data)
+        if zlib.crc32(data[:8]) != crc:
+            return None
+        return int(mark)
+
+    def _open_handed(self) -> None:
+        """Open the hand-off mark's file and write the mark carried over (a full disk:
+        no file, and the next recovery counts every record as possibly sent)."""
+        path = self.path / "HANDED"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError:
+            path.unlink(missing_ok=True)
+            return
+        self._handed_fd = fd
+        self._write_handed(self._handed)
+
+    def _write_handed(self, mark: int) -> None:
+        packed = struct.pack("<q", mark)
+        try:
+            if os.pwrite(self._handed_fd, packed + _U32.pack(zlib.crc32(packed)), 0) != 12:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:
+            # Unknown from now on: the next recovery counts every record.
+            os.close(self._handed_fd)
+            self._handed_fd = -1
+            (self.path / "HANDED").unlink(missing_ok=True)
+
+    def note_handed(self, upto: int) -> None:
+        """Record, before records are handed to Kafka, that none above ``upto`` was.
+
+        What ``SpoolRecovery.duplicates_possible`` counts after a crash: only recovered
+        records at or below the mark may already be in Kafka. One ``pwrite`` when the
+        mark grows (nothing otherwise). Owning thread.
+        """
+        if upto > self._handed:
+            self._handed = upto
+            if self._handed_fd >= 0:
+                self._write_handed(upto)
 
     def _read_acks(self, ack_path: Path) -> tuple[set[int], int]:
         try:
@@ -1667,6 +1728,9 @@ class Spool:
         self._seg = None
         self._pos = 1
         self._limit = 0
+        if self._handed_fd >= 0:
+            os.close(self._handed_fd)
+            self._handed_fd = -1
         if self._lock_fd >= 0:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = -1

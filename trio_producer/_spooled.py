@@ -362,6 +362,15 @@ class SpooledProducer(Producer):
     def _attach(self, keeper: SpoolKeeper) -> None:
         self._keeper = keeper
         self._channel.refill = self._refill
+        self._tracker.before_produce = self._note_handing
+
+    def _note_handing(self) -> None:
+        """Before the worker hands a batch to librdkafka: no record above the newest in
+        memory can be in it (the backlog and later messages are only in the spool)."""
+        start = self._backlog_from
+        self._keeper.spool.note_handed(
+            (start if start is not None else self._keeper.spool.next_seq) - 1
+        )
 
     def backlog(self) -> int:
         """Accepted messages that are only in the spool (not yet in memory)."""
