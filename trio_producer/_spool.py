@@ -8,6 +8,7 @@ which the producer runs in a worker thread.
 Layout of a spool directory::
 
     LOCK                        fcntl.flock'ed by the owning process; holds its pid
+    HANDED                      the hand-off mark: no seq above it was handed to Kafka
     0000000000000007.seg        a segment: 64-byte header, then CRC-framed records
     0000000000000007.ack        its ack log: CRC-framed batches of confirmed seqs
     spare-<hex>.tmp             a preallocated segment waiting to become the next one
@@ -29,7 +30,10 @@ Record framing (little-endian)::
 
 Recovery reads records until the zeros. A record whose checksum fails, followed by valid
 ones, is corrupt: skipped, counted, logged at ERROR. Invalid bytes with nothing valid
-after them are a torn tail (a crash mid-append): cut off and counted. A copy is not
+after them are a torn tail (a crash mid-append) in the newest segment only: cut off and
+counted. A segment that a later one follows was sealed by a rotation after its last
+record was written whole: any damage in it, and records missing before the next
+segment's first seq, is corruption. A copy is not
 ordered (``memcpy`` of a large batch may store its end before its start), so
 ``append_many`` (and ``append_values``) writes its first record's magic last: a zero
 magic followed by data is a batch that never returned, cut off as a torn tail too.
