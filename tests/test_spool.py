@@ -1109,3 +1109,42 @@ def test_duplicates_possible_counts_what_was_handed_to_kafka(tmp_path: Path) -> 
     (tmp_path / "HANDED").write_bytes(b"\x00" * 12)  # damaged: unknown, so all of them
     with Spool.open(tmp_path, max_bytes=64 * SEG, segment_bytes=SEG) as spool:
         assert spool.recovery.duplicates_possible == len(spool.recovered) == 12
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Any:
+    """A real 256 KiB file system (tmpfs); skipped where it cannot be mounted."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_real_full_disk(small_disk: Path) -> None:
+    """The seam's story on a real file system that fills: refused at the call, nothing
+    accepted lost, room again once confirmations delete segments."""
+    path = small_disk / "spool"
+    spool = Spool.open(path, max_bytes=1 << 30, segment_bytes=16 * SEG)
+    seqs: list[int] = []
+    try:
+        with pytest.raises(SpoolDiskFullError, match="no space left on the device"):
+            while True:
+                seqs.append(spool.append("t", b"x" * 1000))
+        assert spool.next_seq == len(seqs)
+        assert 150 < len(seqs) < 260  # 256 KiB of ~1 KiB records
+        spool.confirm_many(seqs[:-1])  # held or written, delivery goes on
+        spool.maintain()  # the sealed segments go: room again
+        assert spool.append("t", b"after") == len(seqs)
+    finally:
+        crash(spool)
+    with Spool.open(path, max_bytes=1 << 30, segment_bytes=16 * SEG) as spool:
+        assert [r.value for r in spool.recovered] == [b"x" * 1000, b"after"]

@@ -1726,8 +1726,11 @@ class Spool:
                 self._release_all()
 
     def _release_all(self) -> None:
-        for seg in [*self._to_close, *self._segments, *self._dead]:
+        spare = [self._spare] if self._spare is not None else []
+        for seg in [*self._to_close, *self._segments, *self._dead, *spare]:
             self._close_segment_files(seg, acks=True)
+            seg.view = None  # unmapped once no reader holds it
+        self._reader = None
         self._mm = None
         self._seg = None
         self._pos = 1
