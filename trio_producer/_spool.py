@@ -1093,7 +1093,12 @@ class Spool:
 
         Raises:
             SpoolFullError: The whole batch does not fit in ``max_bytes``.
-            SpoolError: The spool is closed, or a record exceeds a segment.
+            SpoolDiskFullError: The disk has no room for a new segment the batch needs.
+            SpoolError: The spool is closed, or a record exceeds a segment, or a new
+                segment file cannot be made. (One exception to all or nothing: if the
+                directory is removed or made read-only between two segments of one
+                batch, the records written before stay; the producer never spools a
+                batch across segments.)
         """
         first = seq = self._seq
         topics = self._topics

@@ -231,8 +231,9 @@ class SpoolKeeper:
         back as usual. Logged at ERROR once."""
         if self.error is None:
             logger.error(
-                "spool %r: the disk refused an fsync (%s): messages are still delivered, "
-                "but the spool no longer promises that they survive a power loss",
+                "spool %r: the disk failed under an fsync or maintenance (%s): messages "
+                "are still delivered, but the spool no longer promises that they survive "
+                "a power loss",
                 str(self.spool.path),
                 exc,
             )
@@ -735,7 +736,7 @@ class SpooledProducer(Producer):
         spool = keeper.spool
         error = spool.disk_error
         if keeper.error is not None:
-            error = f"an fsync failed ({str(spool.path)!r}): {keeper.error}"
+            error = f"the disk failed under an fsync ({str(spool.path)!r}): {keeper.error}"
         return attrs.evolve(
             stats,
             queued=stats.queued + self.backlog(),
