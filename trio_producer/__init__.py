@@ -25,6 +25,7 @@ from ._message import RecordMetadata as RecordMetadata
 from ._producer import Producer as Producer
 from ._producer import ProducerStatistics as ProducerStatistics
 from ._signals import cancel_on_signals as cancel_on_signals
+from ._spool import SpoolDiskFullError as SpoolDiskFullError
 from ._spool import SpoolError as SpoolError
 from ._spool import SpoolLockedError as SpoolLockedError
 from ._spooled import SpooledProducer as SpooledProducer
@@ -46,6 +47,7 @@ __all__ = [
     "ProducerStatistics",
     "RecordMetadata",
     "SerializationError",
+    "SpoolDiskFullError",
     "SpoolError",
     "SpoolLockedError",
     "SpooledProducer",

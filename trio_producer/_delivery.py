@@ -91,6 +91,9 @@ class DeliveryTracker:
         #: With a durable spool: called with the spool seqs of messages that were
         #: delivered, or failed and were handed back while the producer ran.
         self.on_confirmed: Callable[[list[int]], None] | None = None
+        #: With a durable spool: called before each hand-off to librdkafka (the spool
+        #: records that nothing newer was handed over: ``Spool.note_handed``).
+        self.before_produce: Callable[[], None] | None = None
         #: Statistics, connection state, OAuth expiry, telemetry: handed over after each
         #: poll (open_producer sets its own).
         self.hooks = Hooks("the bootstrap servers")
@@ -142,6 +145,8 @@ class DeliveryTracker:
         if self._holding:  # a flush() waits for what came before (errors-only reports)
             return start
         epoch = self.epochs[-1]
+        if self.before_produce is not None:
+            self.before_produce()
         pos = self.client.produce(batch, start, epoch)
         epoch.produced += pos - start
         if self._idle:

@@ -444,6 +444,22 @@ async def _running(
     tracker.process()
     for item in channel.unsent():
         _hand_back_unsent(item, state)
+    spool_path = keeper.spool.path.as_posix() if keeper is not None else None
+    if keeper is not None and not keeper.spool.directory_intact():
+        # Removed (or replaced) while the producer ran: the spool cannot keep what was
+        # not delivered for a next run. Hand it all back instead, read from the
+        # mappings that outlive the files.
+        assert isinstance(producer, SpooledProducer)
+        backlog = producer.take_backlog()
+        logger.error(
+            "the spool directory %r was removed while the producer ran: the %d "
+            "undelivered message(s) it held are handed back, not kept",
+            spool_path,
+            len(backlog) + len(state.failures),
+        )
+        for item in backlog:
+            _hand_back_unsent(item, state)
+        spool_path = None
     channel.stop()
     tracker.stop()
     ending = Ending(
@@ -455,7 +471,7 @@ async def _running(
         fatal=state.fatal,
         unknown=tracker.in_flight,
         cut_short=state.aborted,
-        spool_path=keeper.spool.path.as_posix() if keeper is not None else None,
+        spool_path=spool_path,
         kept=producer.backlog(),
     )
 

@@ -63,6 +63,12 @@ class ProducerStatistics:
         spooled: With a durable spool: messages in it that are not confirmed yet.
         recovered: With a durable spool: unconfirmed messages an earlier process left
             in it, found when this producer opened it (sent before anything new).
+        spool_error: With a durable spool: the disk condition it is in, or ``None``
+            (no room for a new segment: new messages are refused with
+            ``SpoolDiskFullError``; no room for the ack log; an ``fsync`` failed).
+        spool_unrecorded: With a durable spool: confirmations a full disk keeps out of
+            the ack log (in memory; if the process ends before they are written, those
+            messages are sent again by the next run).
     """
 
     queued: int
@@ -72,6 +78,8 @@ class ProducerStatistics:
     batches: Mapping[str, int]
     spooled: int = 0
     recovered: int = 0
+    spool_error: str | None = None
+    spool_unrecorded: int = 0
 
 
 class Producer(Generic[K, V]):

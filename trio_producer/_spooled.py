@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from typing import TYPE_CHECKING
 
 import attrs
@@ -53,6 +54,10 @@ SEND_MANY_CHUNK = 1024
 #: forward). A broker that is merely slower than the sender is backpressure, as without a
 #: spool, and costs no read-back from the spool; one that is away does not stop the call.
 SPILL_AFTER = 0.5
+#: With no room on the disk for the spare segment, the keeper tries again after this
+#: many seconds, doubling up to SPARE_RETRY_MAX (and at once after it deleted a segment).
+SPARE_RETRY_MIN = 1.0
+SPARE_RETRY_MAX = 60.0
 _END = object()
 
 
@@ -175,6 +180,18 @@ class SpoolKeeper:
             self._wake.unpark_all()
         await self._room.park()
 
+    def check_can_sync(self) -> None:
+        """Refuse a message that ``spool_sync="always"`` must fsync when an fsync failed.
+
+        Raises:
+            SpoolError: It cannot be made durable (nothing was accepted).
+        """
+        if self.error is not None and self.spool.sync_policy == "always":
+            raise SpoolError(
+                f"spool {str(self.spool.path)!r}: an fsync failed ({self.error}): with "
+                "spool_sync='always' no new message is accepted"
+            ) from self.error
+
     async def wait_synced(self, seq: int) -> None:
         """Return once ``seq`` is fsynced (group commit: one fsync serves every waiter).
 
@@ -206,33 +223,61 @@ class SpoolKeeper:
 
     # ---- the background task ------------------------------------------------------------
 
+    def _sync_failed(self, exc: OSError) -> None:
+        """The disk refused an fsync (or the directory is gone): not a bug of this
+        library, and not a reason to stop delivering. Every sync waiter fails from now
+        on (``Producer.sync`` raises, ``spool_sync="always"`` refuses new messages);
+        accepted messages stay in memory and librdkafka, and are delivered or handed
+        back as usual. Logged at ERROR once."""
+        if self.error is None:
+            logger.error(
+                "spool %r: the disk failed under an fsync or maintenance (%s): messages "
+                "are still delivered, but the spool no longer promises that they survive "
+                "a power loss",
+                str(self.spool.path),
+                exc,
+            )
+            self.error = exc
+
     @enable_ki_protection
     async def run(self) -> None:
         """fsync on the policy's schedule, and maintain (rotate, delete) when due."""
         spool = self.spool
         interval = spool.sync_interval if spool.sync_policy == "interval" else None
+        backoff = SPARE_RETRY_MIN
+        retry_at = math.inf
         try:
             while True:
+                if not spool.spare_failed:
+                    backoff, retry_at = SPARE_RETRY_MIN, math.inf
+                elif retry_at == math.inf:  # no room for the spare: try again later
+                    retry_at = trio.current_time() + backoff
+                    backoff = min(2 * backoff, SPARE_RETRY_MAX)
                 if not (self._sync_wanted or spool.maintenance_due):
-                    with trio.move_on_after(interval if interval is not None else 3600):
+                    wait = interval if interval is not None and self.error is None else 3600
+                    with trio.move_on_at(min(trio.current_time() + wait, retry_at)):
                         await self._wake.park()
-                want_sync = self._sync_wanted or (
-                    interval is not None and spool.next_seq - 1 > spool.synced_seq
+                if spool.spare_failed and trio.current_time() >= retry_at:
+                    spool.retry_spare()
+                    retry_at = math.inf
+                want_sync = self.error is None and (
+                    self._sync_wanted
+                    or (interval is not None and spool.next_seq - 1 > spool.synced_seq)
                 )
                 self._sync_wanted = False
                 if want_sync:
-                    await trio.to_thread.run_sync(spool.sync)
+                    try:
+                        await trio.to_thread.run_sync(spool.sync)
+                    except OSError as exc:
+                        self._sync_failed(exc)
                     self._release_synced()
                     self._room.unpark_all()
                 elif spool.maintenance_due:
-                    await trio.to_thread.run_sync(spool.maintain)
+                    try:
+                        await trio.to_thread.run_sync(spool.maintain)
+                    except OSError as exc:
+                        self._sync_failed(exc)
                     self._room.unpark_all()
-        except OSError as exc:
-            # A disk that fails makes every sync waiter fail, loudly; accepted messages
-            # stay in memory and librdkafka, and are still delivered or handed back.
-            self.error = exc
-            logger.error("the spool failed: %r", exc)
-            raise
         finally:
             # Stopped (the producer closes) or failed: no send waits for an fsync that
             # will not come. The spool's close() fsyncs what is left (unless "never").
@@ -318,12 +363,32 @@ class SpooledProducer(Producer):
     def _attach(self, keeper: SpoolKeeper) -> None:
         self._keeper = keeper
         self._channel.refill = self._refill
+        self._tracker.before_produce = self._note_handing
+
+    def _note_handing(self) -> None:
+        """Before the worker hands a batch to librdkafka: no record above the newest in
+        memory can be in it (the backlog and later messages are only in the spool)."""
+        start = self._backlog_from
+        self._keeper.spool.note_handed(
+            (start if start is not None else self._keeper.spool.next_seq) - 1
+        )
 
     def backlog(self) -> int:
         """Accepted messages that are only in the spool (not yet in memory)."""
         if self._backlog_from is None:
             return 0
         return self._keeper.spool.next_seq - self._backlog_from
+
+    def take_backlog(self) -> list[Pending]:
+        """Read every message that is only in the spool back into memory and end the
+        backlog (for the exit, when the spool can no longer keep them)."""
+        start = self._backlog_from
+        if start is None:
+            return []
+        keeper = self._keeper
+        records = keeper.spool.read_from(start, keeper.spool.next_seq - start)
+        self._backlog_from = None
+        return [pending_from_record(record, keeper.id_header) for record in records]
 
     def _refill(self) -> None:
         start = self._backlog_from
@@ -370,6 +435,7 @@ class SpooledProducer(Producer):
 
     async def _accept(self, item: Pending, size: int, waiter: trio.Event | None) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
+        self._keeper.check_can_sync()
         channel = self._channel
         while True:
             try:
@@ -381,7 +447,7 @@ class SpooledProducer(Producer):
                     await channel.wait_for_room()
                 await trio.lowlevel.checkpoint_if_cancelled()
                 continue
-            except ProducerClosedError:
+            except (ProducerClosedError, SpoolError):  # (SpoolError: nothing accepted)
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 raise
             break
@@ -440,6 +506,7 @@ class SpooledProducer(Producer):
         check_topic(topic)
         await trio.lowlevel.checkpoint_if_cancelled()
         keeper = self._keeper
+        keeper.check_can_sync()
         spool = keeper.spool
         it = iter(messages)
         first_seq = spool.next_seq
@@ -665,11 +732,18 @@ class SpooledProducer(Producer):
     def statistics(self) -> ProducerStatistics:
         """See :meth:`Producer.statistics`; ``queued`` counts what is only in the spool."""
         stats = super().statistics()
+        keeper = self._keeper
+        spool = keeper.spool
+        error = spool.disk_error
+        if keeper.error is not None:
+            error = f"the disk failed under an fsync ({str(spool.path)!r}): {keeper.error}"
         return attrs.evolve(
             stats,
             queued=stats.queued + self.backlog(),
-            spooled=self._keeper.spool.pending,
-            recovered=self._keeper.recovered,
+            spooled=spool.pending,
+            recovered=keeper.recovered,
+            spool_error=error,
+            spool_unrecorded=spool.unrecorded_confirmations,
         )
 
     @enable_ki_protection
