@@ -170,6 +170,41 @@ async def test_blocked_sender_is_released_with_closed_error_on_close() -> None:
     assert channel.unsent() == [item(0)]
 
 
+async def test_parked_sends_are_admitted_in_order_and_a_cancelled_one_is_not() -> None:
+    """Sends that find the queue full wait in line with their message; the worker admits
+    them oldest first into the room of the batch it takes. One cancelled while it waits
+    leaves the line: not accepted, and the ones behind it move up."""
+    channel = make(capacity=2)
+    sink = RecordingSink(capacity=0)  # the worker holds its first batch
+    outcomes: dict[int, str] = {}
+
+    async def sender(i: int, scope: trio.CancelScope) -> None:
+        with scope:
+            await channel.send(item(i), 1)
+            outcomes[i] = "accepted"
+        if scope.cancelled_caught:
+            outcomes[i] = "cancelled"
+
+    scopes = {i: trio.CancelScope() for i in (4, 5, 6)}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_worker, channel, sink)
+        for i in range(4):
+            await channel.send(item(i), 1)  # 0, 1 are in hand; 2, 3 fill the queue
+        for i in (4, 5, 6):
+            nursery.start_soon(sender, i, scopes[i])
+            await trio.testing.wait_all_tasks_blocked()
+        scopes[5].cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        assert outcomes == {5: "cancelled"}
+        assert channel.batch.accepted == 4
+        sink.capacity = None
+        sink.make_room(0)
+        await trio.testing.wait_all_tasks_blocked()
+        assert outcomes == {4: "accepted", 5: "cancelled", 6: "accepted"}
+        channel.close()
+    assert sink.values == [b"0", b"1", b"2", b"3", b"4", b"6"]
+
+
 async def test_send_is_a_checkpoint_and_send_nowait_is_not() -> None:
     channel = make()
     with trio.testing.assert_checkpoints():

@@ -232,7 +232,9 @@ async def open_producer(
             also in :attr:`Producer.kafka_statistics`. Exceptions are logged and ignored.
         oauth_token: For ``sasl.mechanism=OAUTHBEARER``: a plain function returning an
             :class:`OAuthToken`. Called once in a worker thread while opening (if it
-            raises, ``open_producer`` raises :class:`KafkaFatalError` at once), then in
+            raises, ``open_producer`` raises :class:`KafkaFatalError` at once; if the
+            opening is cancelled or interrupted while it runs, the thread is abandoned,
+            so a provider that hangs does not hold the caller past its deadline), then in
             librdkafka's background thread when the token is due for a refresh (never
             on the Trio thread; it may block, it must not touch Trio). A failed refresh
             is a warning while the current token is valid; once it has expired, the
@@ -355,7 +357,11 @@ async def _open_client(
             f"'security.protocol': 'SASL_SSL'}}, not sasl.mechanism={mechanism!r}"
         )
     try:
-        first = await trio.to_thread.run_sync(fetch_first_token, oauth_token)
+        # Abandoned on cancellation: a provider that hangs must not hold the caller past
+        # its deadline (the thread ends when the provider returns; its token is dropped).
+        first = await trio.to_thread.run_sync(
+            fetch_first_token, oauth_token, abandon_on_cancel=True
+        )
     except Exception as exc:
         raise KafkaFatalError(provider_error(exc, fatal=True)) from exc
     # confluent-kafka waits (about a second) for librdkafka to take the first token.

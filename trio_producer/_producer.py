@@ -466,6 +466,7 @@ class Producer(Generic[K, V]):
             TrioProducerError: No transaction is open on this producer.
             TransactionError: librdkafka refused (``abortable``: ``transaction()`` aborts).
             TypeError: Bad arguments (nothing was sent).
+            ValueError: A topic name that is not valid (nothing was sent).
             ProducerClosedError: The producer is closed.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
