@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -80,6 +81,42 @@ def test_quickstart(doc_topics: str) -> None:
     topic, partition, offset = proc.stdout.splitlines()[0].split()
     assert (topic, partition, int(offset)) == ("events", "0", before + 1)
     assert proc.stdout.splitlines()[1] == "2 delivered"
+
+
+def readme_quickstart() -> str:
+    readme = (ROOT / "README.md").read_text()
+    (code,) = re.findall(r"## Quickstart\n\n```python\n(.*?)```\n", readme, re.DOTALL)
+    return str(code)
+
+
+def test_the_readme_quickstart_is_the_example_file() -> None:
+    assert readme_quickstart() == (EXAMPLES / "quickstart.py").read_text()
+
+
+def test_the_readme_quickstart_without_a_broker_says_so_within_two_seconds(
+    tmp_path: Path,
+) -> None:
+    """Pasted into a file, no logging configured, a closed port: stderr says at once that
+    the cluster is unreachable (not 5 minutes of silence)."""
+    script = tmp_path / "app.py"
+    script.write_text(readme_quickstart())
+    address = f"127.0.0.1:{free_port()}"
+    start = time.monotonic()
+    with subprocess.Popen(
+        [sys.executable, str(script)],
+        env={**os.environ, "BOOTSTRAP_SERVERS": address},
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stderr is not None
+            line = proc.stderr.readline()
+            elapsed = time.monotonic() - start
+        finally:
+            proc.kill()
+    assert line.startswith(f"the Kafka cluster at {address} is unreachable ({address}/bootstrap: ")
+    assert elapsed < 3  # (about 1 s of it is starting Python and importing confluent_kafka)
 
 
 @broker

@@ -5,7 +5,6 @@ exception -- on normal exit, on an exception, on cancellation, on Ctrl-C, on a d
 network. See :func:`open_producer`.
 """
 
-from . import _logging  # noqa: F401 - the NullHandler on the "trio_producer" logger
 from ._config import ProducerConfig as ProducerConfig
 from ._config import ProducerFields as ProducerFields
 from ._exceptions import ConfigError as ConfigError
