@@ -27,6 +27,8 @@ from ._signals import cancel_on_signals as cancel_on_signals
 from ._spool import SpoolError as SpoolError
 from ._spool import SpoolLockedError as SpoolLockedError
 from ._spooled import SpooledProducer as SpooledProducer
+from ._undelivered import undelivered_failures as undelivered_failures
+from ._undelivered import undelivered_messages as undelivered_messages
 
 __version__ = "0.1.0"
 
@@ -53,4 +55,6 @@ __all__ = [
     "UndeliveredMessagesError",
     "cancel_on_signals",
     "open_producer",
+    "undelivered_failures",
+    "undelivered_messages",
 ]

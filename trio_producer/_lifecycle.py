@@ -33,6 +33,7 @@ from ._hooks import (
 from ._producer import _STOP_GRACE, CUT_SHORT_GRACE, Producer
 from ._serializing import SerializingProducer, SerializingSpooledProducer
 from ._spooled import SpooledProducer, open_keeper, recovered_batches
+from ._undelivered import attach
 from ._worker import BatchChannel, run_worker
 from .serialization import Field, K, V
 
@@ -609,9 +610,11 @@ def _finish(ending: Ending, state: _State, producer: Producer) -> BaseException 
         logger.error(
             "%d message(s) have an unknown delivery status after the purge", ending.unknown
         )
+    exc = verdict.raise_
     if verdict.undelivered:
         producer.undelivered = verdict.undelivered
-    exc = verdict.raise_
+        if exc is not None:
+            attach(exc, verdict.undelivered)  # for trio_producer.undelivered_messages
     if exc is not None:
         for note in verdict.notes:
             exc.add_note(note)
