@@ -246,3 +246,36 @@ def test_intersphinx_inventories_are_up_to_date(tmp_path: Path) -> None:
         assert (tmp_path / name).read_bytes() == (DOCS / "_inv" / name).read_bytes(), (
             f"run python docs/_inv/make_inventories.py ({name} is stale)"
         )
+
+
+def test_public_names_say_trio_producer_not_a_private_module() -> None:
+    """Tracebacks show `trio_producer.DeliveryError`, not `trio_producer._exceptions...`."""
+    import traceback
+
+    import trio_producer
+
+    private = [
+        name
+        for name in trio_producer.__all__
+        if getattr(trio_producer, name).__module__ != "trio_producer"
+    ]
+    assert private == []
+    error = trio_producer.ConfigError("bad")
+    assert traceback.format_exception_only(error) == ["trio_producer.ConfigError: bad\n"]
+
+
+def test_readme_and_comparison_quote_the_same_benchmark_run() -> None:
+    """Both quote benchmarks/RESULTS.rst's latest run, not two different days."""
+    results = (ROOT / "benchmarks" / "RESULTS.rst").read_text()
+    latest = results[: results.index("Before/after")]
+    readme = (ROOT / "README.md").read_text()
+    speed = readme[readme.index("## Speed") : readme.index("## Documentation")]
+    comparison = (DOCS / "comparison.rst").read_text()
+    comparison = comparison[comparison.index("\nSpeed\n") :]
+
+    def figures(text: str) -> set[str]:
+        return set(re.findall(r"\b\d{1,3},\d{3}(?:,\d{3})?\b", text)) - {"200,000", "1,000,000"}
+
+    assert figures(speed) == figures(comparison)
+    assert len(figures(speed)) == 10
+    assert figures(speed) <= figures(latest)

@@ -32,6 +32,16 @@ from ._undelivered import undelivered_messages as undelivered_messages
 
 __version__ = "0.1.0"
 
+
+def _fix_module_names() -> None:
+    # As trio does: tracebacks and reprs show `trio_producer.DeliveryError`, not the
+    # private module it is defined in.
+    for name in __all__:
+        obj = globals()[name]
+        if getattr(obj, "__module__", "").startswith("trio_producer."):
+            obj.__module__ = "trio_producer"
+
+
 __all__ = [
     "ConfigError",
     "DeliveryError",
@@ -58,3 +68,6 @@ __all__ = [
     "undelivered_failures",
     "undelivered_messages",
 ]
+
+_fix_module_names()
+del _fix_module_names
