@@ -34,11 +34,15 @@ __version__ = "0.1.0"
 
 
 def _fix_module_names() -> None:
-    # As trio does: tracebacks and reprs show `trio_producer.DeliveryError`, not the
-    # private module it is defined in.
+    # As trio does: tracebacks show `trio_producer.DeliveryError`, not the private module
+    # it is defined in. Exceptions and functions only: typing.get_type_hints() resolves a
+    # class's annotations in the module its __module__ names, so the attrs records keep
+    # theirs (their reprs show the bare class name anyway).
     for name in __all__:
         obj = globals()[name]
-        if getattr(obj, "__module__", "").startswith("trio_producer."):
+        exception = isinstance(obj, type) and issubclass(obj, BaseException)
+        function = callable(obj) and not isinstance(obj, type)
+        if (exception or function) and obj.__module__.startswith("trio_producer."):
             obj.__module__ = "trio_producer"
 
 
