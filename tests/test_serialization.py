@@ -303,6 +303,22 @@ async def test_a_serializer_that_is_not_callable_is_refused_before_opening() -> 
             pass
 
 
+def dumps(obj: object) -> bytes:
+    return repr(obj).encode()
+
+
+async def test_a_one_argument_serializer_is_refused_at_open_with_the_fix() -> None:
+    """aiokafka's serializers take only the object: said at open, not at the first send."""
+    with pytest.raises(TypeError) as caught:
+        async with open_producer(bootstrap_servers="127.0.0.1:1", value_serializer=dumps):  # type: ignore[arg-type]
+            pass  # pragma: no cover
+    assert str(caught.value) == (
+        f"value_serializer {dumps!r:.60} takes one argument (aiokafka's obj -> bytes); a "
+        "trio_producer serializer takes (obj, topic, headers): wrap it, "
+        "value_serializer=lambda obj, topic, headers: f(obj)"
+    )
+
+
 def test_string_serializer_refuses_other_types() -> None:
     with pytest.raises(TypeError, match="string_serializer takes str, not bytes"):
         string_serializer(b"x", "t", [])  # type: ignore[arg-type]

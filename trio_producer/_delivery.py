@@ -44,6 +44,9 @@ IDLE_POLL_INTERVAL = 1.0
 #: errors, instead of holding every message until ``close_timeout``.
 AUTHENTICATION_ERRORS = frozenset({"_AUTHENTICATION", "SASL_AUTHENTICATION_FAILED", "_SSL"})
 
+#: Failures that an unreachable cluster explains: their DeliveryError then says so.
+UNREACHABLE_ERRORS = frozenset({"_MSG_TIMED_OUT", "_TIMED_OUT", "_TRANSPORT"})
+
 
 class Epoch(DeliveryReports):
     """The messages produced between two ``flush()`` calls, and their shared callback.
@@ -305,6 +308,9 @@ class DeliveryTracker:
             while epoch.routed < len(failures):
                 failure = failures[epoch.routed]
                 epoch.routed += 1
+                if failure.error.error.name in UNREACHABLE_ERRORS:
+                    # A timeout while no broker answered: say so, not only _MSG_TIMED_OUT.
+                    failure.error.cluster_unreachable = self.hooks.connectivity.describe()
                 owner = failure.tracked
                 if owner is not None and owner.seq >= 0 and not self.stopping:
                     # Handed back while running: out of the spool. (At the stop, purged

@@ -22,7 +22,7 @@ from ._exceptions import (
     DeliveryError,
     KafkaFatalError,
 )
-from ._exit import Ending, decide
+from ._exit import Ending, decide, find_keyboard_interrupt
 from ._hooks import (
     DEFAULT_STATISTICS_INTERVAL_MS,
     Hooks,
@@ -33,6 +33,7 @@ from ._hooks import (
 from ._producer import _STOP_GRACE, CUT_SHORT_GRACE, Producer
 from ._serializing import SerializingProducer, SerializingSpooledProducer
 from ._spooled import SpooledProducer, open_keeper, recovered_batches
+from ._undelivered import attach
 from ._worker import BatchChannel, run_worker
 from .serialization import Field, K, V
 
@@ -52,6 +53,10 @@ logger = logging.getLogger("trio_producer")
 
 
 enable_ki_protection = trio.lowlevel.enable_ki_protection
+
+#: After a Ctrl-C in the body, a drain still waiting after this many seconds says so;
+#: a drain to an unreachable cluster says so at once if it may wait this long.
+DRAIN_NOTICE = 1.0
 
 
 @attrs.define(eq=False)
@@ -434,7 +439,9 @@ async def _running(
                     body_exc = exc
                 finally:
                     state.body_scope = None
-                interrupt = await _drain(state, channel, tracker, worker_done, worker_scope, cfg)
+                interrupt = await _drain(
+                    state, channel, tracker, worker_done, worker_scope, cfg, body_exc
+                )
             finally:
                 worker_scope.cancel(reason="trio_producer: producer closed")
                 delivery_scope.cancel(reason="trio_producer: producer closed")
@@ -489,16 +496,23 @@ async def _drain(
     worker_done: trio.Event,
     worker_scope: trio.CancelScope,
     cfg: ProducerConfig,
+    body: BaseException | None = None,
 ) -> KeyboardInterrupt | None:
     """Steps 1-3 of the shutdown: close, let the worker drain, wait for the reports.
 
     Bounded by ``close_timeout`` and shielded. A ``KeyboardInterrupt`` here (or
     ``Producer.abort``) cuts it short; the interrupt is returned, to leave the block.
+    The drain never waits in silence for an unreachable cluster: it says at once (a
+    WARNING) what it waits for and for how long; after a Ctrl-C in the body it does
+    not wait for it at all (what is not delivered is handed back).
     """
     # 1. Close the send side (sync): new sends raise ProducerClosedError.
     channel.close()
-    deadline = trio.current_time() + cfg.close_timeout
+    start = trio.current_time()
+    deadline = start + cfg.close_timeout
     interrupt: KeyboardInterrupt | None = None
+    ctrl_c = find_keyboard_interrupt(body) is not None
+    cut = False
     try:
         # 2-3. The worker drains (the channel's end, not a flag, ends its loop); then
         # every delivery report, bounded by close_timeout.
@@ -506,13 +520,27 @@ async def _drain(
             state.drain_scope = drain_scope
             if state.aborted is not None:
                 drain_scope.cancel()
+            said = False
+            if not tracker.hooks.connectivity.reachable and _waiting(tracker, channel):
+                said = True  # at once: the cluster is known to be unreachable
+                cut = _say_drain(tracker, channel, ctrl_c, deadline)
+                if cut:
+                    drain_scope.cancel()
+            with trio.move_on_at(start + DRAIN_NOTICE) as first:
+                await worker_done.wait()
+                await tracker.wait_settled()
+            if first.cancelled_caught and not said:
+                if ctrl_c or not tracker.hooks.connectivity.reachable:
+                    cut = _say_drain(tracker, channel, ctrl_c, deadline)
+                    if cut:
+                        drain_scope.cancel()
             await worker_done.wait()
             await tracker.wait_settled()
     except KeyboardInterrupt as ki:
         interrupt = ki
     finally:
         state.drain_scope = None
-    if interrupt is None and state.aborted is None:
+    if interrupt is None and state.aborted is None and not cut:
         return None
     # Cut short: nothing more goes to librdkafka; what is queued there is purged now;
     # what is already at the broker gets CUT_SHORT_GRACE to be confirmed. Failures from
@@ -529,6 +557,42 @@ async def _drain(
     except KeyboardInterrupt as ki:
         interrupt = interrupt or ki  # another Ctrl-C: stop waiting at all
     return interrupt
+
+
+def _waiting(tracker: DeliveryTracker, channel: BatchChannel) -> int:
+    return tracker.in_flight + len(channel.unsent())
+
+
+def _say_drain(
+    tracker: DeliveryTracker, channel: BatchChannel, ctrl_c: bool, deadline: float
+) -> bool:
+    """Say (WARNING) what the drain waits for; return True to cut it short (a Ctrl-C
+    while the cluster is unreachable: waiting for it would only delay the exit)."""
+    waiting = _waiting(tracker, channel)
+    unreachable = tracker.hooks.connectivity.describe()
+    if ctrl_c and unreachable is not None:
+        logger.warning(
+            "Ctrl-C while %s: not waiting for the %d undelivered message(s); they are "
+            "handed back (Producer.undelivered, trio_producer.undelivered_messages)",
+            unreachable.replace(" was ", " is ", 1),
+            waiting,
+        )
+        return True
+    left = max(0.0, deadline - trio.current_time())
+    if left < DRAIN_NOTICE:
+        return False  # no long silence to explain
+    why = f"; {unreachable.replace(' was ', ' is ', 1)}" if unreachable is not None else ""
+    logger.warning(
+        "leaving the producer: waiting up to %.1f s more (close_timeout) for %d message(s) "
+        "to be delivered%s; %s",
+        left,
+        waiting,
+        why,
+        "Ctrl-C again stops waiting and hands them back"
+        if ctrl_c
+        else "what is not delivered by then is handed back",
+    )
+    return False
 
 
 def _hand_back_unsent(item: Pending, state: _State) -> None:
@@ -568,9 +632,11 @@ def _finish(ending: Ending, state: _State, producer: Producer) -> BaseException 
         logger.error(
             "%d message(s) have an unknown delivery status after the purge", ending.unknown
         )
+    exc = verdict.raise_
     if verdict.undelivered:
         producer.undelivered = verdict.undelivered
-    exc = verdict.raise_
+        if exc is not None:
+            attach(exc, verdict.undelivered)  # for trio_producer.undelivered_messages
     if exc is not None:
         for note in verdict.notes:
             exc.add_note(note)

@@ -21,6 +21,7 @@ from ._exceptions import (
     TransactionError,
     TrioProducerError,
 )
+from ._message import KafkaErrorInfo
 from .serialization import K, V
 
 if TYPE_CHECKING:
@@ -82,6 +83,22 @@ class ProducerStatistics:
     spool_unrecorded: int = 0
 
 
+def outside_transaction(method: str) -> TransactionError:
+    """The refusal of a send on a transactional producer with no transaction open."""
+    return TransactionError(
+        f"{method} outside a transaction",
+        KafkaErrorInfo(
+            code=-172,  # librdkafka's _STATE, what it would say later, at the exit
+            name="_STATE",
+            reason=(
+                "this producer has a transactional.id, so every message must belong to a "
+                f"transaction: call {method}() inside `async with producer.transaction():`, "
+                "or drop transactional.id from the config; nothing was accepted"
+            ),
+        ),
+    )
+
+
 class Producer(Generic[K, V]):
     """The handle yielded by :func:`open_producer`. Do not create it yourself.
 
@@ -110,6 +127,9 @@ class Producer(Generic[K, V]):
         self._state = state
         self._transaction_timeout = transaction_timeout
         self._in_transaction = False
+        #: The producer has a transactional.id and no transaction is open: every send
+        #: is refused at the call (one attribute check on the hot path).
+        self._needs_transaction = tracker.client.transactional
         #: Commit or abort has begun: send_offsets may no longer join the transaction.
         self._txn_ending = False
         #: librdkafka runs one transactional call at a time (another one fails with
@@ -153,7 +173,12 @@ class Producer(Generic[K, V]):
             TypeError: An argument has a type that is not allowed (nothing accepted).
             ValueError: A bad topic name, or a ``str`` that cannot be encoded as UTF-8
                 (nothing accepted).
+            TransactionError: The producer has a ``transactional.id`` and no
+                :meth:`transaction` is open (nothing accepted).
         """
+        if self._needs_transaction:
+            await trio.lowlevel.checkpoint()
+            raise outside_transaction("send")
         if (
             type(value) is bytes
             and headers is None
@@ -192,7 +217,11 @@ class Producer(Generic[K, V]):
             ProducerClosedError: The producer no longer accepts messages.
             TypeError: An argument has a type that is not allowed (nothing accepted).
             ValueError: A bad topic name or an unencodable ``str`` (nothing accepted).
+            TransactionError: The producer has a ``transactional.id`` and no
+                :meth:`transaction` is open (nothing accepted).
         """
+        if self._needs_transaction:
+            raise outside_transaction("send_nowait")
         if (
             type(value) is bytes
             and headers is None
@@ -233,7 +262,12 @@ class Producer(Generic[K, V]):
         Raises:
             ProducerClosedError: The producer no longer accepts messages.
             TypeError: An element has a type that is not allowed.
+            TransactionError: The producer has a ``transactional.id`` and no
+                :meth:`transaction` is open (nothing accepted).
         """
+        if self._needs_transaction:
+            await trio.lowlevel.checkpoint()
+            raise outside_transaction("send_many")
         check_topic(topic)
         await trio.lowlevel.checkpoint_if_cancelled()
         channel = self._channel
@@ -279,6 +313,8 @@ class Producer(Generic[K, V]):
             DeliveryError: This message could not be delivered (the producer goes on).
             ProducerClosedError: The producer no longer accepts messages.
             TypeError: An argument has a type that is not allowed (nothing accepted).
+            TransactionError: The producer has a ``transactional.id`` and no
+                :meth:`transaction` is open (nothing accepted).
 
         If cancelled (or interrupted) after the message was accepted, the message is
         still delivered, or handed back like a fire-and-forget one: to
@@ -287,6 +323,9 @@ class Producer(Generic[K, V]):
         Refused (``ConfigError``, nothing accepted) by a producer opened with
         ``delivery_reports="errors"``: librdkafka then says nothing of a delivery.
         """
+        if self._needs_transaction:
+            await trio.lowlevel.checkpoint()
+            raise outside_transaction("send_and_wait")
         if self._tracker.errors_only:
             await trio.lowlevel.checkpoint()
             raise ConfigError(
@@ -399,6 +438,7 @@ class Producer(Generic[K, V]):
         if self._channel.closed:
             raise self._channel.closed_error()
         self._in_transaction = True
+        self._needs_transaction = False
         try:
             client.begin_transaction()
             try:
@@ -422,6 +462,7 @@ class Producer(Generic[K, V]):
                 raise await self._abort_transaction(exc) from None
         finally:
             self._in_transaction = False
+            self._needs_transaction = True
             self._txn_ending = False
 
     @enable_ki_protection

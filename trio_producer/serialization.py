@@ -221,4 +221,25 @@ def _adapt(field: str, serializer: object) -> tuple[Callable[..., object], bool]
 
         with_context.__qualname__ = f"confluent:{type(serializer).__name__}"
         return with_context, is_async
+    _check_arity(field, serializer)
     return serializer, is_async
+
+
+def _check_arity(field: str, serializer: Callable[..., object]) -> None:
+    """Refuse a one-argument serializer (aiokafka's ``obj -> bytes``) at open, with the fix."""
+    try:
+        signature = inspect.signature(serializer)
+    except (TypeError, ValueError):
+        return  # (a builtin without a signature: it is tried at the first send)
+    try:
+        signature.bind(None, "topic", [])
+    except TypeError:
+        try:
+            signature.bind(None)
+        except TypeError:
+            return  # some other shape: the first send says what is wrong
+        raise TypeError(
+            f"{field}_serializer {serializer!r:.60} takes one argument (aiokafka's "
+            "obj -> bytes); a trio_producer serializer takes (obj, topic, headers): wrap "
+            f"it, {field}_serializer=lambda obj, topic, headers: f(obj)"
+        ) from None
