@@ -337,6 +337,14 @@ def dead_address() -> tuple[socket.socket, str]:
     return dead, f"127.0.0.1:{dead.getsockname()[1]}"
 
 
+def distinct_values(p: dict[str, Any]) -> list[bytes]:
+    """One value object per message, made before the first RSS reading: an application's
+    messages each have their own value, which a client may keep (ours, AIOProducer) or
+    copy (librdkafka)."""
+    value = payload(p["size"])
+    return [value[:-4] + i.to_bytes(4, "big") for i in range(p["count"])]
+
+
 def memory_figures(count: int, before: float, after: float) -> dict[str, Any]:
     return {
         "count": count,
@@ -353,7 +361,7 @@ def trio_memory(p: dict[str, Any]) -> dict[str, Any]:
 
     from trio_producer import UndeliveredMessagesError, open_producer
 
-    value = payload(p["size"])
+    values = distinct_values(p)
     dead, address = dead_address()
     count = p["count"]
     out: dict[str, Any] = {}
@@ -370,7 +378,7 @@ def trio_memory(p: dict[str, Any]) -> dict[str, Any]:
                 before = rss_now_mb()
                 send_nowait = producer.send_nowait
                 topic = p["topic"]
-                for _ in range(count):
+                for value in values:
                     send_nowait(topic, value)
                 await trio.sleep(p["settle"])  # the worker hands what it can to librdkafka
                 out.update(memory_figures(count, before, rss_now_mb()))
@@ -397,16 +405,16 @@ def _raw_memory(p: dict[str, Any], on_delivery: Callable[..., None] | None) -> d
                 "queue.buffering.max.kbytes": 2**31 - 1,
             }
         )
-        value = payload(p["size"])
+        values = distinct_values(p)
         topic = p["topic"]
         time.sleep(p["settle"] / 2)
         before = rss_now_mb()
         produce = producer.produce
         if on_delivery is None:
-            for _ in range(count):
+            for value in values:
                 produce(topic, value)
         else:
-            for _ in range(count):
+            for value in values:
                 produce(topic, value, None, -1, on_delivery)
         time.sleep(p["settle"])
         out = memory_figures(count, before, rss_now_mb())
@@ -432,7 +440,7 @@ def aio_memory(p: dict[str, Any]) -> dict[str, Any]:
 
     dead, address = dead_address()
     count = p["count"]
-    value = payload(p["size"])
+    values = distinct_values(p)
 
     async def main() -> dict[str, Any]:
         producer = AIOProducer(
@@ -446,7 +454,7 @@ def aio_memory(p: dict[str, Any]) -> dict[str, Any]:
         await asyncio.sleep(p["settle"] / 2)
         before = rss_now_mb()
         topic = p["topic"]
-        futures = [await producer.produce(topic, value) for _ in range(count)]
+        futures = [await producer.produce(topic, value) for value in values]
         await asyncio.sleep(p["settle"])
         out = memory_figures(count, before, rss_now_mb())
         out["handed_back"] = len(futures)

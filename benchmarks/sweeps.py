@@ -378,13 +378,14 @@ def tables(record: dict[str, Any]) -> str:
 # ---- plots --------------------------------------------------------------------------------
 
 
-def title(record: dict[str, Any], what: str) -> str:
+def title(record: dict[str, Any], what: str, name: str = "") -> str:
     v = record["versions"]
+    rounds = 1 if name in ONCE else record["runs"]
     return (
         f"{what}\ntrio_producer {v['trio-producer']} ({v['commit']}), confluent-kafka "
         f"{v['confluent-kafka']} (librdkafka {v['librdkafka']}), aiokafka {v['aiokafka']}\n"
         f"{record['machine']}, embedded Tansu, {record['date']}, "
-        f"median of {record['runs']} rounds"
+        f"median of {rounds} rounds"
     )
 
 
@@ -408,8 +409,9 @@ def plot(record: dict[str, Any], directory: Path) -> list[Path]:
             "soak": _plot_soak,
         }[name]
         fig, what = draw(plt, clients, points)
-        fig.suptitle(title(record, what), fontsize=9)
-        fig.tight_layout()
+        fig.suptitle(title(record, what, name), fontsize=9)
+        # a figure-wide legend (partitions) sits below the axes
+        fig.tight_layout(rect=(0, 0.07, 1, 1) if fig.legends else (0, 0, 1, 1))
         path = directory / f"sweep-{name}.png"
         fig.savefig(path, dpi=80)
         plt.close(fig)
@@ -472,7 +474,8 @@ def _plot_partitions(plt: Any, clients: list[str], points: list[dict[str, Any]])
         ax.set_title(f"compression: {codec}", fontsize=9)
         ax.grid(True, which="major", alpha=0.3)
     axes[0].set_ylabel("msg/s")
-    axes[0].legend(fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(clients), fontsize=8)
     size = points[0]["point"]["size"]
     return fig, f"Throughput by partitions and compression ({size} B values)"
 
@@ -539,6 +542,7 @@ def _plot_soak(plt: Any, clients: list[str], points: list[dict[str, Any]]) -> tu
     for c in clients:
         marks = points[0]["median"][c].get("rss_marks_mb", {})
         _line(ax, c, [int(k) for k in marks], list(marks.values()))
+    ax.xaxis.set_major_formatter(lambda x, _: f"{x:,.0f}")
     ax.set_xlabel("messages sent")
     ax.set_ylabel("RSS (MB)")
     ax.set_ylim(bottom=0)
