@@ -1,7 +1,9 @@
-"""Admin and consumer helpers for tests, the CLI demo and benchmarks.
+"""Admin and consumer helpers: the CLI (``consume``, ``demo``), tests and benchmarks.
 
 Not part of the producer: they create and delete topics and read a topic back with a
 real consumer (explicit partition assignment, so no consumer-group join is needed).
+Beside ``_client.py``, the one module that imports ``confluent_kafka``; it converts
+what it reads into our own records. ``trio_producer.testing`` re-exports the helpers.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import confluent_kafka
 from confluent_kafka import KafkaError, KafkaException
 
-from .._client import librdkafka_logger, normalize_headers, record_timestamp
-from .._message import ConsumedRecord
+from ._client import librdkafka_logger, normalize_headers, record_timestamp
+from ._message import ConsumedRecord
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
