@@ -91,6 +91,11 @@ def report(result: ProduceResult, fmt: LineFormat, undelivered_path: str | None)
     lost = _lost_lines(result, fmt)
     if lost:
         _keep_lost_lines(lost, undelivered_path)
+    if result.partial_line:
+        say(
+            "the reading stopped in the middle of a line; its start was not sent: "
+            + _shorten(result.partial_line)
+        )
     if result.unread_files:
         say(f"not read (the reading stopped first): {', '.join(result.unread_files)}")
     if result.error:

@@ -11,6 +11,7 @@ from ._common import say, signal_name
 
 if TYPE_CHECKING:
     from .._producer import Producer
+    from ._lines import ReadStop
     from .produce import ProduceResult
 
 
@@ -18,14 +19,16 @@ if TYPE_CHECKING:
 class Shutdown:
     """How a ``produce`` run stops: what each signal does, and what the drain says.
 
-    The first SIGINT/SIGTERM while reading stops the reading (``cancel_on_signals``
-    cancels ``read_scope``): the producer drains. A signal while it drains (the second
+    The first SIGINT/SIGTERM while reading stops the reading (``stop``; the lines
+    already read are still sent): the producer drains. A signal while it drains (the second
     one, or the first one after EOF) cuts the drain short: ``Producer.abort``.
     """
 
     producer: Producer
     result: ProduceResult
     close_timeout: float
+    #: What the first signal stops (the reading) and a later one cuts (the sending).
+    stop: ReadStop
     reading: bool = True
     closed: bool = False
     #: The "draining: ..." lines; cancelled when the drain is cut short.
@@ -45,11 +48,13 @@ class Shutdown:
             return
         if count == 1 and self.reading:
             self.result.interrupted = name
+            self.stop.stop(self.close_timeout)
             say(f"{name}: stopped reading, draining")
             return
         # A signal while draining: the helper aborts every open producer on the second
         # signal; after EOF the first signal is already one "while draining".
         self.result.cut_short = signum
+        self.stop.cut()
         self.report_scope.cancel(reason=f"received {name}")
         say(f"{name}: cutting the drain short ({self.left()} message(s) left)")
         if count == 1:

@@ -23,7 +23,7 @@ from .._exceptions import (
 from .._lifecycle import open_producer
 from .._signals import cancel_on_signals
 from ._common import PROG, fail
-from ._lines import LineFormat, LineReader, open_inputs
+from ._lines import LineFormat, LineReader, ReadStop, open_inputs
 from ._logging import unreachable_hint
 from ._options import (
     bootstrap_option,
@@ -52,8 +52,11 @@ class ProduceResult:
     #: Lines never sent because they could not be made into a message, and why.
     rejected: list[tuple[bytes, str]] = attrs.Factory(list)
     undelivered: list[Message] = attrs.Factory(list)
-    #: Lines read but never sent: the reading stopped in the middle of a chunk.
+    #: Lines read but never sent: the sending was cut short, or the producer failed.
     unsent: list[bytes] = attrs.Factory(list)
+    #: The start of a line whose rest was never read (the reading stopped): not a line,
+    #: not sent, named apart.
+    partial_line: bytes = b""
     #: Input files never opened for reading because the reading stopped first.
     unread_files: list[str] = attrs.Factory(list)
     #: The signal that stopped the reading (its name), if one did.
@@ -122,60 +125,72 @@ async def _send_lines(
     fmt: LineFormat,
     readers: Sequence[LineReader],
     result: ProduceResult,
+    stop: ReadStop,
 ) -> None:
-    """One message per line, file after file, until the last EOF. When the reading stops
-    early (a signal, or the producer failing), the lines read but not sent go to
-    ``result.unsent`` and the files not started to ``result.unread_files``."""
+    """One message per line, file after file, until the last EOF or ``stop``. The lines
+    read are sent even after ``stop`` (see :class:`ReadStop`); when the sending ends
+    early (the drain cut short, the producer failing), the lines read but not sent go
+    to ``result.unsent``, and the files not started to ``result.unread_files``."""
     chunk: list[bytes] = []
     done = 0  # lines of ``chunk`` sent or rejected
     started = 0  # readers started
     reader: LineReader | None = None
     try:
-        for reader in readers:
-            started += 1
-            async for chunk in reader.chunks():
-                done = 0
-                for line in chunk:
-                    try:
-                        kwargs = fmt.parse(line)
-                        try:
-                            producer.send_nowait(topic, **kwargs)
-                        except trio.WouldBlock:
-                            await producer.send(topic, **kwargs)
-                    except (ValueError, TypeError) as exc:
-                        result.rejected.append((line, str(exc)))
-                    else:
-                        result.sent += 1
-                    result.read += 1
-                    done += 1
-                await trio.lowlevel.checkpoint()
+        with stop.sending:
+            for reader in readers:
+                if stop.stopped:
+                    break
+                started += 1
+                async for chunk in reader.chunks(stop):
+                    done = 0
+                    for line in chunk:
+                        await _send_line(producer, topic, fmt, line, result)
+                        done += 1
+                    await trio.lowlevel.checkpoint()
     finally:
-        partial = reader.partial if reader is not None else b""
-        result.unsent = chunk[done:] + ([partial] if partial else [])
+        result.unsent = chunk[done:]
         result.read += len(result.unsent)
         result.unread_files = [r.name for r in readers[started:]]
+        if reader is not None:
+            result.partial_line, reader.partial = reader.partial, b""
+
+
+async def _send_line(
+    producer: Producer, topic: str, fmt: LineFormat, line: bytes, result: ProduceResult
+) -> None:
+    try:
+        kwargs = fmt.parse(line)
+        try:
+            producer.send_nowait(topic, **kwargs)
+        except trio.WouldBlock:
+            await producer.send(topic, **kwargs)
+    except (ValueError, TypeError) as exc:
+        result.rejected.append((line, str(exc)))
+    else:
+        result.sent += 1
+    result.read += 1
 
 
 async def run_produce(
     config: ProducerConfig,
     topic: str,
-    streams: Sequence[tuple[str, trio.abc.ReceiveStream]],
+    readers: Sequence[LineReader],
     fmt: LineFormat,
     *,
     progress: bool = False,
     connect_timeout: float | None = None,
 ) -> ProduceResult:
-    """Produce one message per line of each ``(name, stream)`` in turn; stop after the
-    last EOF, or on SIGINT or SIGTERM. Closes every stream.
+    """Produce one message per line of each reader in turn; stop after the last EOF,
+    or on SIGINT or SIGTERM. Closes every reader's stream.
 
     The first signal stops the reading and the producer drains; a signal while it
     drains cuts the drain short (``result.cut_short``).
     """
     async with AsyncExitStack() as streams_open:
-        for _name, stream in streams:
-            await streams_open.enter_async_context(stream)
+        for reader in readers:
+            await streams_open.enter_async_context(reader.stream)
         return await _produce(
-            config, topic, streams, fmt, progress=progress, connect_timeout=connect_timeout
+            config, topic, readers, fmt, progress=progress, connect_timeout=connect_timeout
         )
     raise AssertionError("unreachable")  # pragma: no cover - AsyncExitStack could swallow
 
@@ -183,7 +198,7 @@ async def run_produce(
 async def _produce(
     config: ProducerConfig,
     topic: str,
-    streams: Sequence[tuple[str, trio.abc.ReceiveStream]],
+    readers: Sequence[LineReader],
     fmt: LineFormat,
     *,
     progress: bool,
@@ -193,25 +208,25 @@ async def _produce(
     producer: Producer | None = None
     shutdown: Shutdown | None = None
     setup_error: TrioProducerError | None = None
-    readers = [LineReader(stream, name) for name, stream in streams]
+    stop = ReadStop()
     async with trio.open_nursery() as watchers:
-        read_scope = trio.CancelScope()
         progress_scope = trio.CancelScope()
         try:
             async with open_producer(config, on_delivery_error=result.failed.append) as producer:
-                shutdown = Shutdown(producer, result, config.close_timeout)
+                shutdown = Shutdown(producer, result, config.close_timeout, stop)
                 # Started once the producer is open: a signal before that has its default
                 # effect (nothing was read yet); from here until the producer has closed,
-                # SIGINT and SIGTERM are handled (even when SIGINT was ignored).
+                # SIGINT and SIGTERM are handled (even when SIGINT was ignored). The first
+                # one stops the reading through ``on_signal`` (``stop``), not by cancelling
+                # the sending: the scope given here surrounds nothing.
                 await watchers.start(
-                    partial(cancel_on_signals, read_scope, on_signal=shutdown.on_signal)
+                    partial(cancel_on_signals, trio.CancelScope(), on_signal=shutdown.on_signal)
                 )
                 if progress:
                     watchers.start_soon(_progress, producer, result, progress_scope)
                 if connect_timeout is not None:
                     watchers.start_soon(_give_up_when_unreachable, producer, connect_timeout)
-                with read_scope:
-                    await _send_lines(producer, topic, fmt, readers, result)
+                await _send_lines(producer, topic, fmt, readers, result, stop)
                 progress_scope.cancel(reason="the reading has stopped")
                 shutdown.start_drain(watchers)
         except (UndeliveredMessagesError, KafkaFatalError) as exc:
@@ -348,7 +363,7 @@ def run_command(opts: ProduceOptions) -> int:
     paths = _input_paths(opts)
     fmt = _line_format(opts)
     config = _config(opts)
-    streams = open_inputs(paths)
+    readers = open_inputs(paths)
     progress = opts.progress
     if progress is None:  # not over what the user types on a terminal
         typing = (not paths or "-" in paths) and sys.stdin.isatty()
@@ -358,7 +373,7 @@ def run_command(opts: ProduceOptions) -> int:
             run_produce,
             config,
             opts.topic,
-            streams,
+            readers,
             fmt,
             progress=progress,
             connect_timeout=opts.connect_timeout,
