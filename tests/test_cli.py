@@ -622,7 +622,8 @@ def test_spool_keeps_what_was_not_delivered_for_the_next_run(
 
 def test_kcat_escapes_in_the_key_separator(kafka_bootstrap: str, kafka_topic: str) -> None:
     # kcat reads -K '\t' as a tab (and \xNN as that byte); the shell passes a backslash
-    proc = run(["produce", "-b", kafka_bootstrap, "-t", kafka_topic, "-K", "\\t"], b"k1\tv1\n")
+    args = ["produce", "-E", "-b", kafka_bootstrap, "-t", kafka_topic, "-K", "\\t"]
+    proc = run(args, b"k1\tv1\n")
     assert proc.returncode == 0, proc.stderr
     proc = run(["produce", "-b", kafka_bootstrap, "-t", kafka_topic, "-K", "\\x3a"], b"k2:v2\n")
     assert proc.returncode == 0, proc.stderr
@@ -639,6 +640,16 @@ def test_kcat_escapes_in_the_key_separator(kafka_bootstrap: str, kafka_topic: st
             "gives up once the cluster has been unreachable that long",
         ),
         (
+            ["produce", "-b", "127.0.0.1:1", "-t", "t", "-q"],
+            "trio-producer: error: kcat's -q is not supported: the summary line is on "
+            "stderr: 2>/dev/null hides it",
+        ),
+        (
+            ["produce", "-b", "127.0.0.1:1", "-t", "t", "-d", "broker"],
+            "trio-producer: error: kcat's -d is not supported: -v shows librdkafka's "
+            "warnings, -vv more",
+        ),
+        (
             ["produce", "-b", "127.0.0.1:1", "-t", "t", "-X", "list"],
             "trio-producer: error: -X list is not supported: librdkafka's properties are "
             "listed in its CONFIGURATION.md",
@@ -651,7 +662,7 @@ def test_kcat_flags_we_do_not_have_say_what_to_use(args: list[str], message: str
     assert proc.stderr.decode().strip() == message
 
 
-def test_kcat_version_dump_and_quiet() -> None:
+def test_kcat_version_and_config_dump() -> None:
     version = run(["-V"])
     assert version.returncode == 0, version.stderr
     assert version.stdout.decode().startswith("trio-producer, version ")
@@ -663,13 +674,13 @@ def test_kcat_version_dump_and_quiet() -> None:
     assert "enable.idempotence = True" in lines
 
 
-def test_verbose_on_the_subcommand_shows_librdkafka_warnings() -> None:
+def test_verbose_on_the_subcommand_shows_librdkafka_errors() -> None:
     port = free_port()
-    args = ["produce", "-v", "-b", f"127.0.0.1:{port}", "-t", "t", "--close-timeout", "1"]
+    args = ["produce", "-vv", "-b", f"127.0.0.1:{port}", "-t", "t", "--close-timeout", "1"]
     proc = run(args, b"x\n")
     err = proc.stderr.decode()
     assert proc.returncode == 1, err
-    assert "trio-producer: WARNING: " in err
+    assert "trio-producer: INFO: librdkafka error: _TRANSPORT: " in err
     assert last_line(proc.stderr) == "sent=1 delivered=0 rejected=0 failed=0 undelivered=1"
 
 

@@ -34,7 +34,7 @@ def _build() -> click_types.Group:
     from . import broker, demo, produce
 
     @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-    @click.version_option(package_name="trio-producer", prog_name=PROG)
+    @click.version_option(None, "--version", "-V", package_name="trio-producer", prog_name=PROG)
     @click.option("-v", "--verbose", count=True, help="Log librdkafka's warnings (-vv: more).")
     def cli(verbose: int) -> None:
         """A Kafka producer for Trio, on the command line."""

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ._common import fail
+from ._logging import set_verbosity
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -46,6 +47,57 @@ def properties_file(path: str) -> list[tuple[str, str]]:
             fail(f"{path}, line {number}: expected name=value", 2)
         out.append((name.strip(), value.strip()))
     return out
+
+
+_ESCAPES = {"t": "\t", "n": "\n", "r": "\r", "0": "\0", "\\": "\\"}
+
+
+def kcat_escapes(text: str, what: str) -> str:
+    """kcat's escapes in a delimiter: ``\\t``, ``\\n``, ``\\r``, ``\\0``, ``\\\\`` and
+    ``\\xNN`` (a byte, as a character; encoded as UTF-8 like the rest)."""
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        char = text[i]
+        if char != "\\" or i + 1 == len(text):
+            out.append(char)
+            i += 1
+            continue
+        code = text[i + 1]
+        if code in _ESCAPES:
+            out.append(_ESCAPES[code])
+            i += 2
+        elif code == "x" and len(text) >= i + 4:
+            try:
+                out.append(chr(int(text[i + 2 : i + 4], 16)))
+            except ValueError:
+                fail(f"{what}: \\x must be followed by two hex digits, not {text!r}", 2)
+            i += 4
+        else:
+            out.append(char)
+            i += 1
+    return "".join(out)
+
+
+def dump_requested(props: Sequence[str]) -> tuple[tuple[str, ...], bool]:
+    """kcat's ``-X list`` (refused: what to read instead) and ``-X dump`` (print the
+    configuration and exit): ``(the other -X values, whether dump was given)``."""
+    if "list" in props:
+        fail(
+            "-X list is not supported: librdkafka's properties are listed in its CONFIGURATION.md",
+            2,
+        )
+    return tuple(p for p in props if p != "dump"), "dump" in props
+
+
+def print_properties(properties: dict[str, object]) -> None:
+    """``-X dump``: the properties librdkafka gets, one ``name = value`` a line."""
+    from .._config import is_secret
+
+    for name, value in sorted(properties.items()):
+        if callable(value):
+            continue
+        click.echo(f"{name} = {'***' if is_secret(name) else value}")
 
 
 def librdkafka_properties(
@@ -119,6 +171,47 @@ def _stack(*decorators: Decorator) -> Decorator:
         return function
 
     return apply
+
+
+def _verbose(_ctx: click.Context, _param: click.Parameter, value: int) -> None:
+    set_verbosity(value)
+
+
+def verbose_option() -> Decorator:
+    """``-v`` after the command name too (``trio-producer produce -v``)."""
+    return click.option(
+        "-v",
+        "--verbose",
+        count=True,
+        expose_value=False,
+        callback=_verbose,
+        help="Log librdkafka's warnings (-vv: more).",
+    )
+
+
+#: kcat's flags that have no counterpart here, and what to use instead.
+KCAT_UNSUPPORTED = {
+    "-q": "the summary line is on stderr: 2>/dev/null hides it",
+    "-d": "-v shows librdkafka's warnings, -vv more",
+    "-m": "--connect-timeout SECONDS gives up once the cluster has been unreachable that long",
+}
+
+
+def kcat_options() -> Decorator:
+    """kcat's ``-E`` (accepted: a non-fatal error never ends a run here) and its flags
+    that are refused with a hint (:data:`KCAT_UNSUPPORTED`), all hidden."""
+
+    def refuse(ctx: click.Context, param: click.Parameter, value: object) -> None:
+        if value:
+            flag = param.opts[0]
+            fail(f"kcat's {flag} is not supported: {KCAT_UNSUPPORTED[flag]}", 2)
+
+    return _stack(
+        click.option("-E", "kcat_no_exit", is_flag=True, hidden=True, expose_value=False),
+        click.option("-q", is_flag=True, hidden=True, expose_value=False, callback=refuse),
+        click.option("-d", hidden=True, expose_value=False, callback=refuse),
+        click.option("-m", hidden=True, expose_value=False, callback=refuse),
+    )
 
 
 def bootstrap_option() -> Decorator:

@@ -27,10 +27,15 @@ from ._lines import LineFormat, LineReader, ReadStop, open_inputs
 from ._logging import unreachable_hint
 from ._options import (
     bootstrap_option,
+    dump_requested,
+    kcat_escapes,
+    kcat_options,
     librdkafka_options,
     librdkafka_properties,
     pairs,
+    print_properties,
     reader_properties,
+    verbose_option,
 )
 from ._report import report
 from ._shutdown import Shutdown
@@ -328,6 +333,8 @@ def _line_format(opts: ProduceOptions) -> LineFormat:
         fail("--key-separator and --jsonl do not go together", 2)
     if key_separator == "":
         fail("--key-separator must not be empty", 2)
+    if key_separator is not None and not opts.reader_props:
+        key_separator = kcat_escapes(key_separator, "-K")
     partition = opts.partition
     return LineFormat(
         key_separator=key_separator.encode() if key_separator is not None else None,
@@ -340,9 +347,9 @@ def _line_format(opts: ProduceOptions) -> LineFormat:
     )
 
 
-def _config(opts: ProduceOptions) -> ProducerConfig:
+def _config(opts: ProduceOptions, props: Sequence[str]) -> ProducerConfig:
     bootstrap_servers, librdkafka = librdkafka_properties(
-        opts.bootstrap_servers, opts.config_files, opts.props
+        opts.bootstrap_servers, opts.config_files, props
     )
     if opts.compression is not None:
         librdkafka.pop("compression.codec", None)
@@ -362,7 +369,11 @@ def run_command(opts: ProduceOptions) -> int:
     """Check the command line, produce, report; the exit status."""
     paths = _input_paths(opts)
     fmt = _line_format(opts)
-    config = _config(opts)
+    props, dump = dump_requested(opts.props)
+    config = _config(opts, props)
+    if dump:
+        print_properties(dict(config.librdkafka_config()))
+        return 0
     readers = open_inputs(paths)
     progress = opts.progress
     if progress is None:  # not over what the user types on a terminal
@@ -490,6 +501,8 @@ _OPTIONS = [
         type=click.FloatRange(min=0, min_open=True),
         help="Give up (exit 1) once the cluster has been unreachable this many seconds.",
     ),
+    verbose_option(),
+    kcat_options(),
 ]
 
 
