@@ -748,3 +748,79 @@ def test_a_signal_ends_a_fifo_without_a_writer(
     assert code == 0, err
     assert f"trio-producer: {sig.name}: stopped reading, draining\n" in err
     assert last_line(child.err) == "sent=0 delivered=0 rejected=0 failed=0 undelivered=0"
+
+
+def produce_jsonl(bootstrap: str, topic: str, rows: list[dict[str, object]]) -> None:
+    """One record batch per message: the embedded broker (Tansu) reports the end of a
+    partition as one past the first offset of its last batch, which -o -N relies on."""
+    stdin = b"".join(json.dumps(row).encode() + b"\n" for row in rows)
+    args = ["produce", "-b", bootstrap, "-t", topic, "--jsonl", "-X", "batch.num.messages=1"]
+    proc = run(args, stdin)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_consume_formats_offsets_counts_and_the_end(kafka_bootstrap: str) -> None:
+    topic = f"cli-consume-{os.getpid()}"
+    create_topics(kafka_bootstrap, [topic], partitions=2)
+    rows: list[dict[str, object]] = [
+        {"value": f"v{i}", "key": f"k{i}", "partition": i % 2, "headers": {"h": str(i)}}
+        for i in range(6)
+    ]
+    produce_jsonl(kafka_bootstrap, topic, rows)
+    base = ["consume", "-b", kafka_bootstrap, "-t", topic]
+    proc = run([*base, "-e", "-f", "%t|%p|%o|%k|%s|%h|%S\\n"])
+    assert proc.returncode == 0, proc.stderr
+    assert last_line(proc.stderr) == "consumed=6"
+    assert sorted(proc.stdout.decode().splitlines()) == [
+        f"{topic}|0|0|k0|v0|h=0|2",
+        f"{topic}|0|1|k2|v2|h=2|2",
+        f"{topic}|0|2|k4|v4|h=4|2",
+        f"{topic}|1|0|k1|v1|h=1|2",
+        f"{topic}|1|1|k3|v3|h=3|2",
+        f"{topic}|1|2|k5|v5|h=5|2",
+    ]
+    # one partition, two before its end, kcat's -K (escapes read), the default format
+    proc = run([*base, "-e", "-p", "1", "-o", "-2", "-K", "\\t"])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == b"k3\tv3\nk5\tv5\n"
+    # an absolute offset, and a count that stops it before the end (no -e)
+    proc = run([*base, "-p", "0", "-o", "1", "-c", "1", "-f", "%o %s\\n"])
+    assert proc.returncode == 0, proc.stderr
+    assert (proc.stdout, last_line(proc.stderr)) == (b"1 v2\n", "consumed=1")
+    # -o end with -e: nothing new
+    proc = run([*base, "-e", "-o", "end"])
+    assert (proc.returncode, proc.stdout, last_line(proc.stderr)) == (0, b"", "consumed=0")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_consume_ends_cleanly_on_a_signal(
+    kafka_bootstrap: str, kafka_topic: str, sig: signal.Signals
+) -> None:
+    produce_jsonl(kafka_bootstrap, kafka_topic, [{"value": "a"}, {"value": "b"}])
+    with Child([*SIGNALLED_CLI, "consume", "-b", kafka_bootstrap, "-t", kafka_topic]) as child:
+        child.wait_for(b"a\nb\n", stream="out")  # read to the end, waiting for more
+        start = time.monotonic()
+        child.signal(sig)
+        code = child.wait(timeout=20)
+    assert code == 0, child.output()
+    assert time.monotonic() - start < 5
+    assert child.err.decode().splitlines() == [f"trio-producer: {sig.name}: stopped", "consumed=2"]
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "message"),
+    [
+        (["-t", "no-such-topic-here", "-e"], 1, "topic 'no-such-topic-here': "),
+        (["-t", "t", "-f", "%x"], 2, "-f: unknown token %x in '%x' (known: "),
+        (["-t", "t", "-o", "middle"], 2, "-o must be beginning, end, N or -N"),
+        (["-t", "t", "-q"], 2, "kcat's -q is not supported: "),
+    ],
+)
+def test_consume_errors_are_one_line(
+    kafka_bootstrap: str, args: list[str], status: int, message: str
+) -> None:
+    proc = run(["consume", "-b", kafka_bootstrap, *args])
+    assert proc.returncode == status, proc.stderr
+    err = proc.stderr.decode()
+    assert f"trio-producer: error: {message}" in err, err
+    assert "Traceback" not in err

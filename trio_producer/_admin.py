@@ -8,9 +8,11 @@ what it reads into our own records. ``trio_producer.testing`` re-exports the hel
 
 from __future__ import annotations
 
+import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
+import attrs
 import confluent_kafka
 from confluent_kafka import KafkaError, KafkaException
 
@@ -18,7 +20,9 @@ from ._client import librdkafka_logger, normalize_headers, record_timestamp
 from ._message import ConsumedRecord
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Iterable, Mapping, Sequence
+
+logger = logging.getLogger("trio_producer")
 
 
 def create_topics(
@@ -53,6 +57,133 @@ def delete_topics(bootstrap_servers: str, topics: Iterable[str], *, timeout: flo
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
                 raise
+
+
+def _record(m: Any, topic: str) -> ConsumedRecord:
+    return ConsumedRecord(
+        topic=m.topic() or topic,
+        partition=m.partition() or 0,
+        offset=m.offset() or 0,
+        key=m.key(),
+        value=m.value(),
+        headers=normalize_headers(m.headers()),
+        timestamp=record_timestamp(m),
+    )
+
+
+#: librdkafka's RD_KAFKA_OFFSET_TAIL_BASE: an offset of ``base - N`` is N before the end.
+_OFFSET_TAIL_BASE = -2000
+
+
+class ConsumeError(RuntimeError):
+    """The consumer could not read: librdkafka's error (an unknown topic or partition,
+    an authorization failure, ...)."""
+
+
+@attrs.frozen
+class PartitionEnd:
+    """The consumer reached the end of a partition (``enable.partition.eof``)."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+#: Where a partition is read from: ``"beginning"``, ``"end"``, an offset ``N >= 0``, or
+#: ``-N``: N records before the end (as kcat's ``-o``).
+StartAt = Literal["beginning", "end"] | int
+
+
+class PartitionConsumer:
+    """A consumer with explicit partition assignment (no group join, no commits), for
+    ``trio-producer consume``. Every method blocks: call them from one worker thread.
+
+    Args:
+        bootstrap_servers: The cluster.
+        properties: Other librdkafka properties (``-X``), applied last.
+        isolation_level: ``read_uncommitted`` or ``read_committed``.
+        partition_eof: Report the end of each partition (:class:`PartitionEnd`).
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        properties: Mapping[str, str],
+        *,
+        isolation_level: str = "read_uncommitted",
+        partition_eof: bool = False,
+    ) -> None:
+        conf: dict[str, Any] = {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": "trio-producer-consume",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "isolation.level": isolation_level,
+            "enable.partition.eof": partition_eof,
+            "logger": librdkafka_logger,
+        }
+        conf.update(properties)
+        try:
+            self._consumer = confluent_kafka.Consumer(conf)
+        except KafkaException as exc:
+            raise ConsumeError(
+                f"librdkafka rejected the configuration: {exc.args[0].str()}"
+            ) from None
+
+    def assign(
+        self, topic: str, partition: int | None, start: StartAt, *, timeout: float = 30.0
+    ) -> list[int]:
+        """Read ``topic`` (one partition, or all when ``None``) from ``start``; return
+        the partitions assigned."""
+        metadata = self._consumer.list_topics(topic, timeout=timeout).topics[topic]
+        if metadata.error is not None:
+            raise ConsumeError(f"topic {topic!r}: {metadata.error.str()}")
+        partitions = sorted(metadata.partitions)
+        if partition is not None:
+            if partition not in metadata.partitions:
+                raise ConsumeError(
+                    f"topic {topic!r} has no partition {partition} (it has {len(partitions)})"
+                )
+            partitions = [partition]
+        assignment = [
+            confluent_kafka.TopicPartition(topic, p, self._offset(topic, p, start, timeout))
+            for p in partitions
+        ]
+        self._consumer.assign(assignment)
+        return partitions
+
+    def _offset(self, topic: str, partition: int, start: StartAt, timeout: float) -> int:
+        if start == "beginning":
+            return confluent_kafka.OFFSET_BEGINNING
+        if start == "end":
+            return confluent_kafka.OFFSET_END
+        if start >= 0:
+            return start
+        # librdkafka's "N before the end" (RD_KAFKA_OFFSET_TAIL), as kcat's -o -N
+        return _OFFSET_TAIL_BASE + start
+
+    def poll(
+        self, max_records: int, timeout: float, *, keep_going: bool = False
+    ) -> list[ConsumedRecord | PartitionEnd]:
+        """What arrived within ``timeout`` seconds (at most ``max_records``), in order.
+
+        An error raises :class:`ConsumeError`; with ``keep_going`` only a fatal one does
+        (the others are logged), like kcat's ``-E``."""
+        out: list[ConsumedRecord | PartitionEnd] = []
+        for m in self._consumer.consume(max_records, timeout):
+            error = m.error()
+            if error is None:
+                out.append(_record(m, ""))
+            elif error.code() == KafkaError._PARTITION_EOF:
+                out.append(PartitionEnd(m.topic() or "", m.partition() or 0, m.offset() or 0))
+            elif error.fatal() or not keep_going:
+                raise ConsumeError(f"{error.name()}: {error.str()}")
+            else:
+                logger.warning("consumer error: %s: %s", error.name(), error.str())
+        return out
+
+    def close(self) -> None:
+        self._consumer.close()
 
 
 def consume_all(
@@ -111,17 +242,7 @@ def consume_all(
                     if error.code() == KafkaError._PARTITION_EOF:
                         continue
                     raise KafkaException(error)
-                out.append(
-                    ConsumedRecord(
-                        topic=m.topic() or topic,
-                        partition=m.partition() or 0,
-                        offset=m.offset() or 0,
-                        key=m.key(),
-                        value=m.value(),
-                        headers=normalize_headers(m.headers()),
-                        timestamp=record_timestamp(m),
-                    )
-                )
+                out.append(_record(m, topic))
         return out
     finally:
         consumer.close()

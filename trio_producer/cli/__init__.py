@@ -1,4 +1,5 @@
-"""The ``trio-producer`` command line: produce from stdin, a self-checking demo, a broker.
+"""The ``trio-producer`` command line: produce from stdin, consume to stdout, a
+self-checking demo, a broker.
 
 ``main`` is the console script. The commands are built only once ``click`` is known to be
 installed (it comes with the ``cli`` extra):
@@ -6,6 +7,7 @@ installed (it comes with the ``cli`` extra):
 * ``produce.py`` -- the ``produce`` command and its run; ``_lines.py`` (line formats,
   the reader, the inputs), ``_shutdown.py`` (signals and the drain), ``_report.py``
   (the lines not delivered, the summary);
+* ``consume.py`` -- the ``consume`` command (kcat -C);
 * ``demo.py``, ``broker.py`` -- the other commands;
 * ``_options.py`` (``-b``, ``-X``, ``-F``, ``--property``), ``_logging.py`` (stderr),
   ``_common.py`` (one-line errors).
@@ -31,7 +33,7 @@ __all__ = ["main"]
 def _build() -> click_types.Group:
     import click
 
-    from . import broker, demo, produce
+    from . import broker, consume, demo, produce
 
     @click.group(context_settings={"help_option_names": ["-h", "--help"]})
     @click.version_option(None, "--version", "-V", package_name="trio-producer", prog_name=PROG)
@@ -41,6 +43,7 @@ def _build() -> click_types.Group:
         set_verbosity(verbose)
 
     cli.add_command(produce.command())
+    cli.add_command(consume.command())
     cli.add_command(demo.demo)
     cli.add_command(broker.broker)
     return cli

@@ -197,17 +197,18 @@ KCAT_UNSUPPORTED = {
 }
 
 
-def kcat_options() -> Decorator:
-    """kcat's ``-E`` (accepted: a non-fatal error never ends a run here) and its flags
-    that are refused with a hint (:data:`KCAT_UNSUPPORTED`), all hidden."""
+def kcat_options(*, consume: bool = False) -> Decorator:
+    """kcat's flags that are refused with a hint (:data:`KCAT_UNSUPPORTED`), and for
+    ``produce`` its ``-E`` (accepted: a non-fatal error never ends a run there); hidden."""
 
     def refuse(ctx: click.Context, param: click.Parameter, value: object) -> None:
         if value:
             flag = param.opts[0]
             fail(f"kcat's {flag} is not supported: {KCAT_UNSUPPORTED[flag]}", 2)
 
+    no_exit = click.option("-E", "kcat_no_exit", is_flag=True, hidden=True, expose_value=False)
     return _stack(
-        click.option("-E", "kcat_no_exit", is_flag=True, hidden=True, expose_value=False),
+        *([] if consume else [no_exit]),
         click.option("-q", is_flag=True, hidden=True, expose_value=False, callback=refuse),
         click.option("-d", hidden=True, expose_value=False, callback=refuse),
         click.option("-m", hidden=True, expose_value=False, callback=refuse),
