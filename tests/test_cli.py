@@ -814,6 +814,7 @@ def test_consume_ends_cleanly_on_a_signal(
         (["-t", "t", "-f", "%x"], 2, "-f: unknown token %x in '%x' (known: "),
         (["-t", "t", "-o", "middle"], 2, "-o must be beginning, end, N or -N"),
         (["-t", "t", "-q"], 2, "kcat's -q is not supported: "),
+        (["-t", "t", "-J"], 2, "kcat's -J is not supported: consume -f FORMAT chooses"),
     ],
 )
 def test_consume_errors_are_one_line(

@@ -194,6 +194,7 @@ KCAT_UNSUPPORTED = {
     "-q": "the summary line is on stderr: 2>/dev/null hides it",
     "-d": "-v shows librdkafka's warnings, -vv more",
     "-m": "--connect-timeout SECONDS gives up once the cluster has been unreachable that long",
+    "-J": "consume -f FORMAT chooses what is printed (produce --jsonl reads JSON lines)",
 }
 
 
@@ -212,6 +213,7 @@ def kcat_options(*, consume: bool = False) -> Decorator:
         click.option("-q", is_flag=True, hidden=True, expose_value=False, callback=refuse),
         click.option("-d", hidden=True, expose_value=False, callback=refuse),
         click.option("-m", hidden=True, expose_value=False, callback=refuse),
+        click.option("-J", is_flag=True, hidden=True, expose_value=False, callback=refuse),
     )
 
 
