@@ -16,7 +16,8 @@ import pytest
 from packaging.markers import Marker
 from packaging.requirements import Requirement
 
-from trio_producer.testing import BOOTSTRAP_ENV, _broker, consume_all, create_topics, free_port
+from trio_producer import _embedded as _broker
+from trio_producer.testing import BOOTSTRAP_ENV, consume_all, create_topics, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
