@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import trio
 import trio.testing
@@ -12,6 +14,9 @@ from trio_producer._worker import BatchChannel, run_worker
 from trio_producer.testing import RecordingSink
 
 from .helpers import item
+
+#: The send methods read only whether the client is transactional from the tracker.
+NO_TRACKER = SimpleNamespace(client=SimpleNamespace(transactional=False))
 
 
 def make(
@@ -218,7 +223,7 @@ async def test_send_many_consumes_exactly_what_it_accepted_when_cancelled() -> N
 
     channel = make(capacity=3)
     sink = RecordingSink(capacity=0)  # the worker takes one batch and then waits
-    producer = Producer(channel, None, None)  # type: ignore[arg-type]
+    producer = Producer(channel, NO_TRACKER, None)  # type: ignore[arg-type]
     values = iter([b"%d" % i for i in range(10)])
     async with trio.open_nursery() as nursery:
         await nursery.start(run_worker, channel, sink)
@@ -238,7 +243,7 @@ async def test_send_many_bad_element_is_consumed_not_accepted() -> None:
     from trio_producer._producer import Producer
 
     channel = make()
-    producer = Producer(channel, None, None)  # type: ignore[arg-type]
+    producer = Producer(channel, NO_TRACKER, None)  # type: ignore[arg-type]
     values = iter([b"a", ("k", "b"), 3, b"d"])
     with pytest.raises(TypeError, match=r"^value must be bytes, bytearray, memoryview, str"):
         await producer.send_many("t", values)
