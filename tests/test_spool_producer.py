@@ -388,7 +388,7 @@ async def test_spool_sync_always_returns_after_the_fsync_and_a_cancel_cannot_una
     async with open_producer(
         bootstrap_servers=kafka_bootstrap, spool_path=str(tmp_path / "s"), spool_sync="always"
     ) as producer:
-        spool = producer._keeper.spool  # type: ignore[attr-defined]
+        spool = producer._intake._keeper.spool  # type: ignore[attr-defined]
         for i in range(5):
             await producer.send(kafka_topic, b"a%d" % i)
             assert spool.synced_seq >= i  # fsynced before send returned
@@ -725,7 +725,7 @@ async def test_spool_sync_always_send_many_that_raises_part_way_has_fsynced_what
         spool_sync="always",
         linger=1.0,
     ) as producer:
-        spool = producer._keeper.spool  # type: ignore[attr-defined]
+        spool = producer._intake._keeper.spool  # type: ignore[attr-defined]
         await producer.send(kafka_topic, b"warm")
         base = spool.synced_seq
         with pytest.raises(TypeError):

@@ -30,9 +30,10 @@ from ._hooks import (
     fetch_first_token,
     provider_error,
 )
+from ._intake import MemoryIntake
 from ._producer import _STOP_GRACE, CUT_SHORT_GRACE, Producer
-from ._serializing import SerializingProducer, SerializingSpooledProducer
-from ._spooled import SpooledProducer, open_keeper, recovered_batches
+from ._serializing import SerializingProducer
+from ._spooled import SpoolIntake, open_keeper, recovered_batches
 from ._worker import BatchChannel, run_worker
 from .serialization import Field, K, V
 
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 
     from ._config import ProducerFields
     from ._hooks import Instrumentation, KafkaStatistics, OAuthTokenProvider, ProducerInstruments
+    from ._intake import Intake
     from ._message import KafkaErrorInfo
     from ._spooled import SpoolKeeper
     from ._worker import Sink
@@ -289,14 +291,14 @@ async def open_producer(
                 cfg.spool_sync_interval,
                 cfg.spool_id_header,
             )
-            spooled_class = SerializingSpooledProducer if serializing else SpooledProducer
-            spooled = spooled_class(channel, tracker, state, cfg.transaction_timeout)
-            spooled._attach(keeper)
+            intake: Intake = SpoolIntake(channel, keeper)
             tracker.on_confirmed = keeper.confirm
-            producer: Producer[Any, Any] = spooled
         else:
-            plain_class = SerializingProducer if serializing else Producer
-            producer = plain_class(channel, tracker, state, cfg.transaction_timeout)
+            intake = MemoryIntake(channel)
+        producer_class = SerializingProducer if serializing else Producer
+        producer: Producer[Any, Any] = producer_class(
+            channel, tracker, state, intake, cfg.transaction_timeout
+        )
         if isinstance(producer, SerializingProducer):
             producer._set_serializers(key_field, value_field)
         if telemetry is not None:

@@ -17,7 +17,6 @@ import trio
 from ._args import check_topic
 from ._exceptions import ProducerClosedError, SerializationError
 from ._producer import Producer
-from ._spooled import SpooledProducer
 from .serialization import Field, K, SerializerHeaders, V
 
 if TYPE_CHECKING:
@@ -242,7 +241,3 @@ def _split(element: object) -> tuple[object, object]:
 
 def _at_index(exc: SerializationError, index: int) -> SerializationError:
     return SerializationError(exc.field, exc.topic, exc.obj, exc.error, index)
-
-
-class SerializingSpooledProducer(SerializingProducer[K, V], SpooledProducer):  # type: ignore[misc]
-    """A :class:`SpooledProducer` with serializers."""
