@@ -32,7 +32,7 @@ from ._hooks import (
 )
 from ._intake import MemoryIntake
 from ._producer import _STOP_GRACE, CUT_SHORT_GRACE, Producer
-from ._serializing import SerializingProducer
+from ._serializing import Encoder
 from ._spooled import SpoolIntake, open_keeper, recovered_batches
 from ._worker import BatchChannel, run_worker
 from .serialization import Field, K, V
@@ -263,7 +263,6 @@ async def open_producer(
     check_sync_hook("oauth_token", oauth_token)
     key_field = Field[Any]("key", key_serializer) if key_serializer is not None else None
     value_field = Field[Any]("value", value_serializer) if value_serializer is not None else None
-    serializing = key_field is not None or value_field is not None
     await trio.lowlevel.checkpoint_if_cancelled()
     client = await _open_client(cfg, on_statistics, oauth_token)
     instruments: ProducerInstruments | None = None
@@ -295,12 +294,12 @@ async def open_producer(
             tracker.on_confirmed = keeper.confirm
         else:
             intake = MemoryIntake(channel)
-        producer_class = SerializingProducer if serializing else Producer
-        producer: Producer[Any, Any] = producer_class(
-            channel, tracker, state, intake, cfg.transaction_timeout
+        encoder = None
+        if key_field is not None or value_field is not None:
+            encoder = Encoder(channel, key_field, value_field)
+        producer: Producer[Any, Any] = Producer(
+            channel, tracker, state, intake, encoder, cfg.transaction_timeout
         )
-        if isinstance(producer, SerializingProducer):
-            producer._set_serializers(key_field, value_field)
         if telemetry is not None:
             instruments = tracker.hooks.instruments = telemetry.attach(producer)
         if client.transactional:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from ._intake import Intake
     from ._lifecycle import _State
     from ._message import Headers, RecordMetadata
+    from ._serializing import Encoder
     from ._worker import BatchChannel
 
 logger = logging.getLogger("trio_producer")
@@ -96,12 +97,16 @@ class Producer(Generic[K, V]):
         tracker: DeliveryTracker,
         state: _State,
         intake: Intake,
+        encoder: Encoder | None,
         transaction_timeout: float = 30.0,
     ) -> None:
         self._channel = channel
         self._tracker = tracker
         self._state = state
+        #: Accepts the messages: in memory, or in the durable spool.
         self._intake = intake
+        #: The serializers, or ``None`` (then values and keys are ``bytes``/``str``).
+        self._encoder = encoder
         # Bound once: the in-memory send is one call into the channel.
         self._accept = intake.accept
         self._accept_nowait = intake.accept_nowait
@@ -151,6 +156,8 @@ class Producer(Generic[K, V]):
             ValueError: A bad topic name, or a ``str`` that cannot be encoded as UTF-8
                 (nothing accepted).
         """
+        if self._encoder is not None:
+            key, value, headers = await self._encoder.prepare(topic, key, value, headers)
         if (
             type(value) is bytes
             and headers is None
@@ -190,6 +197,8 @@ class Producer(Generic[K, V]):
             TypeError: An argument has a type that is not allowed (nothing accepted).
             ValueError: A bad topic name or an unencodable ``str`` (nothing accepted).
         """
+        if self._encoder is not None:
+            key, value, headers = self._encoder.prepare_now(topic, key, value, headers)
         if (
             type(value) is bytes
             and headers is None
@@ -232,6 +241,11 @@ class Producer(Generic[K, V]):
             TypeError: An element has a type that is not allowed.
         """
         check_topic(topic)
+        encoder = self._encoder
+        if encoder is not None:
+            if encoder.is_async:
+                return await encoder.send_many_awaiting(topic, iter(messages), self._accept)
+            messages = encoder.serialized(topic, iter(messages))
         return await self._intake.accept_many(topic, messages)
 
     @enable_ki_protection
@@ -262,6 +276,8 @@ class Producer(Generic[K, V]):
         Refused (``ConfigError``, nothing accepted) by a producer opened with
         ``delivery_reports="errors"``: librdkafka then says nothing of a delivery.
         """
+        if self._encoder is not None:
+            key, value, headers = await self._encoder.prepare(topic, key, value, headers)
         if self._tracker.errors_only:
             await trio.lowlevel.checkpoint()
             raise ConfigError(
