@@ -197,6 +197,42 @@ async def test_transactions_with_a_spool_are_refused(kafka_bootstrap: str, tmp_p
             pass  # pragma: no cover
 
 
+async def test_sync_without_a_spool_is_refused_and_the_producer_goes_on(
+    kafka_bootstrap: str, kafka_topic: str, read_back: ReadBack
+) -> None:
+    """The spool is a part of the one Producer, not a subclass: every producer has
+    sync(), and one without a spool refuses it plainly (before: AttributeError)."""
+    import trio.testing
+
+    async with open_producer(bootstrap_servers=kafka_bootstrap) as producer:
+        await producer.send(kafka_topic, b"a")
+        with (
+            trio.testing.assert_checkpoints(),
+            pytest.raises(
+                ConfigError,
+                match=r"^sync\(\) waits for the durable spool, and this producer has none: ",
+            ),
+        ):
+            await producer.sync()
+        await producer.send(kafka_topic, b"b")
+        assert producer.backlog() == 0
+    records = await read_back(kafka_topic, expected=2)
+    assert [r.value for r in records] == [b"a", b"b"]
+
+
+async def test_a_spooled_producer_is_a_producer_and_spooled_producer_names_it(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    from trio_producer import Producer, SpooledProducer
+
+    assert SpooledProducer is Producer
+    async with open_producer(
+        bootstrap_servers=kafka_bootstrap, spool_path=tmp_path / "s"
+    ) as producer:
+        assert type(producer) is Producer
+        await producer.sync()
+
+
 def test_bad_spool_settings_are_named() -> None:
     with pytest.raises(ConfigError, match=r"spool_sync must be one of \('never', 'interval'"):
         ProducerConfig("x:1", spool_path="/tmp/s", spool_sync="sometimes")

@@ -80,10 +80,12 @@ class Producer(Generic[K, V]):
 
     Generic in the key and value types it takes: ``Producer[bytes | str, bytes | str]``
     (what a bare ``Producer`` means) without serializers; with a ``value_serializer``
-    of ``T``, ``Producer[..., T]`` (see :mod:`trio_producer.serialization`).
+    of ``T``, ``Producer[..., T]`` (see :mod:`trio_producer.serialization`). With a
+    ``spool_path`` it is the same class: each message is written to the durable spool
+    before it is accepted (see :meth:`sync`).
 
     Checkpoints: :meth:`send`, :meth:`send_many`, :meth:`send_and_wait`,
-    :meth:`flush` and entering/leaving :meth:`transaction` always are;
+    :meth:`flush`, :meth:`sync` and entering/leaving :meth:`transaction` always are;
     :meth:`send_nowait`, :meth:`abort` and :meth:`statistics` never block.
 
     The sending methods are protected from ``KeyboardInterrupt`` between accepting a
