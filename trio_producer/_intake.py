@@ -4,11 +4,11 @@ The producer validates a message and builds its queue item; the intake decides w
 "accepted" means. :class:`Intake` is that narrow interface, and there are two of it:
 
 * :class:`MemoryIntake` -- accepted means in the batch channel (in memory). Its
-  ``accept`` and ``accept_nowait`` *are* the channel's ``send`` and ``send_nowait``,
-  bound once: the in-memory send is one call into the channel, as if there were no
-  intake at all.
+  :attr:`~Intake.acceptor`, which takes each message, *is* the channel: the in-memory
+  send is one method call into the channel (``producer._acceptor.send_nowait``, the
+  same call as before there was an intake, specialised by the interpreter like it).
 * :class:`~trio_producer._spooled.SpoolIntake` -- accepted means written to the durable
-  spool (and, with room, to the channel too).
+  spool (and, with room, to the channel too). It is its own acceptor.
 
 ``open_producer`` chooses one; nothing else in the producer knows which it has.
 """
@@ -30,6 +30,20 @@ if TYPE_CHECKING:
     from ._worker import BatchChannel
 
 
+class Acceptor(Protocol):
+    """What takes one fire-and-forget message: the batch channel's own two methods.
+
+    Each follows the send methods' rule: if it returns, the message was accepted (it
+    will be delivered or handed back); if it raises, it was not.
+    """
+
+    async def send(self, item: Pending, size: int) -> None:
+        """Accept a message, waiting for room. Always a checkpoint."""
+
+    def send_nowait(self, item: Pending, size: int) -> None:
+        """Accept a message or raise (``trio.WouldBlock`` when full)."""
+
+
 class Intake(Protocol):
     """Where a producer's send methods put a message they accept.
 
@@ -37,11 +51,9 @@ class Intake(Protocol):
     was accepted (it will be delivered or handed back); if it raises, it was not.
     """
 
-    async def accept(self, item: Pending, size: int) -> None:
-        """Accept a fire-and-forget message, waiting for room. Always a checkpoint."""
-
-    def accept_nowait(self, item: Pending, size: int) -> None:
-        """Accept a fire-and-forget message or raise (``trio.WouldBlock`` when full)."""
+    @property
+    def acceptor(self) -> Acceptor:
+        """Takes each fire-and-forget message (``send``, ``send_nowait``)."""
 
     async def accept_waiting(self, item: Pending, size: int, waiter: trio.Event) -> None:
         """Accept a ``send_and_wait`` message, whose delivery report sets ``waiter``.
@@ -74,9 +86,8 @@ class MemoryIntake:
 
     def __init__(self, channel: BatchChannel) -> None:
         self._channel = channel
-        # The channel's own methods: the in-memory send is one call into the channel.
-        self.accept = channel.send
-        self.accept_nowait = channel.send_nowait
+        #: The channel itself: the in-memory send is one call into the channel.
+        self.acceptor: Acceptor = channel
 
     async def accept_waiting(self, item: Pending, size: int, waiter: trio.Event) -> None:
         await self._channel.send(item, size)

@@ -109,9 +109,9 @@ class Producer(Generic[K, V]):
         self._intake = intake
         #: The serializers, or ``None`` (then values and keys are ``bytes``/``str``).
         self._encoder = encoder
-        # Bound once: the in-memory send is one call into the channel.
-        self._accept = intake.accept
-        self._accept_nowait = intake.accept_nowait
+        #: Takes each fire-and-forget message: in memory, the channel itself (its
+        #: ``send_nowait`` is then the one call the in-memory fast path makes).
+        self._acceptor = intake.acceptor
         self._transaction_timeout = transaction_timeout
         self._in_transaction = False
         #: Commit or abort has begun: send_offsets may no longer join the transaction.
@@ -178,7 +178,7 @@ class Producer(Generic[K, V]):
                 size = len(value) + len(raw_key)
         else:
             item, size = make_item(topic, value, key, headers, partition, timestamp, None)
-        await self._accept(item, size)
+        await self._acceptor.send(item, size)
 
     @enable_ki_protection
     def send_nowait(
@@ -211,15 +211,15 @@ class Producer(Generic[K, V]):
             and (key is None or type(key) is bytes)
         ):
             if key is None:
-                self._accept_nowait({"topic": topic, "value": value}, len(value))
+                self._acceptor.send_nowait({"topic": topic, "value": value}, len(value))
             else:
                 raw_key: bytes = key  # type: ignore[assignment]  # (a TypeVar: no narrowing)
-                self._accept_nowait(
+                self._acceptor.send_nowait(
                     {"topic": topic, "value": value, "key": raw_key}, len(value) + len(raw_key)
                 )
             return
         item, size = make_item(topic, value, key, headers, partition, timestamp, None)
-        self._accept_nowait(item, size)
+        self._acceptor.send_nowait(item, size)
 
     @enable_ki_protection
     async def send_many(
@@ -246,7 +246,7 @@ class Producer(Generic[K, V]):
         encoder = self._encoder
         if encoder is not None:
             if encoder.is_async:
-                return await encoder.send_many_awaiting(topic, iter(messages), self._accept)
+                return await encoder.send_many_awaiting(topic, iter(messages), self._acceptor)
             messages = encoder.serialized(topic, iter(messages))
         return await self._intake.accept_many(topic, messages)
 

@@ -18,9 +18,9 @@ from ._args import check_topic, make_item
 from ._exceptions import ProducerClosedError, SerializationError
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator
+    from collections.abc import Iterator
 
-    from ._batch import Pending
+    from ._intake import Acceptor
     from ._message import Headers
     from ._worker import BatchChannel
     from .serialization import Field, SerializerHeaders
@@ -152,10 +152,10 @@ class Encoder:
         self,
         topic: str,
         elements: Iterator[object],
-        accept: Callable[[Pending, int], Awaitable[None]],
+        acceptor: Acceptor,
     ) -> int:
         """``send_many`` with an async serializer: each element is serialized and then
-        accepted with ``accept`` (the intake's) like :meth:`Producer.send` does (a
+        accepted with ``acceptor`` (the intake's) like :meth:`Producer.send` does (a
         checkpoint each, and headers travel); if the call is cancelled or interrupted
         while an element is being serialized, that element was consumed but not accepted
         (a note on the exception says how many were accepted)."""
@@ -175,7 +175,7 @@ class Encoder:
                 except SerializationError as exc:
                     raise _at_index(exc, index) from exc.__cause__
                 item, size = make_item(topic, v, k, headers or None, None, None, None)
-                await accept(item, size)
+                await acceptor.send(item, size)
                 in_hand = False
                 accepted += 1
         except BaseException as exc:

@@ -367,7 +367,13 @@ class SpoolIntake:
             self._backlog_from = seq
         return seq
 
-    async def accept(self, item: Pending, size: int, waiter: trio.Event | None = None) -> None:
+    @property
+    def acceptor(self) -> SpoolIntake:
+        """It takes each message itself (:meth:`send`, :meth:`send_nowait`)."""
+        return self
+
+    async def send(self, item: Pending, size: int, waiter: trio.Event | None = None) -> None:
+        """Spool and accept one message, waiting for room (see :meth:`_accept_nowait`)."""
         await trio.lowlevel.checkpoint_if_cancelled()
         channel = self._channel
         while True:
@@ -389,7 +395,7 @@ class SpoolIntake:
             await self._keeper.wait_synced_uninterruptibly(seq)
         await trio.lowlevel.cancel_shielded_checkpoint()
 
-    def accept_nowait(self, item: Pending, size: int) -> None:
+    def send_nowait(self, item: Pending, size: int) -> None:
         if self._keeper.spool.sync_policy == "always":
             raise TypeError(
                 "send_nowait cannot wait for the fsync that spool_sync='always' promises; "
@@ -398,7 +404,7 @@ class SpoolIntake:
         self._accept_nowait(item, size, None)
 
     async def accept_waiting(self, item: Pending, size: int, waiter: trio.Event) -> None:
-        await self.accept(item, size, waiter)
+        await self.send(item, size, waiter)
 
     async def accept_many(self, topic: str, messages: Iterable[object]) -> int:
         """See :meth:`Producer.send_many`. With a spool, it waits for room *before* it
