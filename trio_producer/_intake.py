@@ -5,8 +5,8 @@ The producer validates a message and builds its queue item; the intake decides w
 
 * :class:`MemoryIntake` -- accepted means in the batch channel (in memory). Its
   :attr:`~Intake.acceptor`, which takes each message, *is* the channel: the in-memory
-  send is one method call into the channel (``producer._acceptor.send_nowait``, the
-  same call as before there was an intake, specialised by the interpreter like it).
+  send is one method call into the channel (``producer._acceptor.send_nowait``: the
+  call the producer made before there was an intake, and as fast).
 * :class:`~trio_producer._spooled.SpoolIntake` -- accepted means written to the durable
   spool (and, with room, to the channel too). It is its own acceptor.
 
