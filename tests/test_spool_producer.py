@@ -202,6 +202,42 @@ async def test_transactions_with_a_spool_are_refused(kafka_bootstrap: str, tmp_p
             pass  # pragma: no cover
 
 
+async def test_sync_without_a_spool_is_refused_and_the_producer_goes_on(
+    kafka_bootstrap: str, kafka_topic: str, read_back: ReadBack
+) -> None:
+    """The spool is a part of the one Producer, not a subclass: every producer has
+    sync(), and one without a spool refuses it plainly (before: AttributeError)."""
+    import trio.testing
+
+    async with open_producer(bootstrap_servers=kafka_bootstrap) as producer:
+        await producer.send(kafka_topic, b"a")
+        with (
+            trio.testing.assert_checkpoints(),
+            pytest.raises(
+                ConfigError,
+                match=r"^sync\(\) waits for the durable spool, and this producer has none: ",
+            ),
+        ):
+            await producer.sync()
+        await producer.send(kafka_topic, b"b")
+        assert producer.backlog() == 0
+    records = await read_back(kafka_topic, expected=2)
+    assert [r.value for r in records] == [b"a", b"b"]
+
+
+async def test_a_spooled_producer_is_a_producer_and_spooled_producer_names_it(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    from trio_producer import Producer, SpooledProducer
+
+    assert SpooledProducer is Producer
+    async with open_producer(
+        bootstrap_servers=kafka_bootstrap, spool_path=tmp_path / "s"
+    ) as producer:
+        assert type(producer) is Producer
+        await producer.sync()
+
+
 def test_bad_spool_settings_are_named() -> None:
     with pytest.raises(ConfigError, match=r"spool_sync must be one of \('never', 'interval'"):
         ProducerConfig("x:1", spool_path="/tmp/s", spool_sync="sometimes")
@@ -393,7 +429,7 @@ async def test_spool_sync_always_returns_after_the_fsync_and_a_cancel_cannot_una
     async with open_producer(
         bootstrap_servers=kafka_bootstrap, spool_path=str(tmp_path / "s"), spool_sync="always"
     ) as producer:
-        spool = producer._keeper.spool  # type: ignore[attr-defined]
+        spool = producer._intake._keeper.spool  # type: ignore[attr-defined]
         for i in range(5):
             await producer.send(kafka_topic, b"a%d" % i)
             assert spool.synced_seq >= i  # fsynced before send returned
@@ -730,7 +766,7 @@ async def test_spool_sync_always_send_many_that_raises_part_way_has_fsynced_what
         spool_sync="always",
         linger=1.0,
     ) as producer:
-        spool = producer._keeper.spool  # type: ignore[attr-defined]
+        spool = producer._intake._keeper.spool  # type: ignore[attr-defined]
         await producer.send(kafka_topic, b"warm")
         base = spool.synced_seq
         with pytest.raises(TypeError):

@@ -219,11 +219,12 @@ async def test_send_is_a_checkpoint_and_send_nowait_is_not() -> None:
 
 
 async def test_send_many_consumes_exactly_what_it_accepted_when_cancelled() -> None:
+    from trio_producer._intake import MemoryIntake
     from trio_producer._producer import Producer
 
     channel = make(capacity=3)
     sink = RecordingSink(capacity=0)  # the worker takes one batch and then waits
-    producer = Producer(channel, NO_TRACKER, None)  # type: ignore[arg-type]
+    producer = Producer(channel, NO_TRACKER, None, MemoryIntake(channel), None)  # type: ignore[arg-type]
     values = iter([b"%d" % i for i in range(10)])
     async with trio.open_nursery() as nursery:
         await nursery.start(run_worker, channel, sink)
@@ -240,10 +241,11 @@ async def test_send_many_consumes_exactly_what_it_accepted_when_cancelled() -> N
 
 
 async def test_send_many_bad_element_is_consumed_not_accepted() -> None:
+    from trio_producer._intake import MemoryIntake
     from trio_producer._producer import Producer
 
     channel = make()
-    producer = Producer(channel, NO_TRACKER, None)  # type: ignore[arg-type]
+    producer = Producer(channel, NO_TRACKER, None, MemoryIntake(channel), None)  # type: ignore[arg-type]
     values = iter([b"a", ("k", "b"), 3, b"d"])
     with pytest.raises(TypeError, match=r"^value must be bytes, bytearray, memoryview, str"):
         await producer.send_many("t", values)

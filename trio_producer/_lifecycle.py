@@ -30,9 +30,10 @@ from ._hooks import (
     fetch_first_token,
     provider_error,
 )
+from ._intake import MemoryIntake
 from ._producer import _STOP_GRACE, CUT_SHORT_GRACE, Producer
-from ._serializing import SerializingProducer, SerializingSpooledProducer
-from ._spooled import SpooledProducer, open_keeper, recovered_batches
+from ._serializing import Encoder
+from ._spooled import SpoolIntake, open_keeper, recovered_batches
 from ._undelivered import attach
 from ._worker import BatchChannel, run_worker
 from .serialization import Field, K, V
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 
     from ._config import ProducerFields
     from ._hooks import Instrumentation, KafkaStatistics, OAuthTokenProvider, ProducerInstruments
+    from ._intake import Intake
     from ._message import KafkaErrorInfo
     from ._spooled import SpoolKeeper
     from ._worker import Sink
@@ -268,7 +270,6 @@ async def open_producer(
     check_sync_hook("oauth_token", oauth_token)
     key_field = Field[Any]("key", key_serializer) if key_serializer is not None else None
     value_field = Field[Any]("value", value_serializer) if value_serializer is not None else None
-    serializing = key_field is not None or value_field is not None
     await trio.lowlevel.checkpoint_if_cancelled()
     client = await _open_client(cfg, on_statistics, oauth_token)
     instruments: ProducerInstruments | None = None
@@ -296,16 +297,18 @@ async def open_producer(
                 cfg.spool_sync_interval,
                 cfg.spool_id_header,
             )
-            spooled_class = SerializingSpooledProducer if serializing else SpooledProducer
-            spooled = spooled_class(channel, tracker, state, cfg.transaction_timeout)
-            spooled._attach(keeper)
+            spool_intake = SpoolIntake(channel, keeper)
+            intake: Intake = spool_intake
             tracker.on_confirmed = keeper.confirm
-            producer: Producer[Any, Any] = spooled
+            tracker.before_produce = spool_intake.note_handing
         else:
-            plain_class = SerializingProducer if serializing else Producer
-            producer = plain_class(channel, tracker, state, cfg.transaction_timeout)
-        if isinstance(producer, SerializingProducer):
-            producer._set_serializers(key_field, value_field)
+            intake = MemoryIntake(channel)
+        encoder = None
+        if key_field is not None or value_field is not None:
+            encoder = Encoder(channel, key_field, value_field)
+        producer: Producer[Any, Any] = Producer(
+            channel, tracker, state, intake, encoder, cfg.transaction_timeout
+        )
         if telemetry is not None:
             instruments = tracker.hooks.instruments = telemetry.attach(producer)
         if client.transactional:
@@ -313,7 +316,7 @@ async def open_producer(
             await trio.to_thread.run_sync(client.init_transactions, cfg.transaction_timeout)
         _signals.register(producer)
         try:
-            async with _running(producer, state, channel, tracker, cfg, keeper) as ending:
+            async with _running(intake, state, channel, tracker, cfg, keeper) as ending:
                 yield producer
             raise_ = _finish(ending(), state, producer)
         finally:
@@ -384,7 +387,7 @@ def _sink(tracker: DeliveryTracker) -> Sink:
 @asynccontextmanager
 @enable_ki_protection
 async def _running(
-    producer: Producer,
+    intake: Intake,
     state: _State,
     channel: BatchChannel,
     tracker: DeliveryTracker,
@@ -462,8 +465,7 @@ async def _running(
         # Removed (or replaced) while the producer ran: the spool cannot keep what was
         # not delivered for a next run. Hand it all back instead, read from the
         # mappings that outlive the files.
-        assert isinstance(producer, SpooledProducer)
-        backlog = producer.take_backlog()
+        backlog = intake.take_backlog()
         logger.error(
             "the spool directory %r was removed while the producer ran: the %d "
             "undelivered message(s) it held are handed back, not kept",
@@ -485,7 +487,7 @@ async def _running(
         unknown=tracker.in_flight,
         cut_short=state.aborted,
         spool_path=spool_path,
-        kept=producer.backlog(),
+        kept=intake.backlog(),
     )
 
 
