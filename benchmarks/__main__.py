@@ -15,6 +15,8 @@ from typing import Any
 
 from trio_producer.testing import EmbeddedBroker, create_topics, delete_topics
 
+from . import sweeps
+
 THROUGHPUT = [
     "raw",
     "raw_dr",
@@ -90,6 +92,32 @@ def _figure(runs: list[dict[str, Any]]) -> float:
     return median(runs, "total_seconds")
 
 
+def run_sweeps(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--sweep`` and/or ``--plot``."""
+    path = Path(args.json or "benchmarks/results/sweeps.json")
+    if args.sweep is None:
+        record = json.loads(path.read_text())
+    else:
+        names: list[str] = []
+        for name in args.sweep.split(","):
+            if name == "all":
+                names += [s for s in sweeps.SWEEPS if s not in sweeps.SLOW]
+            elif name in sweeps.SWEEPS:
+                names.append(name)
+            else:
+                parser.error(f"unknown sweep {name!r}: choose from {', '.join(sweeps.SWEEPS)}, all")
+        names = list(dict.fromkeys(names))
+        runs = 1 if args.smoke else args.runs
+        record = sweeps.run(names, runs=runs, smoke=args.smoke, scale=args.scale)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=1))
+        print(sweeps.tables(record))
+        print(f"{record['seconds']} s; JSON: {path}")
+    if args.plot is not None:
+        for written in sweeps.plot(record, Path(args.plot)):
+            print(f"plot: {written}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--count", type=int, default=200_000, help="messages per run")
@@ -110,9 +138,36 @@ def main() -> None:
         "is measured in the same rounds, for a before/after table",
     )
     parser.add_argument(
-        "--json", default="benchmarks/results/latest.json", help="where to write JSON"
+        "--json",
+        default=None,
+        help="where to write JSON (default benchmarks/results/latest.json, or sweeps.json "
+        "with --sweep; with --plot alone: the sweeps JSON to plot)",
+    )
+    parser.add_argument(
+        "--sweep",
+        default=None,
+        help="run sweeps instead of the headline case: "
+        f"{', '.join(sweeps.SWEEPS)} (comma-separated), or 'all' (every one but the slow "
+        f"{', '.join(sorted(sweeps.SLOW))})",
+    )
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="multiply the sweeps' message counts by this (e.g. 0.3 for a shorter run)",
+    )
+    parser.add_argument(
+        "--plot",
+        default=None,
+        metavar="DIR",
+        help="write one PNG per sweep into DIR (after --sweep, or from the sweeps JSON)",
     )
     args = parser.parse_args()
+    if args.sweep is not None or args.plot is not None:
+        run_sweeps(parser, args)
+        return
+    if args.json is None:
+        args.json = "benchmarks/results/latest.json"
     global BASELINE_TREE
     baseline = []
     if args.baseline:

@@ -226,7 +226,8 @@ def test_long_rejected_lines_are_shortened_on_stderr_kept_whole_in_the_file(
     kafka_bootstrap: str, kafka_topic: str, tmp_path: Path, option: bool
 ) -> None:
     not_json = b"x" * 5_000_000
-    not_a_value = b'{"value": [' + b",".join([b"1"] * 1_000_000) + b"]}"  # a 3 MB list
+    # headers that are not an object: a 3 MB list
+    not_a_value = b'{"value": "x", "headers": [' + b",".join([b"1"] * 1_000_000) + b"]}"
     args = ["produce", "-b", kafka_bootstrap, "-t", kafka_topic, "--jsonl"]
     undelivered = tmp_path / "left.jsonl"
     if option:
@@ -247,7 +248,7 @@ def test_long_rejected_lines_are_shortened_on_stderr_kept_whole_in_the_file(
         f"trio-producer: rejected: {'x' * 77}... (5,000,000 characters) "
         "(Expecting value: line 1 column 1 (char 0))"
     )
-    assert lines[1].startswith('trio-producer: rejected: {"value": [1,1,')
+    assert lines[1].startswith('trio-producer: rejected: {"value": "x", "headers": [1,1,')
     assert lines[-1] == "sent=1 delivered=1 rejected=2 failed=0 undelivered=0"
     if not option:  # too long for stderr: a file of its own
         found = re.search(r"2 line\(s\) not delivered, written to (\S+) \(--undelivered", err)
@@ -614,3 +615,213 @@ def test_spool_keeps_what_was_not_delivered_for_the_next_run(
     assert last_line(again.stderr) == "sent=1 delivered=1 rejected=0 failed=0 undelivered=0"
     records = consume_all(kafka_bootstrap, kafka_topic, expected=3)
     assert [r.value for r in records] == [b"a", b"b", b"c"]
+
+
+# ---- the first hour (#24, #22) --------------------------------------------------------
+
+
+def test_kcat_escapes_in_the_key_separator(kafka_bootstrap: str, kafka_topic: str) -> None:
+    # kcat reads -K '\t' as a tab (and \xNN as that byte); the shell passes a backslash
+    args = ["produce", "-E", "-b", kafka_bootstrap, "-t", kafka_topic, "-K", "\\t"]
+    proc = run(args, b"k1\tv1\n")
+    assert proc.returncode == 0, proc.stderr
+    proc = run(["produce", "-b", kafka_bootstrap, "-t", kafka_topic, "-K", "\\x3a"], b"k2:v2\n")
+    assert proc.returncode == 0, proc.stderr
+    records = consume_all(kafka_bootstrap, kafka_topic, expected=2)
+    assert [(r.key, r.value) for r in records] == [(b"k1", b"v1"), (b"k2", b"v2")]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["produce", "-b", "127.0.0.1:1", "-t", "t", "-m", "5"],
+            "trio-producer: error: kcat's -m is not supported: --connect-timeout SECONDS "
+            "gives up once the cluster has been unreachable that long",
+        ),
+        (
+            ["produce", "-b", "127.0.0.1:1", "-t", "t", "-q"],
+            "trio-producer: error: kcat's -q is not supported: the summary line is on "
+            "stderr: 2>/dev/null hides it",
+        ),
+        (
+            ["produce", "-b", "127.0.0.1:1", "-t", "t", "-d", "broker"],
+            "trio-producer: error: kcat's -d is not supported: -v shows librdkafka's "
+            "warnings, -vv more",
+        ),
+        (
+            ["produce", "-b", "127.0.0.1:1", "-t", "t", "-X", "list"],
+            "trio-producer: error: -X list is not supported: librdkafka's properties are "
+            "listed in its CONFIGURATION.md",
+        ),
+    ],
+)
+def test_kcat_flags_we_do_not_have_say_what_to_use(args: list[str], message: str) -> None:
+    proc = run(args)
+    assert proc.returncode == 2
+    assert proc.stderr.decode().strip() == message
+
+
+def test_kcat_version_and_config_dump() -> None:
+    version = run(["-V"])
+    assert version.returncode == 0, version.stderr
+    assert version.stdout.decode().startswith("trio-producer, version ")
+    dump = run(["produce", "-b", "127.0.0.1:1", "-t", "t", "-X", "dump", "-X", "acks=1"])
+    assert dump.returncode == 0, dump.stderr
+    lines = dump.stdout.decode().splitlines()
+    assert "acks = 1" in lines
+    assert "bootstrap.servers = 127.0.0.1:1" in lines
+    assert "enable.idempotence = True" in lines
+
+
+def test_verbose_on_the_subcommand_shows_librdkafka_errors() -> None:
+    port = free_port()
+    args = ["produce", "-vv", "-b", f"127.0.0.1:{port}", "-t", "t", "--close-timeout", "1"]
+    proc = run(args, b"x\n")
+    err = proc.stderr.decode()
+    assert proc.returncode == 1, err
+    assert "trio-producer: INFO: librdkafka error: _TRANSPORT: " in err
+    assert last_line(proc.stderr) == "sent=1 delivered=0 rejected=0 failed=0 undelivered=1"
+
+
+def test_json_lines_with_object_values_are_sent_as_json_text(
+    kafka_bootstrap: str, kafka_topic: str
+) -> None:
+    lines = [
+        {"value": {"a": 1, "b": ["é", None]}, "key": {"id": 7}},
+        {"value": [1, 2.5]},
+        {"value": 3},
+        {"value": True},
+        {"value": "plain"},
+    ]
+    stdin = b"".join(json.dumps(x).encode() + b"\n" for x in lines)
+    proc = run(["produce", "-b", kafka_bootstrap, "-t", kafka_topic, "--jsonl"], stdin)
+    assert proc.returncode == 0, proc.stderr
+    assert last_line(proc.stderr) == "sent=5 delivered=5 rejected=0 failed=0 undelivered=0"
+    records = consume_all(kafka_bootstrap, kafka_topic, expected=5)
+    assert [(r.key, r.value) for r in records] == [
+        (b'{"id":7}', '{"a":1,"b":["é",null]}'.encode()),
+        (None, b"[1,2.5]"),
+        (None, b"3"),
+        (None, b"true"),
+        (None, b"plain"),
+    ]
+
+
+def test_sigterm_on_an_endless_stream_exits_zero_when_everything_accepted_was_delivered(
+    kafka_bootstrap: str, kafka_topic: str
+) -> None:
+    # `yes hello | trio-producer produce ...`: the queue fills (nothing leaves for an
+    # hour), the reader waits mid-chunk; SIGTERM stops the reading
+    args = ["produce", "-b", kafka_bootstrap, "-t", kafka_topic, "--progress"]
+    args += ["--linger", "3600", "--batch-max-messages", "1000000"]
+    with Child([*SIGNALLED_CLI, *args], stdin=b"hello\n" * 2_000_000) as child:
+        child.wait_for(b"msg/s", times=4)  # two seconds of progress: the queue is full
+        child.signal(signal.SIGTERM)
+        code = child.wait(timeout=60)
+    err = child.err.decode()
+    assert code == 0, err[-3000:]
+    summary = re.fullmatch(
+        r"sent=(\d+) delivered=(\d+) rejected=0 failed=0 undelivered=0", last_line(child.err)
+    )
+    assert summary, err[-3000:]
+    assert summary[1] == summary[2]
+    assert "undelivered:" not in err
+    assert "not delivered" not in err
+    records = consume_all(kafka_bootstrap, kafka_topic, expected=int(summary[1]))
+    assert len(records) == int(summary[1])
+    assert {r.value for r in records} == {b"hello"}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_ends_a_fifo_without_a_writer(
+    kafka_bootstrap: str, tmp_path: Path, sig: signal.Signals
+) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    args = ["produce", "-b", kafka_bootstrap, "-t", "t", "--file", str(fifo), "--progress"]
+    with Child([*SIGNALLED_CLI, *args]) as child:
+        child.wait_for(b"msg/s", timeout=10)  # the producer is open: the signals are watched
+        child.signal(sig)
+        code = child.wait(timeout=20)
+    err = child.err.decode()
+    assert code == 0, err
+    assert f"trio-producer: {sig.name}: stopped reading, draining\n" in err
+    assert last_line(child.err) == "sent=0 delivered=0 rejected=0 failed=0 undelivered=0"
+
+
+def produce_jsonl(bootstrap: str, topic: str, rows: list[dict[str, object]]) -> None:
+    """One record batch per message: the embedded broker (Tansu) reports the end of a
+    partition as one past the first offset of its last batch, which -o -N relies on."""
+    stdin = b"".join(json.dumps(row).encode() + b"\n" for row in rows)
+    args = ["produce", "-b", bootstrap, "-t", topic, "--jsonl", "-X", "batch.num.messages=1"]
+    proc = run(args, stdin)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_consume_formats_offsets_counts_and_the_end(kafka_bootstrap: str) -> None:
+    topic = f"cli-consume-{os.getpid()}"
+    create_topics(kafka_bootstrap, [topic], partitions=2)
+    rows: list[dict[str, object]] = [
+        {"value": f"v{i}", "key": f"k{i}", "partition": i % 2, "headers": {"h": str(i)}}
+        for i in range(6)
+    ]
+    produce_jsonl(kafka_bootstrap, topic, rows)
+    base = ["consume", "-b", kafka_bootstrap, "-t", topic]
+    proc = run([*base, "-e", "-f", "%t|%p|%o|%k|%s|%h|%S\\n"])
+    assert proc.returncode == 0, proc.stderr
+    assert last_line(proc.stderr) == "consumed=6"
+    assert sorted(proc.stdout.decode().splitlines()) == [
+        f"{topic}|0|0|k0|v0|h=0|2",
+        f"{topic}|0|1|k2|v2|h=2|2",
+        f"{topic}|0|2|k4|v4|h=4|2",
+        f"{topic}|1|0|k1|v1|h=1|2",
+        f"{topic}|1|1|k3|v3|h=3|2",
+        f"{topic}|1|2|k5|v5|h=5|2",
+    ]
+    # one partition, two before its end, kcat's -K (escapes read), the default format
+    proc = run([*base, "-e", "-p", "1", "-o", "-2", "-K", "\\t"])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == b"k3\tv3\nk5\tv5\n"
+    # an absolute offset, and a count that stops it before the end (no -e)
+    proc = run([*base, "-p", "0", "-o", "1", "-c", "1", "-f", "%o %s\\n"])
+    assert proc.returncode == 0, proc.stderr
+    assert (proc.stdout, last_line(proc.stderr)) == (b"1 v2\n", "consumed=1")
+    # -o end with -e: nothing new
+    proc = run([*base, "-e", "-o", "end"])
+    assert (proc.returncode, proc.stdout, last_line(proc.stderr)) == (0, b"", "consumed=0")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_consume_ends_cleanly_on_a_signal(
+    kafka_bootstrap: str, kafka_topic: str, sig: signal.Signals
+) -> None:
+    produce_jsonl(kafka_bootstrap, kafka_topic, [{"value": "a"}, {"value": "b"}])
+    with Child([*SIGNALLED_CLI, "consume", "-b", kafka_bootstrap, "-t", kafka_topic]) as child:
+        child.wait_for(b"a\nb\n", stream="out")  # read to the end, waiting for more
+        start = time.monotonic()
+        child.signal(sig)
+        code = child.wait(timeout=20)
+    assert code == 0, child.output()
+    assert time.monotonic() - start < 5
+    assert child.err.decode().splitlines() == [f"trio-producer: {sig.name}: stopped", "consumed=2"]
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "message"),
+    [
+        (["-t", "no-such-topic-here", "-e"], 1, "topic 'no-such-topic-here': "),
+        (["-t", "t", "-f", "%x"], 2, "-f: unknown token %x in '%x' (known: "),
+        (["-t", "t", "-o", "middle"], 2, "-o must be beginning, end, N or -N"),
+        (["-t", "t", "-q"], 2, "kcat's -q is not supported: "),
+        (["-t", "t", "-J"], 2, "kcat's -J is not supported: consume -f FORMAT chooses"),
+    ],
+)
+def test_consume_errors_are_one_line(
+    kafka_bootstrap: str, args: list[str], status: int, message: str
+) -> None:
+    proc = run(["consume", "-b", kafka_bootstrap, *args])
+    assert proc.returncode == status, proc.stderr
+    err = proc.stderr.decode()
+    assert f"trio-producer: error: {message}" in err, err
+    assert "Traceback" not in err

@@ -31,12 +31,50 @@ def test_bootstrap_servers_is_positional_and_the_rest_keyword_only() -> None:
 
 def test_librdkafka_overrides_the_defaults() -> None:
     config = ProducerConfig(
-        bootstrap_servers="b:1", librdkafka={"acks": 1, "compression.type": "lz4"}
+        bootstrap_servers="b:1",
+        librdkafka={"enable.idempotence": False, "acks": 1, "compression.type": "lz4"},
     )
     props = config.librdkafka_config()
     assert props["acks"] == 1
     assert props["compression.type"] == "lz4"
-    assert props["enable.idempotence"] is True
+    assert props["enable.idempotence"] is False
+
+
+ACKS_WITH_IDEMPOTENCE = (
+    "librdkafka={{'{name}': {value!r}}} needs idempotence off: trio_producer turns "
+    "enable.idempotence on by default, and librdkafka allows it only with acks=all "
+    "(no duplicates, order kept across retries); to accept that risk, pass "
+    "librdkafka={{'enable.idempotence': False, '{name}': {value!r}}}"
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("acks", 1), ("acks", "1"), ("acks", 0), ("request.required.acks", "0")],
+)
+def test_acks_below_all_says_idempotence_is_our_default_and_how_to_turn_it_off(
+    name: str, value: object
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        ProducerConfig("b:1", librdkafka={name: value})
+    assert str(caught.value) == ACKS_WITH_IDEMPOTENCE.format(name=name, value=value)
+    # turned off as it says: accepted
+    props = ProducerConfig("b:1", librdkafka={"enable.idempotence": False, name: value})
+    assert props.librdkafka_config()[name] == value
+
+
+def test_acks_below_all_with_idempotence_set_on_explicitly() -> None:
+    with pytest.raises(ConfigError) as caught:
+        ProducerConfig("b:1", librdkafka={"enable.idempotence": "true", "acks": 1})
+    assert str(caught.value) == (
+        "librdkafka={'acks': 1} contradicts enable.idempotence='true': librdkafka allows "
+        "idempotence only with acks=all; set one of them differently"
+    )
+
+
+@pytest.mark.parametrize("value", ["all", -1, "-1"])
+def test_acks_all_is_fine_with_idempotence(value: object) -> None:
+    assert ProducerConfig("b:1", librdkafka={"acks": value}).librdkafka_config()["acks"] == value
 
 
 @pytest.mark.parametrize(
@@ -145,3 +183,25 @@ async def test_open_producer_rejects_config_and_fields_together() -> None:
     with pytest.raises(ConfigError, match=r"unknown ProducerConfig field\(s\) \['lingr'\]"):
         async with open_producer(bootstrap_servers="b:1", lingr=1.0):
             pass  # pragma: no cover
+
+
+async def test_a_bootstrap_string_instead_of_a_config_says_how_to_pass_it() -> None:
+    with pytest.raises(ConfigError) as caught:
+        async with open_producer("localhost:9092"):  # type: ignore[call-overload]
+            pass  # pragma: no cover
+    assert str(caught.value) == (
+        "config must be a ProducerConfig, not the str 'localhost:9092': pass "
+        "open_producer(bootstrap_servers='localhost:9092') or "
+        "open_producer(ProducerConfig('localhost:9092'))"
+    )
+
+
+async def test_aiokafka_keywords_get_the_mapping_to_ours() -> None:
+    with pytest.raises(ConfigError) as caught:
+        async with open_producer(bootstrap_servers="b:1", linger_ms=5, acks="all"):  # type: ignore[call-overload]
+            pass  # pragma: no cover
+    assert str(caught.value).startswith(
+        "unknown ProducerConfig field(s) ['acks', 'linger_ms']: acks is aiokafka's keyword; "
+        "use librdkafka={'acks': 'all'}; linger_ms is aiokafka's; use linger=0.005 "
+        "(seconds); allowed: ['batch_max_bytes', "
+    )

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -15,7 +16,8 @@ import pytest
 from packaging.markers import Marker
 from packaging.requirements import Requirement
 
-from trio_producer.testing import BOOTSTRAP_ENV, _broker, consume_all, create_topics, free_port
+from trio_producer import _embedded as _broker
+from trio_producer.testing import BOOTSTRAP_ENV, consume_all, create_topics, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -80,6 +82,42 @@ def test_quickstart(doc_topics: str) -> None:
     topic, partition, offset = proc.stdout.splitlines()[0].split()
     assert (topic, partition, int(offset)) == ("events", "0", before + 1)
     assert proc.stdout.splitlines()[1] == "2 delivered"
+
+
+def readme_quickstart() -> str:
+    readme = (ROOT / "README.md").read_text()
+    (code,) = re.findall(r"## Quickstart\n\n```python\n(.*?)```\n", readme, re.DOTALL)
+    return str(code)
+
+
+def test_the_readme_quickstart_is_the_example_file() -> None:
+    assert readme_quickstart() == (EXAMPLES / "quickstart.py").read_text()
+
+
+def test_the_readme_quickstart_without_a_broker_says_so_within_two_seconds(
+    tmp_path: Path,
+) -> None:
+    """Pasted into a file, no logging configured, a closed port: stderr says at once that
+    the cluster is unreachable (not 5 minutes of silence)."""
+    script = tmp_path / "app.py"
+    script.write_text(readme_quickstart())
+    address = f"127.0.0.1:{free_port()}"
+    start = time.monotonic()
+    with subprocess.Popen(
+        [sys.executable, str(script)],
+        env={**os.environ, "BOOTSTRAP_SERVERS": address},
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stderr is not None
+            line = proc.stderr.readline()
+            elapsed = time.monotonic() - start
+        finally:
+            proc.kill()
+    assert line.startswith(f"the Kafka cluster at {address} is unreachable ({address}/bootstrap: ")
+    assert elapsed < 3  # (about 1 s of it is starting Python and importing confluent_kafka)
 
 
 @broker
@@ -209,3 +247,48 @@ def test_intersphinx_inventories_are_up_to_date(tmp_path: Path) -> None:
         assert (tmp_path / name).read_bytes() == (DOCS / "_inv" / name).read_bytes(), (
             f"run python docs/_inv/make_inventories.py ({name} is stale)"
         )
+
+
+def test_public_names_say_trio_producer_not_a_private_module() -> None:
+    """Tracebacks show `trio_producer.DeliveryError`, not `trio_producer._exceptions...`."""
+    import traceback
+
+    import trio_producer
+
+    private = [
+        name
+        for name in trio_producer.__all__
+        if getattr(trio_producer, name).__module__ != "trio_producer"
+    ]
+    # (classes with annotations keep theirs: typing.get_type_hints resolves them there)
+    assert private == [
+        "KafkaErrorInfo",
+        "KafkaStatistics",
+        "Message",
+        "OAuthToken",
+        "Producer",
+        "ProducerConfig",
+        "ProducerFields",
+        "ProducerStatistics",
+        "RecordMetadata",
+        "SpooledProducer",
+    ]
+    error = trio_producer.ConfigError("bad")
+    assert traceback.format_exception_only(error) == ["trio_producer.ConfigError: bad\n"]
+
+
+def test_readme_and_comparison_quote_the_same_benchmark_run() -> None:
+    """Both quote benchmarks/RESULTS.rst's latest run, not two different days."""
+    results = (ROOT / "benchmarks" / "RESULTS.rst").read_text()
+    latest = results[: results.index("Before/after")]
+    readme = (ROOT / "README.md").read_text()
+    speed = readme[readme.index("## Speed") : readme.index("## Documentation")]
+    comparison = (DOCS / "comparison.rst").read_text()
+    comparison = comparison[comparison.index("\nSpeed\n") :]
+
+    def figures(text: str) -> set[str]:
+        return set(re.findall(r"\b\d{1,3},\d{3}(?:,\d{3})?\b", text)) - {"200,000", "1,000,000"}
+
+    assert figures(speed) == figures(comparison)
+    assert len(figures(speed)) == 10
+    assert figures(speed) <= figures(latest)

@@ -395,6 +395,21 @@ BAD_ARGUMENTS = [
         id="tuples",
     ),
     pytest.param(
+        [TopicPartition("t", 0, 1), TopicPartition("", 0, 1)],
+        None,
+        ValueError,
+        r"^offsets\[1\]: topic must be a non-empty str, not ''$",
+        id="empty-topic",
+    ),
+    pytest.param(
+        [TopicPartition("a topic", 0, 1)],
+        None,
+        ValueError,
+        r"^offsets\[0\]: topic 'a topic' is not a valid Kafka topic name: use 1 to 249 of "
+        r"the characters a-z A-Z 0-9 \. _ - \(and not '\.' or '\.\.'\)$",
+        id="bad-topic",
+    ),
+    pytest.param(
         [TopicPartition("t", 0, 1)],
         "my-group",
         TypeError,

@@ -296,6 +296,42 @@ async def test_a_provider_failing_at_open_fails_fast() -> None:
     assert isinstance(info.value.__cause__, PermissionError)
 
 
+async def test_a_provider_hanging_at_open_does_not_hold_off_cancellation() -> None:
+    """The first token is fetched in a worker thread; a provider that hangs (an identity
+    provider that never answers) held ``open_producer`` until it returned, past the
+    caller's deadline. Now that thread is abandoned: the deadline wins (and the thread
+    ends on its own when the provider returns)."""
+    release = threading.Event()
+    called = threading.Event()
+    finished = threading.Event()
+
+    def provider() -> OAuthToken:
+        called.set()
+        try:
+            assert release.wait(timeout=30), "never released"
+            return OAuthToken("late", time.time() + 60)
+        finally:
+            finished.set()
+
+    start = time.monotonic()
+    try:
+        with trio.move_on_after(0.5) as scope:
+            async with open_producer(
+                bootstrap_servers="127.0.0.1:1",
+                oauth_token=provider,
+                librdkafka={"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "OAUTHBEARER"},
+            ):
+                pytest.fail("opened")  # pragma: no cover
+        elapsed = time.monotonic() - start
+    finally:
+        release.set()
+    assert scope.cancelled_caught
+    assert called.is_set()
+    assert elapsed < 2.0, elapsed  # the provider alone would hold it for 30 s
+    # The abandoned call finishes once released (no thread is left waiting).
+    assert await trio.to_thread.run_sync(finished.wait, 10)
+
+
 # ---- OAuth against Apache Kafka's OAUTHBEARER listener (unsecured JWTs) -------------------
 
 

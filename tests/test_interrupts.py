@@ -90,7 +90,7 @@ pytestmark = [pytest.mark.broker, pytest.mark.faults]
 
 APPS = Path(__file__).resolve().parent / "apps"
 PKG_DIR = str(Path(trio_producer.__file__).resolve().parent) + os.sep
-PKG_EXCLUDED = (PKG_DIR + "testing" + os.sep, PKG_DIR + "_cli.py")
+PKG_EXCLUDED = (PKG_DIR + "testing" + os.sep, PKG_DIR + "cli" + os.sep)
 THIS_FILE = str(Path(__file__).resolve())
 
 #: A KI that lands after the body (while the drain waits, while stopping) cuts the wait

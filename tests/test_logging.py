@@ -1,4 +1,4 @@
-"""Logging: a NullHandler, librdkafka's lines mapped, connection failures collapsed."""
+"""Logging: the last-resort handler, librdkafka's lines mapped, connection failures collapsed."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from trio_producer import open_producer
+from trio_producer import DeliveryError, Producer, UndeliveredMessagesError, open_producer
 from trio_producer._logging import (
     Connectivity,
     DeduplicateFilter,
@@ -26,9 +26,10 @@ from trio_producer.testing import free_port
 from .faultproxy import proxied_broker
 
 
-def test_the_library_logger_has_a_null_handler() -> None:
-    handlers = logging.getLogger("trio_producer").handlers
-    assert any(isinstance(h, logging.NullHandler) for h in handlers)
+def test_the_library_logger_has_no_handler_of_its_own() -> None:
+    """No NullHandler: an application without logging gets Python's last resort (WARNING+)."""
+    assert logging.getLogger("trio_producer").handlers == []
+    assert logging.getLogger("trio_producer.librdkafka").handlers == []
 
 
 def test_recent_messages_is_bounded_and_forgets_after_the_window() -> None:
@@ -168,11 +169,18 @@ except Exception as exc:
 
 
 @pytest.mark.broker
-def test_no_stderr_noise_without_logging_configured() -> None:
-    """The application configured no logging: nothing on stderr (no last-resort handler)."""
-    code = textwrap.dedent(QUIET).format(port=free_port())
+def test_without_logging_configured_the_warning_is_on_stderr() -> None:
+    """The application configured no logging: the one WARNING (Python's last-resort
+    handler), and nothing else -- no librdkafka line, no repeat."""
+    port = free_port()
+    code = textwrap.dedent(QUIET).format(port=port)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert proc.stderr == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(
+        f"the Kafka cluster at 127.0.0.1:{port} is unreachable (127.0.0.1:{port}/bootstrap: "
+        f"Connect to ipv4#127.0.0.1:{port} failed: Connection refused"
+    )
     assert proc.stdout.strip() in {"DeliveryError", "UndeliveredMessagesError"}
 
 
@@ -192,8 +200,78 @@ def test_the_quickstart_without_a_broker_says_so_and_ends() -> None:
     assert time.monotonic() - start < 20
     assert proc.returncode == 1
     lines = proc.stderr.splitlines()
-    assert lines[0].startswith(
-        f"WARNING:trio_producer:the Kafka cluster at {address} is unreachable"
-    )
-    assert "DeliveryError: delivery to 'events' failed: _MSG_TIMED_OUT" in proc.stderr
+    assert lines[0].startswith(f"the Kafka cluster at {address} is unreachable")
+    assert (
+        "DeliveryError: delivery to 'events' failed: _MSG_TIMED_OUT: Local: Message timed "
+        f"out; the Kafka cluster at {address} was unreachable ("
+    ) in proc.stderr
     assert "[rdkafka#" not in proc.stderr  # no raw librdkafka lines
+
+
+@pytest.mark.broker
+async def test_a_timeout_while_unreachable_names_the_cluster() -> None:
+    """_MSG_TIMED_OUT alone does not say why: the DeliveryError names the dead cluster."""
+    address = f"127.0.0.1:{free_port()}"
+    async with open_producer(bootstrap_servers=address, delivery_timeout=1.5) as producer:
+        with pytest.raises(DeliveryError) as caught:
+            await producer.send_and_wait("t", b"x")
+    error = caught.value
+    assert error.error.name == "_MSG_TIMED_OUT"
+    assert error.cluster_unreachable is not None
+    assert error.cluster_unreachable.startswith(
+        f"the Kafka cluster at {address} was unreachable ({address}/bootstrap: Connect to "
+    )
+    assert str(error) == (
+        f"delivery to 't' failed: _MSG_TIMED_OUT: Local: Message timed out; "
+        f"{error.cluster_unreachable}"
+    )
+
+
+async def wait_unreachable(producer: Producer) -> None:
+    with trio.fail_after(10):
+        while producer.cluster_reachable:  # noqa: ASYNC110 - a state polled from librdkafka
+            await trio.sleep(0.05)
+
+
+@pytest.mark.broker
+async def test_ctrl_c_with_the_cluster_unreachable_does_not_wait_for_the_drain(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Ctrl-C in the body while no broker answers: a WARNING at once, no 30 s of silence;
+    the message comes back."""
+    caplog.set_level(logging.WARNING, logger="trio_producer")
+    address = f"127.0.0.1:{free_port()}"
+    with pytest.raises(KeyboardInterrupt):
+        async with open_producer(bootstrap_servers=address, close_timeout=30) as producer:
+            await producer.send("t", b"x", key=b"k")
+            await wait_unreachable(producer)
+            start = time.monotonic()
+            raise KeyboardInterrupt
+    assert time.monotonic() - start < 3
+    assert [(f.message.key, f.message.value) for f in producer.undelivered] == [(b"k", b"x")]
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert said[1].startswith(
+        f"Ctrl-C while the Kafka cluster at {address} is unreachable ({address}/bootstrap: "
+    )
+    assert said[1].endswith(
+        ": not waiting for the 1 undelivered message(s); they are handed back "
+        "(Producer.undelivered, trio_producer.undelivered_messages)"
+    )
+
+
+@pytest.mark.broker
+async def test_leaving_with_the_cluster_unreachable_says_how_long_it_waits(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="trio_producer")
+    address = f"127.0.0.1:{free_port()}"
+    with pytest.raises(UndeliveredMessagesError):
+        async with open_producer(bootstrap_servers=address, close_timeout=1.5) as producer:
+            await producer.send("t", b"x")
+            await wait_unreachable(producer)
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert said[1].startswith(
+        "leaving the producer: waiting up to 1.5 s more (close_timeout) for 1 message(s) to be "
+        f"delivered; the Kafka cluster at {address} is unreachable ({address}/bootstrap: "
+    )
+    assert said[1].endswith("; what is not delivered by then is handed back")

@@ -12,6 +12,7 @@ import trio.testing
 
 from trio_producer import (
     DeliveryError,
+    Producer,
     ProducerClosedError,
     RecordMetadata,
     UndeliveredMessagesError,
@@ -190,6 +191,66 @@ async def test_send_nowait_raises_wouldblock_when_the_queue_is_full(
         producer.send_nowait(kafka_topic, b"3")
     records = await read_back(kafka_topic, expected=4)
     assert [r.value for r in records] == [b"0", b"1", b"2", b"3"]
+
+
+async def test_a_waiting_send_and_wait_is_not_overtaken_while_others_keep_the_queue_full(
+    kafka_bootstrap: str, kafka_topic: str, read_back: ReadBack
+) -> None:
+    """Twenty tasks keep a queue of 4 full with ``send_nowait`` (retrying at every
+    checkpoint) and three with ``await send()``; a ``send_and_wait`` that finds it full
+    must get in within a bounded number of batches. Before, a parked send was only woken
+    to retry, so the retrying tasks took the room first: it waited for seconds or for
+    ever. Now parked sends are admitted in order into the room a batch leaves, before
+    anyone else can take it: at most the three parked ``send``\\s go first."""
+    capacity, spinners, parkers = 4, 20, 3
+    accepted = 0
+    stop = False
+
+    async def spin(producer: Producer, name: int) -> None:
+        nonlocal accepted
+        i = 0
+        while not stop:
+            try:
+                producer.send_nowait(kafka_topic, b"s%d-%d" % (name, i))
+            except trio.WouldBlock:
+                pass
+            else:
+                accepted += 1
+                i += 1
+            await trio.lowlevel.checkpoint()
+
+    async def park(producer: Producer, name: int) -> None:
+        nonlocal accepted
+        i = 0
+        while not stop:
+            await producer.send(kafka_topic, b"p%d-%d" % (name, i))
+            accepted += 1
+            i += 1
+
+    async with open_producer(
+        bootstrap_servers=kafka_bootstrap, queue_capacity=capacity, linger=0
+    ) as producer:
+        async with trio.open_nursery() as nursery:
+            for n in range(spinners):
+                nursery.start_soon(spin, producer, n)
+            for n in range(parkers):
+                nursery.start_soon(park, producer, n)
+            while True:  # until the queue is full
+                try:
+                    producer.send_nowait(kafka_topic, b"probe")
+                except trio.WouldBlock:
+                    break
+                accepted += 1
+                await trio.lowlevel.checkpoint()
+            before = accepted  # (no checkpoint between the full queue and the call)
+            with trio.fail_after(10):
+                meta = await producer.send_and_wait(kafka_topic, b"waiter")
+            stop = True
+    assert before <= meta.offset <= before + parkers, (before, meta.offset)
+    records = await read_back(kafka_topic, expected=accepted + 1)
+    assert len(records) == accepted + 1
+    assert records[meta.offset].value == b"waiter"
+    assert [r.value for r in records].count(b"waiter") == 1
 
 
 async def test_flush_waits_for_everything_sent_before_it(

@@ -7,10 +7,9 @@ topic, not counted, not handed back); every neighbour is in the topic once, in o
 from __future__ import annotations
 
 import gc
-import signal
-import subprocess
+import json
 import sys
-import textwrap
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -34,7 +33,6 @@ from .typecheck import mypy_strict
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
     from .conftest import ReadBack
 
@@ -305,6 +303,22 @@ async def test_a_serializer_that_is_not_callable_is_refused_before_opening() -> 
             pass
 
 
+def dumps(obj: object) -> bytes:
+    return repr(obj).encode()
+
+
+async def test_a_one_argument_serializer_is_refused_at_open_with_the_fix() -> None:
+    """aiokafka's serializers take only the object: said at open, not at the first send."""
+    with pytest.raises(TypeError) as caught:
+        async with open_producer(bootstrap_servers="127.0.0.1:1", value_serializer=dumps):  # type: ignore[arg-type]
+            pass  # pragma: no cover
+    assert str(caught.value) == (
+        f"value_serializer {dumps!r:.60} takes one argument (aiokafka's obj -> bytes); a "
+        "trio_producer serializer takes (obj, topic, headers): wrap it, "
+        "value_serializer=lambda obj, topic, headers: f(obj)"
+    )
+
+
 def test_string_serializer_refuses_other_types() -> None:
     with pytest.raises(TypeError, match="string_serializer takes str, not bytes"):
         string_serializer(b"x", "t", [])  # type: ignore[arg-type]
@@ -448,46 +462,67 @@ async def test_cancelled_async_key_serializer_leaves_no_coroutine_unawaited(
     gc.collect()
 
 
-def test_ctrl_c_is_not_held_off_by_a_blocking_serializer(tmp_path: Path) -> None:
-    """A sync serializer that blocks (a registry call without a timeout) ran inside the
-    KI-protected send: Ctrl-C waited until it returned. Now serializers run unprotected:
-    nothing is accepted while they run, so the KeyboardInterrupt comes at once."""
-    script = tmp_path / "blocking.py"
-    script.write_text(
-        textwrap.dedent(
-            """
-            import os, signal, threading, time
-            import trio
-            from trio_producer import open_producer
+BLOCKING_APP = Path(__file__).parent / "apps" / "blocking_serializer.py"
 
-            def blocking(obj, topic, headers):
-                for _ in range(100):
-                    time.sleep(0.05)
-                return obj.encode()
 
-            async def run():
-                async with open_producer(
-                    bootstrap_servers="127.0.0.1:1", value_serializer=blocking, close_timeout=0.2
-                ) as p:
-                    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
-                    await p.send("t", "x")
-                    print("send returned")
-
-            start = time.monotonic()
-            try:
-                trio.run(run)
-            except KeyboardInterrupt:
-                print(f"KeyboardInterrupt after {time.monotonic() - start:.2f} s")
-            """
+def blocked_notes(kind: str, method: str, topic: str) -> list[str]:
+    """The notes on the KeyboardInterrupt out of a serializer that ``method`` called."""
+    notes = [
+        f"trio_producer: interrupted while the value_serializer ran for a message to topic "
+        f"{topic!r}: that message was not accepted"
+    ]
+    if method == "send_many" and kind == "plain":  # the bulk path
+        notes.append(
+            "trio_producer: send_many element 0 was being serialized: consumed, not "
+            "accepted (the ones before it were)"
         )
+    elif method == "send_many":
+        notes.append(
+            "trio_producer: send_many accepted 0 elements; the next one it took (being "
+            "serialized or sent) was not accepted"
+        )
+    return notes
+
+
+@pytest.mark.parametrize(
+    ("kind", "method"),
+    [
+        ("plain", "send"),
+        ("plain", "send_nowait"),
+        ("plain", "send_many"),
+        ("coroutine", "send"),
+        ("coroutine", "send_and_wait"),
+        ("coroutine", "send_many"),
+        ("confluent", "send"),
+        ("confluent-async", "send"),
+        ("threaded", "send"),
+        ("registry-inline", "send"),
+    ],
+)
+async def test_ctrl_c_is_not_held_off_by_a_blocking_serializer(
+    kafka_bootstrap: str, kafka_topic: str, read_back: ReadBack, kind: str, method: str
+) -> None:
+    """A serializer that blocks (a registry call without a timeout) is interrupted by a
+    real SIGINT within 2 s, not after its 4 s, whatever kind it is and whichever send
+    calls it; the message it was serializing was not accepted (a note says so), and the
+    three accepted before it are in the topic. Before: an ``async def`` serializer (and
+    confluent's async ones, and ThreadedSerializer's inline calls) ran KI-protected,
+    since only the call that creates the coroutine was unprotected: 4 s."""
+    proc = await trio.run_process(
+        [sys.executable, str(BLOCKING_APP), kafka_bootstrap, kafka_topic, kind, method],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
     )
-    proc = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.default_int_handler),
-    )
-    assert proc.returncode == 0, proc.stderr
-    seconds = float(proc.stdout.split("after ")[1].split(" s")[0])
-    assert seconds < 2.0, proc.stdout  # the serializer alone would take 5 s
+    assert proc.returncode == 0, proc.stderr.decode()
+    report = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+    assert report["outcome"] == "KeyboardInterrupt", report
+    assert report["seconds"] < 2.0, report  # the serializer alone blocks for 4 s
+    assert report["notes"] == blocked_notes(kind, method, kafka_topic), report
+    got = await read_back(kafka_topic, expected=3)
+    values = [r.value for r in got]
+    if kind == "registry-inline":  # confluent's framing: magic byte, schema id, then Avro
+        values = [v[5:] if v is not None else None for v in values]
+        assert values == [b"\x02a", b"\x02b", b"\x02c"]
+    else:
+        assert values == [b"a", b"b", b"c"]

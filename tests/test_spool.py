@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -20,6 +21,7 @@ from trio_producer._spool import (
     _HEAD,
     RECORD_OVERHEAD,
     Spool,
+    SpoolDiskFullError,
     SpoolError,
     SpoolFullError,
     SpoolLockedError,
@@ -80,7 +82,8 @@ def test_every_field_round_trips(tmp_path: Path) -> None:
         assert [r.id for r in spool.recovered] == ids
         assert ids[7] == uuid + (7).to_bytes(8, "big")
         assert spool.uuid != uuid
-        assert spool.recovery.recovered == spool.recovery.duplicates_possible == 10
+        assert spool.recovery.recovered == 10
+        assert spool.recovery.duplicates_possible == 0  # none was handed to Kafka
         assert (spool.recovery.torn_tails, spool.recovery.corrupt_records) == (0, 0)
         assert spool.next_seq == 10
         assert spool.id_of(3) == ids[3]  # a recovered record keeps its id
@@ -433,7 +436,7 @@ def test_sync_and_maintain_in_another_thread(tmp_path: Path, policy: str) -> Non
         spool.confirm_many(unconfirmed)
         spool.maintain()
     assert spool.used_bytes == 0
-    assert list(tmp_path.iterdir()) == [tmp_path / "LOCK"]
+    assert sorted(tmp_path.iterdir()) == [tmp_path / "HANDED", tmp_path / "LOCK"]
 
 
 CHILD = """
@@ -819,3 +822,329 @@ def test_a_run_confirms_at_the_stop_only_what_it_can_tell_was_delivered() -> Non
     assert settle([(b"k", b"c")], stopping=True) == [0, 1, 2, 4]
     assert settle([(None, b"a"), (None, b"c")], stopping=True) == [1, 3]
     assert settle(payloads, stopping=True) == []
+
+
+def _three_segment_spool(path: Path) -> tuple[list[Path], int]:
+    """Three segments of 10-byte-valued records, crashed: the first two sealed by
+    rotation, the third active. Returns the segment files and records per segment."""
+    spool = Spool.open(path, max_bytes=16 * SEG, segment_bytes=SEG)
+    per_segment = (SEG - 64) // (RECORD_OVERHEAD + 1 + 10)
+    for i in range(2 * per_segment + 5):
+        spool.append("t", b"value%05d" % i)
+    crash(spool)
+    segs = segment_files(path)
+    assert len(segs) == 3
+    return segs, per_segment
+
+
+@pytest.mark.parametrize("how", ["flipped", "zeroed"])
+@pytest.mark.parametrize("which", ["first", "middle", "last", "last two", "only part of last"])
+def test_damage_in_a_sealed_segment_is_corruption_never_a_torn_tail(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, which: str, how: str
+) -> None:
+    """Found by the attack on #22: a damaged last record of a segment that a later one
+    follows was counted as a torn tail (INFO, "never accepted"). Only the active
+    segment can end in a torn write: a sealed one's records were all written whole."""
+    segs, per = _three_segment_spool(tmp_path)
+    offsets = record_offsets(segs[0])
+    assert len(offsets) == per
+    index = {"first": [0], "middle": [per // 2], "last": [per - 1], "last two": [per - 2, per - 1]}
+    damaged = index.get(which, [per - 1])
+    data = bytearray(segs[0].read_bytes())
+    for i in damaged:
+        start, length = offsets[i]
+        if which == "only part of last":
+            lo, hi = start + length // 2, start + length
+        else:
+            lo, hi = start, start + length
+        if how == "zeroed":
+            data[lo:hi] = bytes(hi - lo)
+        else:
+            data[lo + 9] ^= 0x40  # in the seq (or, for a part, in the value)
+            data[hi - 1] ^= 0x40
+    segs[0].write_bytes(bytes(data))
+    with caplog.at_level(logging.INFO, logger="trio_producer"):
+        spool = Spool.open(tmp_path, max_bytes=16 * SEG, segment_bytes=SEG)
+    with spool:
+        total = 2 * per + 5
+        assert [r.seq for r in spool.recovered] == [s for s in range(total) if s not in damaged]
+        assert spool.recovery.torn_tails == 0
+        assert spool.recovery.torn_tail_bytes == 0
+        assert spool.recovery.corrupt_records == len(damaged)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1, errors
+    lost = f"{damaged[0]}..{damaged[-1]}"
+    assert f"seqs {lost} lost" in errors[0]
+    # Reported again by the next recovery (not cut as if it were never accepted).
+    crash(spool)
+    with Spool.open(tmp_path, max_bytes=16 * SEG, segment_bytes=SEG) as spool:
+        assert spool.recovery.corrupt_records == len(damaged)
+        assert spool.recovery.torn_tails == 0
+
+
+def test_a_torn_write_at_the_end_of_the_active_segment_stays_a_torn_tail(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    segs, per = _three_segment_spool(tmp_path)
+    start, length = record_offsets(segs[2])[-1]
+    data = bytearray(segs[2].read_bytes())
+    data[start + length - 3 : start + length] = bytes(3)  # the copy did not finish
+    segs[2].write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="trio_producer"):
+        spool = Spool.open(tmp_path, max_bytes=16 * SEG, segment_bytes=SEG)
+    with spool:
+        assert [r.seq for r in spool.recovered] == list(range(2 * per + 4))
+        assert (spool.recovery.torn_tails, spool.recovery.corrupt_records) == (1, 0)
+    assert caplog.records == []
+
+
+def test_a_corrupt_header_of_a_sealed_segment_keeps_its_records(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    segs, per = _three_segment_spool(tmp_path)
+    data = bytearray(segs[1].read_bytes())
+    data[20] ^= 1  # in the uuid
+    segs[1].write_bytes(bytes(data))
+    with caplog.at_level(logging.INFO, logger="trio_producer"):
+        spool = Spool.open(tmp_path, max_bytes=16 * SEG, segment_bytes=SEG)
+    with spool:
+        assert [r.seq for r in spool.recovered] == list(range(2 * per + 5))
+        assert (spool.recovery.torn_tails, spool.recovery.corrupt_records) == (0, 0)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == [
+        f"spool {tmp_path}: segment {segs[1].name} has a corrupt header; its records get new ids"
+    ]
+
+
+class DiskFull:
+    """An injection seam: the spool's writes fail with ENOSPC while ``full`` is set."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import trio_producer._spool as module
+
+        self.full = False
+        self.calls = 0
+        real_write, real_fallocate = module._write, module._fallocate
+
+        def write(fd: int, data: bytes) -> int:
+            if self.full:
+                self.calls += 1
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_write(fd, data)
+
+        def fallocate(fd: int, offset: int, length: int) -> None:
+            if self.full:
+                self.calls += 1
+                raise OSError(errno.ENOSPC, "No space left on device")
+            real_fallocate(fd, offset, length)
+
+        monkeypatch.setattr(module, "_write", write)
+        monkeypatch.setattr(module, "_fallocate", fallocate)
+
+
+def test_a_full_disk_refuses_the_next_segment_at_the_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    disk = DiskFull(monkeypatch)
+    spool = Spool.open(tmp_path, max_bytes=64 * SEG, segment_bytes=SEG)
+    try:
+        disk.full = True
+        seqs = []
+        with caplog.at_level(logging.WARNING, logger="trio_producer"):
+            while spool.segment_room >= RECORD_OVERHEAD + 1 + 100:
+                seqs.append(spool.append("t", b"x" * 100))  # preallocated: accepted
+            for _ in range(3):
+                with pytest.raises(SpoolDiskFullError) as info:
+                    spool.append("t", b"x" * 100)
+            with pytest.raises(SpoolDiskFullError):
+                spool.append_values("t", [b"y" * 100] * 5)
+        assert str(info.value) == (
+            f"spool {str(tmp_path)!r}: no space left on the device for a new segment "
+            f"({SEG} bytes): nothing of the call was accepted ([Errno 28] No space left "
+            "on device)"
+        )
+        assert isinstance(info.value, SpoolError)
+        assert info.value.path == tmp_path
+        assert spool.next_seq == len(seqs)  # nothing of the refused calls was written
+        assert spool.disk_error == (
+            f"no space left on the device ({str(tmp_path)!r}): [Errno 28] No space left on device"
+        )
+        errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert [r.levelno for r in errors] == [logging.ERROR]  # once, not per call
+        disk.full = False
+        assert spool.append("t", b"x" * 100) == len(seqs)  # in a new segment
+        assert spool.disk_error is None
+    finally:
+        crash(spool)
+    with Spool.open(tmp_path, max_bytes=64 * SEG, segment_bytes=SEG) as spool:
+        assert [r.seq for r in spool.recovered] == [*seqs, len(seqs)]
+
+
+def test_a_full_disk_under_the_ack_log_keeps_confirming_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    disk = DiskFull(monkeypatch)
+    spool = Spool.open(tmp_path, max_bytes=64 * SEG, segment_bytes=SEG)
+    seqs = [spool.append("t", b"x" * 100) for _ in range(100)]  # 4 segments
+    spool.confirm_many(seqs[:3])
+    disk.full = True
+    with caplog.at_level(logging.WARNING, logger="trio_producer"):
+        spool.confirm_many(seqs[3:10])  # no exception: delivery goes on
+        spool.confirm(seqs[10])
+        spool.confirm_many(seqs[11:20])
+    assert spool.pending == 80
+    assert spool.unrecorded_confirmations == 17
+    assert spool.disk_error == (
+        f"no space left on the device ({str(tmp_path)!r}): [Errno 28] No space left on device"
+    )
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert errors == [
+        f"spool {str(tmp_path)!r}: no space left on the device for the confirmation log "
+        "([Errno 28] No space left on device): delivery goes on; messages confirmed "
+        "from now on are sent again by the next run unless the log can be written "
+        "before it ends"
+    ]
+    crash(spool)  # a crash before the disk had room: those 17 come back
+    disk.full = False
+    spool = Spool.open(tmp_path, max_bytes=64 * SEG, segment_bytes=SEG)
+    assert [r.seq for r in spool.recovered] == seqs[3:]
+    spool.confirm_many(seqs[3:10])
+    disk.full = True
+    spool.confirm_many(seqs[10:20])
+    assert spool.unrecorded_confirmations == 10
+    disk.full = False
+    spool.confirm_many(seqs[20:21])  # the disk has room again: the held ones go first
+    assert spool.unrecorded_confirmations == 0
+    assert spool.disk_error is None
+    crash(spool)
+    with Spool.open(tmp_path, max_bytes=64 * SEG, segment_bytes=SEG) as spool:
+        assert [r.seq for r in spool.recovered] == seqs[21:]
+
+
+def test_a_short_ack_write_is_cut_so_later_batches_stay_readable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import trio_producer._spool as module
+
+    real_write = module._write
+    short = [True]
+
+    def write(fd: int, data: bytes) -> int:
+        if short[0]:
+            short[0] = False
+            return real_write(fd, data[:5])  # the disk filled in the middle
+        return real_write(fd, data)
+
+    spool = Spool.open(tmp_path, max_bytes=1 << 20)
+    seqs = [spool.append("t", b"%d" % i) for i in range(10)]
+    monkeypatch.setattr(module, "_write", write)
+    spool.confirm_many(seqs[:4])  # written in part: cut, held
+    assert spool.unrecorded_confirmations == 4
+    spool.confirm_many(seqs[4:6])
+    assert spool.unrecorded_confirmations == 0
+    crash(spool)
+    with Spool.open(tmp_path, max_bytes=1 << 20) as spool:
+        assert [r.seq for r in spool.recovered] == seqs[6:]
+        assert spool.recovery.corrupt_acks == 0
+
+
+def test_reopening_on_a_full_disk_recovers_and_refuses_only_new_segments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    disk = DiskFull(monkeypatch)
+    spool = Spool.open(tmp_path, max_bytes=64 * SEG, segment_bytes=SEG)
+    seqs = [spool.append("t", b"%d" % i) for i in range(50)]
+    crash(spool)
+    disk.full = True
+    with Spool.open(tmp_path, max_bytes=64 * SEG, segment_bytes=SEG) as spool:
+        assert [r.seq for r in spool.recovered] == seqs
+        assert spool.disk_error is not None
+        with pytest.raises(SpoolDiskFullError, match="no space left on the device"):
+            spool.append("t", b"new")
+        spool.confirm_many(seqs)  # delivered: the segment goes, space comes back
+        spool.maintain()
+        disk.full = False
+        assert spool.append("t", b"new") == 50
+    with Spool.open(tmp_path, max_bytes=64 * SEG, segment_bytes=SEG) as spool:
+        assert [r.value for r in spool.recovered] == [b"new"]
+
+
+def test_store_and_forward_reads_back_after_the_directory_is_removed(tmp_path: Path) -> None:
+    path = tmp_path / "spool"
+    spool = Spool.open(path, max_bytes=64 * SEG, segment_bytes=SEG)
+    try:
+        first = spool.append_values("t", [b"%05d" % i * 10 for i in range(200)])
+        shutil.rmtree(path)
+        records = spool.read_from(first, 200)
+        assert [r.value for r in records] == [b"%05d" % i * 10 for i in range(200)]
+        with pytest.raises(SpoolError, match="cannot create a new segment") as info:
+            while True:
+                spool.append("t", b"x" * 100)
+        assert not isinstance(info.value, SpoolDiskFullError)
+        spool.confirm_many(range(200))  # no exception
+    finally:
+        spool.close()  # logs, does not raise
+
+
+def test_duplicates_possible_counts_what_was_handed_to_kafka(tmp_path: Path) -> None:
+    """Found by the attack on #22: every recovered record counted as a possible
+    duplicate, even when none could have been sent. Only records at or below the
+    hand-off mark (written before the producer hands records to Kafka) can be."""
+    spool = Spool.open(tmp_path, max_bytes=64 * SEG, segment_bytes=SEG)
+    seqs = [spool.append("t", b"%d" % i) for i in range(10)]
+    spool.note_handed(5)
+    spool.note_handed(3)  # never goes back
+    crash(spool)
+    spool = Spool.open(tmp_path, max_bytes=64 * SEG, segment_bytes=SEG)
+    assert [r.seq for r in spool.recovered] == seqs
+    assert spool.recovery.duplicates_possible == 6  # seqs 0..5
+    spool.confirm_many(seqs[:2])
+    more = [spool.append("t", b"new") for _ in range(4)]
+    crash(spool)  # this run handed nothing: the mark it carried over still holds
+    spool = Spool.open(tmp_path, max_bytes=64 * SEG, segment_bytes=SEG)
+    assert [r.seq for r in spool.recovered] == seqs[2:] + more
+    assert spool.recovery.duplicates_possible == 4  # seqs 2..5
+    spool.note_handed(spool.next_seq - 1)
+    crash(spool)
+    (tmp_path / "HANDED").write_bytes(b"\x00" * 12)  # damaged: unknown, so all of them
+    with Spool.open(tmp_path, max_bytes=64 * SEG, segment_bytes=SEG) as spool:
+        assert spool.recovery.duplicates_possible == len(spool.recovered) == 12
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Any:
+    """A real 256 KiB file system (tmpfs); skipped where it cannot be mounted."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_real_full_disk(small_disk: Path) -> None:
+    """The seam's story on a real file system that fills: refused at the call, nothing
+    accepted lost, room again once confirmations delete segments."""
+    path = small_disk / "spool"
+    spool = Spool.open(path, max_bytes=1 << 30, segment_bytes=16 * SEG)
+    seqs: list[int] = []
+    try:
+        with pytest.raises(SpoolDiskFullError, match="no space left on the device"):
+            while True:
+                seqs.append(spool.append("t", b"x" * 1000))
+        assert spool.next_seq == len(seqs)
+        assert 150 < len(seqs) < 260  # 256 KiB of ~1 KiB records
+        spool.confirm_many(seqs[:-1])  # held or written, delivery goes on
+        spool.maintain()  # the sealed segments go: room again
+        assert spool.append("t", b"after") == len(seqs)
+    finally:
+        crash(spool)
+    with Spool.open(path, max_bytes=1 << 30, segment_bytes=16 * SEG) as spool:
+        assert [r.value for r in spool.recovered] == [b"x" * 1000, b"after"]

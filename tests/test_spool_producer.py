@@ -6,8 +6,12 @@ once: the spool is at-least-once across a crash), or still in the spool and said
 
 from __future__ import annotations
 
+import errno
+import itertools
+import logging
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,7 +29,8 @@ from trio_producer import (
     UndeliveredMessagesError,
     open_producer,
 )
-from trio_producer._spool import Spool, SpoolLockedError
+from trio_producer._spool import Spool, SpoolDiskFullError, SpoolLockedError
+from trio_producer._spooled import SpoolKeeper
 from trio_producer.testing import consume_all
 
 from .faultproxy import proxied_broker
@@ -51,7 +56,7 @@ def silent_listener() -> socket.socket:
 
 
 def spool_files(path: Path) -> list[str]:
-    return sorted(p.name for p in path.iterdir() if p.name != "LOCK")
+    return sorted(p.name for p in path.iterdir() if p.name not in ("LOCK", "HANDED"))
 
 
 async def test_every_field_round_trips_with_an_id_header_and_the_spool_empties(
@@ -195,6 +200,42 @@ async def test_transactions_with_a_spool_are_refused(kafka_bootstrap: str, tmp_p
             librdkafka={"transactional.id": "spool-txn"},
         ):
             pass  # pragma: no cover
+
+
+async def test_sync_without_a_spool_is_refused_and_the_producer_goes_on(
+    kafka_bootstrap: str, kafka_topic: str, read_back: ReadBack
+) -> None:
+    """The spool is a part of the one Producer, not a subclass: every producer has
+    sync(), and one without a spool refuses it plainly (before: AttributeError)."""
+    import trio.testing
+
+    async with open_producer(bootstrap_servers=kafka_bootstrap) as producer:
+        await producer.send(kafka_topic, b"a")
+        with (
+            trio.testing.assert_checkpoints(),
+            pytest.raises(
+                ConfigError,
+                match=r"^sync\(\) waits for the durable spool, and this producer has none: ",
+            ),
+        ):
+            await producer.sync()
+        await producer.send(kafka_topic, b"b")
+        assert producer.backlog() == 0
+    records = await read_back(kafka_topic, expected=2)
+    assert [r.value for r in records] == [b"a", b"b"]
+
+
+async def test_a_spooled_producer_is_a_producer_and_spooled_producer_names_it(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    from trio_producer import Producer, SpooledProducer
+
+    assert SpooledProducer is Producer
+    async with open_producer(
+        bootstrap_servers=kafka_bootstrap, spool_path=tmp_path / "s"
+    ) as producer:
+        assert type(producer) is Producer
+        await producer.sync()
 
 
 def test_bad_spool_settings_are_named() -> None:
@@ -388,7 +429,7 @@ async def test_spool_sync_always_returns_after_the_fsync_and_a_cancel_cannot_una
     async with open_producer(
         bootstrap_servers=kafka_bootstrap, spool_path=str(tmp_path / "s"), spool_sync="always"
     ) as producer:
-        spool = producer._keeper.spool  # type: ignore[attr-defined]
+        spool = producer._intake._keeper.spool  # type: ignore[attr-defined]
         for i in range(5):
             await producer.send(kafka_topic, b"a%d" % i)
             assert spool.synced_seq >= i  # fsynced before send returned
@@ -725,7 +766,7 @@ async def test_spool_sync_always_send_many_that_raises_part_way_has_fsynced_what
         spool_sync="always",
         linger=1.0,
     ) as producer:
-        spool = producer._keeper.spool  # type: ignore[attr-defined]
+        spool = producer._intake._keeper.spool  # type: ignore[attr-defined]
         await producer.send(kafka_topic, b"warm")
         base = spool.synced_seq
         with pytest.raises(TypeError):
@@ -796,3 +837,188 @@ async def test_a_run_cut_short_keeps_exactly_its_undelivered_messages_in_the_spo
     assert len(kept) == len(set(kept)) == len(handed_back)
     assert sorted(kept) == sorted(handed_back)
     assert [value for value in values if value in set(kept)] == kept  # in send order
+
+
+async def test_no_room_for_the_spare_segment_is_retried_with_a_backoff_not_a_loop(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Found by the attack on #22: maintenance_due stayed true after the keeper's
+    maintain() failed to create the spare (ENOSPC), so the keeper ran it again at once:
+    thousands of WARNINGs in two idle seconds."""
+    import trio_producer._spool as module
+
+    real_fallocate = module._fallocate
+    tries: list[float] = []
+    full = [True]
+
+    def fallocate(fd: int, offset: int, length: int) -> None:
+        if full[0]:
+            tries.append(autojump_clock.current_time())
+            if len(tries) > 50:
+                raise RuntimeError("the keeper retries in a loop")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fallocate(fd, offset, length)
+
+    # maintain() runs in a thread: jump the clock only once that thread is done too.
+    autojump_clock.autojump_threshold = 0.1  # type: ignore[attr-defined]
+    spool = Spool.open(tmp_path, max_bytes=64 * 4096, segment_bytes=4096)
+    monkeypatch.setattr(module, "_fallocate", fallocate)
+    keeper = SpoolKeeper(spool, None)
+    try:
+        with caplog.at_level(logging.INFO, logger="trio_producer"):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(keeper.run)
+                await trio.sleep(600)
+                # 1, 2, 4, ... 60 s apart: 15 tries in 600 s (not thousands), one WARNING.
+                gaps = [round(b - a) for a, b in itertools.pairwise(tries)]
+                assert gaps == [1, 2, 4, 8, 16, 32] + [60] * 8
+                assert spool.disk_error is not None
+                full[0] = False
+                await trio.sleep(61)
+                assert spool._spare is not None
+                assert spool.disk_error is None
+                nursery.cancel_scope.cancel()
+        messages = [(r.levelname, r.getMessage()) for r in caplog.records]
+        assert [level for level, _ in messages] == ["WARNING", "INFO"]
+        assert "cannot create the spare segment (no space left on the device" in messages[0][1]
+    finally:
+        spool.close()
+
+
+async def test_a_full_disk_refuses_new_segments_at_the_call_and_delivery_goes_on(
+    kafka_bootstrap: str,
+    kafka_topic: str,
+    read_back: ReadBack,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Found by the attack on #22: ENOSPC from the ack log's write, inside the delivery
+    task, aborted the producer as an "internal error", cut the drain short and purged
+    what was in flight while the broker was healthy."""
+    import trio_producer._spool as module
+
+    real_write, real_fallocate = module._write, module._fallocate
+    full = [False]
+
+    def write(fd: int, data: bytes) -> int:
+        if full[0]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    def fallocate(fd: int, offset: int, length: int) -> None:
+        if full[0]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fallocate(fd, offset, length)
+
+    monkeypatch.setattr(module, "_write", write)
+    monkeypatch.setattr(module, "_fallocate", fallocate)
+    spool = str(tmp_path / "spool")
+    sent: list[bytes] = []
+    with caplog.at_level(logging.WARNING, logger="trio_producer"):
+        async with open_producer(
+            bootstrap_servers=kafka_bootstrap,
+            spool_path=spool,
+            spool_max_bytes=1 << 20,  # segments of 256 KiB
+            spool_sync="never",
+        ) as producer:
+            for i in range(10):
+                await producer.send(kafka_topic, b"before-%d" % i)
+                sent.append(b"before-%d" % i)
+            await producer.flush()
+            full[0] = True
+            for i in range(10):
+                await producer.send(kafka_topic, b"full-%d" % i)
+                sent.append(b"full-%d" % i)
+            await producer.flush()  # delivered, confirmed in memory
+            stats = producer.statistics()
+            assert stats.delivered == 20
+            assert stats.spool_unrecorded == 10
+            assert stats.spool_error == (
+                f"no space left on the device ({spool!r}): [Errno 28] No space left on device"
+            )
+            value = b"x" * 1000
+            with pytest.raises(SpoolDiskFullError) as info:
+                while True:  # the preallocated segment still takes messages
+                    await producer.send(kafka_topic, value)
+                    sent.append(value)
+            assert info.value.path == Path(spool)
+            assert "no space left on the device for a new segment" in str(info.value)
+            # The active segment and the spare, preallocated before the disk filled: 2 x
+            # 256 KiB of ~1 KiB records, then refused at the call.
+            assert 400 < len(sent) < 540
+            await producer.flush()
+            full[0] = False
+            await producer.send(kafka_topic, b"after")  # room again: a new segment
+            sent.append(b"after")
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 2, errors  # once for the ack log, once for the segment
+    assert "for the confirmation log" in errors[0]
+    assert "cannot create a new segment" in errors[1]
+    assert not [e for e in errors if "internal error" in e]
+    records = await read_back(kafka_topic, expected=len(sent))
+    assert [r.value for r in records] == sent
+    with Spool.open(spool, max_bytes=1 << 20) as reopened:
+        assert reopened.recovered == []  # every confirmation was written, or its segment went
+
+
+async def test_a_spool_directory_removed_while_running_hands_everything_back(
+    kafka_topic: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by the attack on #22: store and forward read segments back by path, so a
+    removed directory lost what only the spool held. Now it reads through mappings that
+    outlive the files, and the exit hands back what the spool can no longer keep."""
+    spool = tmp_path / "spool"
+    with silent_listener() as dead:
+        with pytest.raises(UndeliveredMessagesError) as raised:
+            async with open_producer(
+                bootstrap_servers=f"127.0.0.1:{dead.getsockname()[1]}",
+                spool_path=str(spool),
+                queue_capacity=10,
+                close_timeout=0.5,
+                librdkafka={"queue.buffering.max.messages": 10},
+            ) as producer:
+                for i in range(100):
+                    await producer.send(kafka_topic, b"m-%d" % i)
+                assert producer.backlog() > 50  # only in the spool
+                while spool.exists():  # (the keeper may be creating a spare meanwhile)
+                    shutil.rmtree(spool, ignore_errors=True)
+    error = raised.value
+    assert error.spool_path is None
+    assert sorted(m.value for m in error.messages) == sorted(b"m-%d" % i for i in range(100))
+    assert "kept in the spool" not in str(error)
+    assert any(
+        "was removed while the producer ran" in r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.ERROR
+    )
+
+
+async def test_duplicates_possible_counts_only_what_reached_librdkafka(
+    kafka_topic: str, tmp_path: Path
+) -> None:
+    """Found by the attack on #22: every recovered message counted as a possible
+    duplicate, also the store-and-forward backlog that never left the spool."""
+    spool = tmp_path / "spool"
+    with silent_listener() as dead:
+        with pytest.raises(UndeliveredMessagesError) as raised:
+            async with open_producer(
+                bootstrap_servers=f"127.0.0.1:{dead.getsockname()[1]}",
+                spool_path=str(spool),
+                queue_capacity=10,
+                close_timeout=0.5,
+                librdkafka={"queue.buffering.max.messages": 10},
+            ) as producer:
+                for i in range(100):
+                    await producer.send(kafka_topic, b"m-%d" % i)
+                await trio.testing.wait_all_tasks_blocked()
+                in_memory = 100 - producer.backlog()
+    assert len(raised.value.messages) == in_memory
+    with Spool.open(spool, max_bytes=1 << 30) as reopened:
+        assert len(reopened.recovered) == 100
+        # The hand-off mark: the newest message in memory when a batch went to
+        # librdkafka (an upper bound; the backlog behind it never left the spool).
+        assert reopened.recovery.duplicates_possible == in_memory

@@ -16,6 +16,7 @@ import trio
 from trio_producer import (
     ConfigError,
     KafkaFatalError,
+    TransactionError,
     TrioProducerError,
     open_producer,
 )
@@ -130,3 +131,43 @@ async def test_fenced_producer_fails_with_a_fatal_error(
     values = await read(kafka_bootstrap, kafka_topic)
     assert b"before-fence" in values
     assert b"from-second" in values
+
+
+def refusal(method: str) -> str:
+    return (
+        f"{method} outside a transaction failed: _STATE: this producer has a "
+        f"transactional.id, so every message must belong to a transaction: call {method}() "
+        "inside `async with producer.transaction():`, or drop transactional.id from the "
+        "config; nothing was accepted"
+    )
+
+
+async def test_a_send_outside_a_transaction_is_refused_at_the_call(
+    kafka_bootstrap: str, kafka_topic: str
+) -> None:
+    """Not accepted and then failed at the exit (`UndeliveredMessagesError ... _STATE`):
+    refused at once, saying what to do; the producer goes on."""
+    async with open_producer(
+        bootstrap_servers=kafka_bootstrap, librdkafka={"transactional.id": txn_id("outside")}
+    ) as producer:
+        calls = {
+            "send": partial(producer.send, kafka_topic, b"x"),
+            "send_many": partial(producer.send_many, kafka_topic, [b"x"]),
+            "send_and_wait": partial(producer.send_and_wait, kafka_topic, b"x"),
+        }
+        for method, call in calls.items():
+            with pytest.raises(TransactionError) as caught:
+                await call()
+            assert str(caught.value) == refusal(method)
+            assert (caught.value.error.name, caught.value.abortable) == ("_STATE", False)
+        with pytest.raises(TransactionError) as caught:
+            producer.send_nowait(kafka_topic, b"x")
+        assert str(caught.value) == refusal("send_nowait")
+        async with producer.transaction():
+            await producer.send(kafka_topic, b"in")
+            producer.send_nowait(kafka_topic, b"in too")
+        with pytest.raises(TransactionError):
+            await producer.send(kafka_topic, b"after")  # refused again once it is over
+        stats = producer.statistics()
+    assert (stats.delivered, stats.failed, stats.queued) == (2, 0, 0)
+    assert await read(kafka_bootstrap, kafka_topic) == [b"in", b"in too"]

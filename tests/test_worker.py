@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import trio
 import trio.testing
@@ -12,6 +14,9 @@ from trio_producer._worker import BatchChannel, run_worker
 from trio_producer.testing import RecordingSink
 
 from .helpers import item
+
+#: The send methods read only whether the client is transactional from the tracker.
+NO_TRACKER = SimpleNamespace(client=SimpleNamespace(transactional=False))
 
 
 def make(
@@ -170,6 +175,41 @@ async def test_blocked_sender_is_released_with_closed_error_on_close() -> None:
     assert channel.unsent() == [item(0)]
 
 
+async def test_parked_sends_are_admitted_in_order_and_a_cancelled_one_is_not() -> None:
+    """Sends that find the queue full wait in line with their message; the worker admits
+    them oldest first into the room of the batch it takes. One cancelled while it waits
+    leaves the line: not accepted, and the ones behind it move up."""
+    channel = make(capacity=2)
+    sink = RecordingSink(capacity=0)  # the worker holds its first batch
+    outcomes: dict[int, str] = {}
+
+    async def sender(i: int, scope: trio.CancelScope) -> None:
+        with scope:
+            await channel.send(item(i), 1)
+            outcomes[i] = "accepted"
+        if scope.cancelled_caught:
+            outcomes[i] = "cancelled"
+
+    scopes = {i: trio.CancelScope() for i in (4, 5, 6)}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_worker, channel, sink)
+        for i in range(4):
+            await channel.send(item(i), 1)  # 0, 1 are in hand; 2, 3 fill the queue
+        for i in (4, 5, 6):
+            nursery.start_soon(sender, i, scopes[i])
+            await trio.testing.wait_all_tasks_blocked()
+        scopes[5].cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        assert outcomes == {5: "cancelled"}
+        assert channel.batch.accepted == 4
+        sink.capacity = None
+        sink.make_room(0)
+        await trio.testing.wait_all_tasks_blocked()
+        assert outcomes == {4: "accepted", 5: "cancelled", 6: "accepted"}
+        channel.close()
+    assert sink.values == [b"0", b"1", b"2", b"3", b"4", b"6"]
+
+
 async def test_send_is_a_checkpoint_and_send_nowait_is_not() -> None:
     channel = make()
     with trio.testing.assert_checkpoints():
@@ -179,11 +219,12 @@ async def test_send_is_a_checkpoint_and_send_nowait_is_not() -> None:
 
 
 async def test_send_many_consumes_exactly_what_it_accepted_when_cancelled() -> None:
+    from trio_producer._intake import MemoryIntake
     from trio_producer._producer import Producer
 
     channel = make(capacity=3)
     sink = RecordingSink(capacity=0)  # the worker takes one batch and then waits
-    producer = Producer(channel, None, None)  # type: ignore[arg-type]
+    producer = Producer(channel, NO_TRACKER, None, MemoryIntake(channel), None)  # type: ignore[arg-type]
     values = iter([b"%d" % i for i in range(10)])
     async with trio.open_nursery() as nursery:
         await nursery.start(run_worker, channel, sink)
@@ -200,10 +241,11 @@ async def test_send_many_consumes_exactly_what_it_accepted_when_cancelled() -> N
 
 
 async def test_send_many_bad_element_is_consumed_not_accepted() -> None:
+    from trio_producer._intake import MemoryIntake
     from trio_producer._producer import Producer
 
     channel = make()
-    producer = Producer(channel, None, None)  # type: ignore[arg-type]
+    producer = Producer(channel, NO_TRACKER, None, MemoryIntake(channel), None)  # type: ignore[arg-type]
     values = iter([b"a", ("k", "b"), 3, b"d"])
     with pytest.raises(TypeError, match=r"^value must be bytes, bytearray, memoryview, str"):
         await producer.send_many("t", values)

@@ -5,7 +5,6 @@ exception -- on normal exit, on an exception, on cancellation, on Ctrl-C, on a d
 network. See :func:`open_producer`.
 """
 
-from . import _logging  # noqa: F401 - the NullHandler on the "trio_producer" logger
 from ._config import ProducerConfig as ProducerConfig
 from ._config import ProducerFields as ProducerFields
 from ._exceptions import ConfigError as ConfigError
@@ -24,12 +23,29 @@ from ._message import Message as Message
 from ._message import RecordMetadata as RecordMetadata
 from ._producer import Producer as Producer
 from ._producer import ProducerStatistics as ProducerStatistics
+from ._producer import SpooledProducer as SpooledProducer
 from ._signals import cancel_on_signals as cancel_on_signals
+from ._spool import SpoolDiskFullError as SpoolDiskFullError
 from ._spool import SpoolError as SpoolError
 from ._spool import SpoolLockedError as SpoolLockedError
-from ._spooled import SpooledProducer as SpooledProducer
+from ._undelivered import undelivered_failures as undelivered_failures
+from ._undelivered import undelivered_messages as undelivered_messages
 
 __version__ = "0.1.0"
+
+
+def _fix_module_names() -> None:
+    # As trio does: tracebacks show `trio_producer.DeliveryError`, not the private module
+    # it is defined in. Exceptions and functions only: typing.get_type_hints() resolves a
+    # class's annotations in the module its __module__ names, so the attrs records keep
+    # theirs (their reprs show the bare class name anyway).
+    for name in __all__:
+        obj = globals()[name]
+        exception = isinstance(obj, type) and issubclass(obj, BaseException)
+        function = callable(obj) and not isinstance(obj, type)
+        if (exception or function) and obj.__module__.startswith("trio_producer."):
+            obj.__module__ = "trio_producer"
+
 
 __all__ = [
     "ConfigError",
@@ -46,6 +62,7 @@ __all__ = [
     "ProducerStatistics",
     "RecordMetadata",
     "SerializationError",
+    "SpoolDiskFullError",
     "SpoolError",
     "SpoolLockedError",
     "SpooledProducer",
@@ -54,4 +71,9 @@ __all__ = [
     "UndeliveredMessagesError",
     "cancel_on_signals",
     "open_producer",
+    "undelivered_failures",
+    "undelivered_messages",
 ]
+
+_fix_module_names()
+del _fix_module_names

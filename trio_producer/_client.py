@@ -57,12 +57,18 @@ def check_offsets(offsets: object, group_metadata: object) -> list[Any]:
             "offsets must be a list of confluent_kafka.TopicPartition (e.g. "
             f"consumer.position(consumer.assignment())), not {type(offsets).__name__}"
         )
-    for tp in offsets:
+    from ._args import check_topic  # (_args imports this module)
+
+    for index, tp in enumerate(offsets):
         if not isinstance(tp, confluent_kafka.TopicPartition):
             raise TypeError(
                 f"offsets must hold confluent_kafka.TopicPartition, not {type(tp).__name__} "
                 f"{tp!r:.60}"
             )
+        try:
+            check_topic(tp.topic)  # as send does: librdkafka would abort the transaction
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"offsets[{index}]: {exc}") from None
 
     # confluent-kafka hands the consumer's group metadata over as an opaque bytes blob.
     if not isinstance(group_metadata, bytes) or not group_metadata:

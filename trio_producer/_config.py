@@ -142,6 +142,34 @@ def _check_delivery_reports(_inst: object, _attr: object, value: object) -> None
         raise ConfigError(f"delivery_reports must be 'all' or 'errors', not {value!r}")
 
 
+#: librdkafka's names of ``acks``, and the values below "all" it takes.
+_ACKS_PROPS = ("acks", "request.required.acks")
+_ACKS_BELOW_ALL = (0, 1, "0", "1")
+
+
+def _check_acks(props: Mapping[str, LibrdkafkaValue]) -> None:
+    """acks below "all" with idempotence on (our default): say so at construction, with
+    the fix, rather than librdkafka's words at open (which blame a setting never made)."""
+    for name in _ACKS_PROPS:
+        value = props.get(name)
+        if value is None or isinstance(value, bool) or value not in _ACKS_BELOW_ALL:
+            continue
+        idempotence = props.get("enable.idempotence")
+        if idempotence is None:
+            raise ConfigError(
+                f"librdkafka={{{name!r}: {value!r}}} needs idempotence off: trio_producer "
+                "turns enable.idempotence on by default, and librdkafka allows it only with "
+                "acks=all (no duplicates, order kept across retries); to accept that risk, "
+                f"pass librdkafka={{'enable.idempotence': False, {name!r}: {value!r}}}"
+            )
+        if str(idempotence).lower() in ("true", "t", "1"):
+            raise ConfigError(
+                f"librdkafka={{{name!r}: {value!r}}} contradicts enable.idempotence="
+                f"{idempotence!r}: librdkafka allows idempotence only with acks=all; set one "
+                "of them differently"
+            )
+
+
 def _freeze_props(value: object) -> Mapping[str, LibrdkafkaValue]:
     if not isinstance(value, Mapping):
         raise ConfigError(
@@ -269,6 +297,7 @@ class ProducerConfig:
     )
 
     def __attrs_post_init__(self) -> None:
+        _check_acks(self.librdkafka)
         if self.delivery_reports == "errors":
             if self.spool_path is not None:
                 raise ConfigError(
@@ -327,6 +356,49 @@ class ProducerFields(TypedDict, total=False):
     librdkafka: Mapping[str, LibrdkafkaValue]
 
 
+#: Settings of other Kafka clients (aiokafka, kafka-python), and ours for them.
+FOREIGN_FIELDS: Mapping[str, str] = MappingProxyType(
+    {
+        "linger_ms": "linger_ms is aiokafka's; use linger=0.005 (seconds)",
+        "max_batch_size": "max_batch_size is aiokafka's; use batch_max_bytes=16384",
+        "request_timeout_ms": (
+            "request_timeout_ms is aiokafka's; use librdkafka={'request.timeout.ms': 30000}"
+        ),
+        "delivery_timeout_ms": (
+            "delivery_timeout_ms is kafka-python's; use delivery_timeout=120.0 (seconds)"
+        ),
+        "acks": "acks is aiokafka's keyword; use librdkafka={'acks': 'all'}",
+        "enable_idempotence": (
+            "enable_idempotence is aiokafka's; idempotence is on by default here "
+            "(off: librdkafka={'enable.idempotence': False})"
+        ),
+        "compression_type": (
+            "compression_type is aiokafka's; use librdkafka={'compression.type': 'zstd'}"
+        ),
+        "client_id": "client_id is aiokafka's; use librdkafka={'client.id': 'my-app'}",
+        "transactional_id": (
+            "transactional_id is aiokafka's; use librdkafka={'transactional.id': '...'} "
+            "and `async with producer.transaction():`"
+        ),
+        "security_protocol": (
+            "security_protocol is aiokafka's; use librdkafka={'security.protocol': 'SASL_SSL'}"
+        ),
+        "sasl_mechanism": (
+            "sasl_mechanism is aiokafka's; use librdkafka={'sasl.mechanism': 'PLAIN'}"
+        ),
+        "max_request_size": (
+            "max_request_size is aiokafka's; use librdkafka={'message.max.bytes': 1048576}"
+        ),
+        "max_block_ms": (
+            "max_block_ms is kafka-python's; send() waits while the queue is full "
+            "(queue_capacity); bound it with trio.fail_after"
+        ),
+        "buffer_memory": "buffer_memory is kafka-python's; use queue_capacity=10_000 (messages)",
+        "batch_size": "batch_size is kafka-python's; use batch_max_bytes=16384",
+    }
+)
+
+
 def make_config(config: ProducerConfig | None, fields: Mapping[str, Any]) -> ProducerConfig:
     """Build the config from either a ProducerConfig or keyword fields, not both."""
     if config is not None:
@@ -334,13 +406,23 @@ def make_config(config: ProducerConfig | None, fields: Mapping[str, Any]) -> Pro
             raise ConfigError(
                 f"pass either a ProducerConfig or keyword fields, not both (got {sorted(fields)})"
             )
+        if isinstance(config, str):
+            raise ConfigError(
+                f"config must be a ProducerConfig, not the str {config!r}: pass "
+                f"open_producer(bootstrap_servers={config!r}) or "
+                f"open_producer(ProducerConfig({config!r}))"
+            )
         if not isinstance(config, ProducerConfig):
             raise ConfigError(f"config must be a ProducerConfig, not {config!r}")
         return config
     known = {a.name for a in attrs.fields(ProducerConfig)}
     unknown = sorted(set(fields) - known)
     if unknown:
-        raise ConfigError(f"unknown ProducerConfig field(s) {unknown}; allowed: {sorted(known)}")
+        hints = [FOREIGN_FIELDS[name] for name in unknown if name in FOREIGN_FIELDS]
+        text = f"unknown ProducerConfig field(s) {unknown}"
+        if hints:
+            text = f"{text}: {'; '.join(hints)}"
+        raise ConfigError(f"{text}; allowed: {sorted(known)}")
     if "bootstrap_servers" not in fields:
         raise ConfigError("bootstrap_servers is required")
     return ProducerConfig(**fields)

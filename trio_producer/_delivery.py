@@ -44,6 +44,9 @@ IDLE_POLL_INTERVAL = 1.0
 #: errors, instead of holding every message until ``close_timeout``.
 AUTHENTICATION_ERRORS = frozenset({"_AUTHENTICATION", "SASL_AUTHENTICATION_FAILED", "_SSL"})
 
+#: Failures that an unreachable cluster explains: their DeliveryError then says so.
+UNREACHABLE_ERRORS = frozenset({"_MSG_TIMED_OUT", "_TIMED_OUT", "_TRANSPORT"})
+
 
 class Epoch(DeliveryReports):
     """The messages produced between two ``flush()`` calls, and their shared callback.
@@ -91,6 +94,9 @@ class DeliveryTracker:
         #: With a durable spool: called with the spool seqs of messages that were
         #: delivered, or failed and were handed back while the producer ran.
         self.on_confirmed: Callable[[list[int]], None] | None = None
+        #: With a durable spool: called before each hand-off to librdkafka (the spool
+        #: records that nothing newer was handed over: ``Spool.note_handed``).
+        self.before_produce: Callable[[], None] | None = None
         #: Statistics, connection state, OAuth expiry, telemetry: handed over after each
         #: poll (open_producer sets its own).
         self.hooks = Hooks("the bootstrap servers")
@@ -142,6 +148,8 @@ class DeliveryTracker:
         if self._holding:  # a flush() waits for what came before (errors-only reports)
             return start
         epoch = self.epochs[-1]
+        if self.before_produce is not None:
+            self.before_produce()
         pos = self.client.produce(batch, start, epoch)
         epoch.produced += pos - start
         if self._idle:
@@ -300,6 +308,9 @@ class DeliveryTracker:
             while epoch.routed < len(failures):
                 failure = failures[epoch.routed]
                 epoch.routed += 1
+                if failure.error.error.name in UNREACHABLE_ERRORS:
+                    # A timeout while no broker answered: say so, not only _MSG_TIMED_OUT.
+                    failure.error.cluster_unreachable = self.hooks.connectivity.describe()
                 owner = failure.tracked
                 if owner is not None and owner.seq >= 0 and not self.stopping:
                     # Handed back while running: out of the spool. (At the stop, purged

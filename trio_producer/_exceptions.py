@@ -60,7 +60,14 @@ class DeliveryError(TrioProducerError):
     Attributes:
         message: The :class:`~trio_producer.Message` that was not delivered.
         error: The Kafka error, as a :class:`~trio_producer.KafkaErrorInfo`.
+        cluster_unreachable: When the delivery failed while the producer saw the
+            cluster as unreachable (say, ``_MSG_TIMED_OUT`` because no broker
+            answered): ``"the Kafka cluster at HOST:PORT was unreachable (<the last
+            connection error>)"``, also in the text of the exception; else ``None``.
     """
+
+    #: (see Attributes; set on the Trio thread when the failure is handed over)
+    cluster_unreachable: str | None = None
 
     @property
     def possibly_delivered(self) -> bool:
@@ -83,7 +90,10 @@ class DeliveryError(TrioProducerError):
         where = self.message.topic
         if self.message.partition is not None:
             where = f"{where}[{self.message.partition}]"
-        return f"delivery to {where!r} failed: {self.error}"
+        text = f"delivery to {where!r} failed: {self.error}"
+        if self.cluster_unreachable is not None:
+            text = f"{text}; {self.cluster_unreachable}"
+        return text
 
 
 def _summary(failures: Sequence[DeliveryError]) -> str:
@@ -91,6 +101,14 @@ def _summary(failures: Sequence[DeliveryError]) -> str:
     for failure in failures:
         counts[failure.error.name] = counts.get(failure.error.name, 0) + 1
     return ", ".join(f"{name} x{count}" for name, count in counts.items())
+
+
+def _unreachable(failures: Sequence[DeliveryError]) -> str | None:
+    """The last "cluster unreachable" explanation among ``failures``, if any."""
+    for failure in reversed(failures):
+        if failure.cluster_unreachable is not None:
+            return failure.cluster_unreachable
+    return None
 
 
 class UndeliveredMessagesError(TrioProducerError):
@@ -133,6 +151,9 @@ class UndeliveredMessagesError(TrioProducerError):
             head = f"{head} ({self.reason})"
         if self.failures:
             head = f"{head}: {_summary(self.failures)}"
+            unreachable = _unreachable(self.failures)
+            if unreachable is not None:
+                head = f"{head}; {unreachable}"
         return head
 
 

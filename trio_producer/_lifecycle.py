@@ -22,7 +22,7 @@ from ._exceptions import (
     DeliveryError,
     KafkaFatalError,
 )
-from ._exit import Ending, decide
+from ._exit import Ending, decide, find_keyboard_interrupt
 from ._hooks import (
     DEFAULT_STATISTICS_INTERVAL_MS,
     Hooks,
@@ -30,9 +30,11 @@ from ._hooks import (
     fetch_first_token,
     provider_error,
 )
+from ._intake import MemoryIntake
 from ._producer import _STOP_GRACE, CUT_SHORT_GRACE, Producer
-from ._serializing import SerializingProducer, SerializingSpooledProducer
-from ._spooled import SpooledProducer, open_keeper, recovered_batches
+from ._serializing import Encoder
+from ._spooled import SpoolIntake, open_keeper, recovered_batches
+from ._undelivered import attach
 from ._worker import BatchChannel, run_worker
 from .serialization import Field, K, V
 
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
 
     from ._config import ProducerFields
     from ._hooks import Instrumentation, KafkaStatistics, OAuthTokenProvider, ProducerInstruments
+    from ._intake import Intake
     from ._message import KafkaErrorInfo
     from ._spooled import SpoolKeeper
     from ._worker import Sink
@@ -52,6 +55,10 @@ logger = logging.getLogger("trio_producer")
 
 
 enable_ki_protection = trio.lowlevel.enable_ki_protection
+
+#: After a Ctrl-C in the body, a drain still waiting after this many seconds says so;
+#: a drain to an unreachable cluster says so at once if it may wait this long.
+DRAIN_NOTICE = 1.0
 
 
 @attrs.define(eq=False)
@@ -232,7 +239,9 @@ async def open_producer(
             also in :attr:`Producer.kafka_statistics`. Exceptions are logged and ignored.
         oauth_token: For ``sasl.mechanism=OAUTHBEARER``: a plain function returning an
             :class:`OAuthToken`. Called once in a worker thread while opening (if it
-            raises, ``open_producer`` raises :class:`KafkaFatalError` at once), then in
+            raises, ``open_producer`` raises :class:`KafkaFatalError` at once; if the
+            opening is cancelled or interrupted while it runs, the thread is abandoned,
+            so a provider that hangs does not hold the caller past its deadline), then in
             librdkafka's background thread when the token is due for a refresh (never
             on the Trio thread; it may block, it must not touch Trio). A failed refresh
             is a warning while the current token is valid; once it has expired, the
@@ -261,7 +270,6 @@ async def open_producer(
     check_sync_hook("oauth_token", oauth_token)
     key_field = Field[Any]("key", key_serializer) if key_serializer is not None else None
     value_field = Field[Any]("value", value_serializer) if value_serializer is not None else None
-    serializing = key_field is not None or value_field is not None
     await trio.lowlevel.checkpoint_if_cancelled()
     client = await _open_client(cfg, on_statistics, oauth_token)
     instruments: ProducerInstruments | None = None
@@ -289,16 +297,18 @@ async def open_producer(
                 cfg.spool_sync_interval,
                 cfg.spool_id_header,
             )
-            spooled_class = SerializingSpooledProducer if serializing else SpooledProducer
-            spooled = spooled_class(channel, tracker, state, cfg.transaction_timeout)
-            spooled._attach(keeper)
+            spool_intake = SpoolIntake(channel, keeper)
+            intake: Intake = spool_intake
             tracker.on_confirmed = keeper.confirm
-            producer: Producer[Any, Any] = spooled
+            tracker.before_produce = spool_intake.note_handing
         else:
-            plain_class = SerializingProducer if serializing else Producer
-            producer = plain_class(channel, tracker, state, cfg.transaction_timeout)
-        if isinstance(producer, SerializingProducer):
-            producer._set_serializers(key_field, value_field)
+            intake = MemoryIntake(channel)
+        encoder = None
+        if key_field is not None or value_field is not None:
+            encoder = Encoder(channel, key_field, value_field)
+        producer: Producer[Any, Any] = Producer(
+            channel, tracker, state, intake, encoder, cfg.transaction_timeout
+        )
         if telemetry is not None:
             instruments = tracker.hooks.instruments = telemetry.attach(producer)
         if client.transactional:
@@ -306,7 +316,7 @@ async def open_producer(
             await trio.to_thread.run_sync(client.init_transactions, cfg.transaction_timeout)
         _signals.register(producer)
         try:
-            async with _running(producer, state, channel, tracker, cfg, keeper) as ending:
+            async with _running(intake, state, channel, tracker, cfg, keeper) as ending:
                 yield producer
             raise_ = _finish(ending(), state, producer)
         finally:
@@ -355,7 +365,11 @@ async def _open_client(
             f"'security.protocol': 'SASL_SSL'}}, not sasl.mechanism={mechanism!r}"
         )
     try:
-        first = await trio.to_thread.run_sync(fetch_first_token, oauth_token)
+        # Abandoned on cancellation: a provider that hangs must not hold the caller past
+        # its deadline (the thread ends when the provider returns; its token is dropped).
+        first = await trio.to_thread.run_sync(
+            fetch_first_token, oauth_token, abandon_on_cancel=True
+        )
     except Exception as exc:
         raise KafkaFatalError(provider_error(exc, fatal=True)) from exc
     # confluent-kafka waits (about a second) for librdkafka to take the first token.
@@ -373,7 +387,7 @@ def _sink(tracker: DeliveryTracker) -> Sink:
 @asynccontextmanager
 @enable_ki_protection
 async def _running(
-    producer: Producer,
+    intake: Intake,
     state: _State,
     channel: BatchChannel,
     tracker: DeliveryTracker,
@@ -428,7 +442,9 @@ async def _running(
                     body_exc = exc
                 finally:
                     state.body_scope = None
-                interrupt = await _drain(state, channel, tracker, worker_done, worker_scope, cfg)
+                interrupt = await _drain(
+                    state, channel, tracker, worker_done, worker_scope, cfg, body_exc
+                )
             finally:
                 worker_scope.cancel(reason="trio_producer: producer closed")
                 delivery_scope.cancel(reason="trio_producer: producer closed")
@@ -444,6 +460,21 @@ async def _running(
     tracker.process()
     for item in channel.unsent():
         _hand_back_unsent(item, state)
+    spool_path = keeper.spool.path.as_posix() if keeper is not None else None
+    if keeper is not None and not keeper.spool.directory_intact():
+        # Removed (or replaced) while the producer ran: the spool cannot keep what was
+        # not delivered for a next run. Hand it all back instead, read from the
+        # mappings that outlive the files.
+        backlog = intake.take_backlog()
+        logger.error(
+            "the spool directory %r was removed while the producer ran: the %d "
+            "undelivered message(s) it held are handed back, not kept",
+            spool_path,
+            len(backlog) + len(state.failures),
+        )
+        for item in backlog:
+            _hand_back_unsent(item, state)
+        spool_path = None
     channel.stop()
     tracker.stop()
     ending = Ending(
@@ -455,8 +486,8 @@ async def _running(
         fatal=state.fatal,
         unknown=tracker.in_flight,
         cut_short=state.aborted,
-        spool_path=keeper.spool.path.as_posix() if keeper is not None else None,
-        kept=producer.backlog(),
+        spool_path=spool_path,
+        kept=intake.backlog(),
     )
 
 
@@ -467,16 +498,23 @@ async def _drain(
     worker_done: trio.Event,
     worker_scope: trio.CancelScope,
     cfg: ProducerConfig,
+    body: BaseException | None = None,
 ) -> KeyboardInterrupt | None:
     """Steps 1-3 of the shutdown: close, let the worker drain, wait for the reports.
 
     Bounded by ``close_timeout`` and shielded. A ``KeyboardInterrupt`` here (or
     ``Producer.abort``) cuts it short; the interrupt is returned, to leave the block.
+    The drain never waits in silence for an unreachable cluster: it says at once (a
+    WARNING) what it waits for and for how long; after a Ctrl-C in the body it does
+    not wait for it at all (what is not delivered is handed back).
     """
     # 1. Close the send side (sync): new sends raise ProducerClosedError.
     channel.close()
-    deadline = trio.current_time() + cfg.close_timeout
+    start = trio.current_time()
+    deadline = start + cfg.close_timeout
     interrupt: KeyboardInterrupt | None = None
+    ctrl_c = find_keyboard_interrupt(body) is not None
+    cut = False
     try:
         # 2-3. The worker drains (the channel's end, not a flag, ends its loop); then
         # every delivery report, bounded by close_timeout.
@@ -484,13 +522,27 @@ async def _drain(
             state.drain_scope = drain_scope
             if state.aborted is not None:
                 drain_scope.cancel()
+            said = False
+            if not tracker.hooks.connectivity.reachable and _waiting(tracker, channel):
+                said = True  # at once: the cluster is known to be unreachable
+                cut = _say_drain(tracker, channel, ctrl_c, deadline)
+                if cut:
+                    drain_scope.cancel()
+            with trio.move_on_at(start + DRAIN_NOTICE) as first:
+                await worker_done.wait()
+                await tracker.wait_settled()
+            if first.cancelled_caught and not said:
+                if ctrl_c or not tracker.hooks.connectivity.reachable:
+                    cut = _say_drain(tracker, channel, ctrl_c, deadline)
+                    if cut:
+                        drain_scope.cancel()
             await worker_done.wait()
             await tracker.wait_settled()
     except KeyboardInterrupt as ki:
         interrupt = ki
     finally:
         state.drain_scope = None
-    if interrupt is None and state.aborted is None:
+    if interrupt is None and state.aborted is None and not cut:
         return None
     # Cut short: nothing more goes to librdkafka; what is queued there is purged now;
     # what is already at the broker gets CUT_SHORT_GRACE to be confirmed. Failures from
@@ -507,6 +559,42 @@ async def _drain(
     except KeyboardInterrupt as ki:
         interrupt = interrupt or ki  # another Ctrl-C: stop waiting at all
     return interrupt
+
+
+def _waiting(tracker: DeliveryTracker, channel: BatchChannel) -> int:
+    return tracker.in_flight + len(channel.unsent())
+
+
+def _say_drain(
+    tracker: DeliveryTracker, channel: BatchChannel, ctrl_c: bool, deadline: float
+) -> bool:
+    """Say (WARNING) what the drain waits for; return True to cut it short (a Ctrl-C
+    while the cluster is unreachable: waiting for it would only delay the exit)."""
+    waiting = _waiting(tracker, channel)
+    unreachable = tracker.hooks.connectivity.describe()
+    if ctrl_c and unreachable is not None:
+        logger.warning(
+            "Ctrl-C while %s: not waiting for the %d undelivered message(s); they are "
+            "handed back (Producer.undelivered, trio_producer.undelivered_messages)",
+            unreachable.replace(" was ", " is ", 1),
+            waiting,
+        )
+        return True
+    left = max(0.0, deadline - trio.current_time())
+    if left < DRAIN_NOTICE:
+        return False  # no long silence to explain
+    why = f"; {unreachable.replace(' was ', ' is ', 1)}" if unreachable is not None else ""
+    logger.warning(
+        "leaving the producer: waiting up to %.1f s more (close_timeout) for %d message(s) "
+        "to be delivered%s; %s",
+        left,
+        waiting,
+        why,
+        "Ctrl-C again stops waiting and hands them back"
+        if ctrl_c
+        else "what is not delivered by then is handed back",
+    )
+    return False
 
 
 def _hand_back_unsent(item: Pending, state: _State) -> None:
@@ -546,9 +634,11 @@ def _finish(ending: Ending, state: _State, producer: Producer) -> BaseException 
         logger.error(
             "%d message(s) have an unknown delivery status after the purge", ending.unknown
         )
+    exc = verdict.raise_
     if verdict.undelivered:
         producer.undelivered = verdict.undelivered
-    exc = verdict.raise_
+        if exc is not None:
+            attach(exc, verdict.undelivered)  # for trio_producer.undelivered_messages
     if exc is not None:
         for note in verdict.notes:
             exc.add_note(note)

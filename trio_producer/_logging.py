@@ -1,8 +1,10 @@
 """Logging: the library's loggers, librdkafka's lines, and connection failures collapsed.
 
-* ``trio_producer`` gets a :class:`logging.NullHandler` (the standard-library convention
-  for libraries): an application that configured no logging sees nothing from us, not
-  Python's last-resort handler printing every librdkafka warning to stderr.
+* ``trio_producer`` has no handler of its own: an application that configured no
+  logging gets Python's last-resort handler, which prints WARNING and above to stderr --
+  so the one WARNING of an unreachable cluster is seen at once, and the ERRORs of
+  messages not delivered. Repeated lines are logged at DEBUG (below), so it is not
+  noisy. An application that configures logging decides for itself.
 * librdkafka's log lines go to ``trio_producer.librdkafka`` (confluent-kafka maps the
   syslog levels: 0-2 CRITICAL, 3 ERROR, 4 WARNING, 5-6 INFO, 7 DEBUG). Its connection
   failures (facility ``FAIL``) are logged at DEBUG: the same events come through
@@ -25,9 +27,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("trio_producer")
 librdkafka_logger = logging.getLogger("trio_producer.librdkafka")
-
-if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
-    logger.addHandler(logging.NullHandler())
 
 #: A repeated message is shown again after this many seconds.
 REPEAT_WINDOW = 60.0
@@ -132,6 +131,14 @@ class Connectivity:
     @property
     def reachable(self) -> bool:
         return self.unreachable_since is None
+
+    def describe(self) -> str | None:
+        """``the Kafka cluster at X was unreachable (<last error>)`` while it is, else None."""
+        if self.unreachable_since is None:
+            return None
+        last = self._last_connection_error
+        why = f" ({last.reason})" if last is not None else ""
+        return f"the Kafka cluster at {self.bootstrap_servers} was unreachable{why}"
 
     def error(self, error: KafkaErrorInfo) -> None:
         """A non-fatal librdkafka error (from ``error_cb``)."""

@@ -12,15 +12,15 @@ from typing import TYPE_CHECKING, Generic
 import attrs
 import trio
 
-from ._args import bulk_item, check_topic, make_item, valid_topics
+from ._args import check_topic, make_item, valid_topics
 from ._client import TrackedReport, check_offsets
 from ._exceptions import (
     ConfigError,
     DeliveryError,
-    ProducerClosedError,
     TransactionError,
     TrioProducerError,
 )
+from ._message import KafkaErrorInfo
 from .serialization import K, V
 
 if TYPE_CHECKING:
@@ -32,8 +32,10 @@ if TYPE_CHECKING:
     from ._client import KafkaClient
     from ._delivery import DeliveryTracker
     from ._hooks import KafkaStatistics
+    from ._intake import Intake
     from ._lifecycle import _State
     from ._message import Headers, RecordMetadata
+    from ._serializing import Encoder
     from ._worker import BatchChannel
 
 logger = logging.getLogger("trio_producer")
@@ -63,6 +65,12 @@ class ProducerStatistics:
         spooled: With a durable spool: messages in it that are not confirmed yet.
         recovered: With a durable spool: unconfirmed messages an earlier process left
             in it, found when this producer opened it (sent before anything new).
+        spool_error: With a durable spool: the disk condition it is in, or ``None``
+            (no room for a new segment: new messages are refused with
+            ``SpoolDiskFullError``; no room for the ack log; an ``fsync`` failed).
+        spool_unrecorded: With a durable spool: confirmations a full disk keeps out of
+            the ack log (in memory; if the process ends before they are written, those
+            messages are sent again by the next run).
     """
 
     queued: int
@@ -72,6 +80,24 @@ class ProducerStatistics:
     batches: Mapping[str, int]
     spooled: int = 0
     recovered: int = 0
+    spool_error: str | None = None
+    spool_unrecorded: int = 0
+
+
+def outside_transaction(method: str) -> TransactionError:
+    """The refusal of a send on a transactional producer with no transaction open."""
+    return TransactionError(
+        f"{method} outside a transaction",
+        KafkaErrorInfo(
+            code=-172,  # librdkafka's _STATE, what it would say later, at the exit
+            name="_STATE",
+            reason=(
+                "this producer has a transactional.id, so every message must belong to a "
+                f"transaction: call {method}() inside `async with producer.transaction():`, "
+                "or drop transactional.id from the config; nothing was accepted"
+            ),
+        ),
+    )
 
 
 class Producer(Generic[K, V]):
@@ -79,10 +105,12 @@ class Producer(Generic[K, V]):
 
     Generic in the key and value types it takes: ``Producer[bytes | str, bytes | str]``
     (what a bare ``Producer`` means) without serializers; with a ``value_serializer``
-    of ``T``, ``Producer[..., T]`` (see :mod:`trio_producer.serialization`).
+    of ``T``, ``Producer[..., T]`` (see :mod:`trio_producer.serialization`). With a
+    ``spool_path`` it is the same class: each message is written to the durable spool
+    before it is accepted (see :meth:`sync`).
 
     Checkpoints: :meth:`send`, :meth:`send_many`, :meth:`send_and_wait`,
-    :meth:`flush` and entering/leaving :meth:`transaction` always are;
+    :meth:`flush`, :meth:`sync` and entering/leaving :meth:`transaction` always are;
     :meth:`send_nowait`, :meth:`abort` and :meth:`statistics` never block.
 
     The sending methods are protected from ``KeyboardInterrupt`` between accepting a
@@ -95,13 +123,25 @@ class Producer(Generic[K, V]):
         channel: BatchChannel,
         tracker: DeliveryTracker,
         state: _State,
+        intake: Intake,
+        encoder: Encoder | None,
         transaction_timeout: float = 30.0,
     ) -> None:
         self._channel = channel
         self._tracker = tracker
         self._state = state
+        #: Accepts the messages: in memory, or in the durable spool.
+        self._intake = intake
+        #: The serializers, or ``None`` (then values and keys are ``bytes``/``str``).
+        self._encoder = encoder
+        #: Takes each fire-and-forget message: in memory, the channel itself (its
+        #: ``send_nowait`` is then the one call the in-memory fast path makes).
+        self._acceptor = intake.acceptor
         self._transaction_timeout = transaction_timeout
         self._in_transaction = False
+        #: The producer has a transactional.id and no transaction is open: every send
+        #: is refused at the call (one attribute check on the hot path).
+        self._needs_transaction = tracker.client.transactional
         #: Commit or abort has begun: send_offsets may no longer join the transaction.
         self._txn_ending = False
         #: librdkafka runs one transactional call at a time (another one fails with
@@ -145,7 +185,14 @@ class Producer(Generic[K, V]):
             TypeError: An argument has a type that is not allowed (nothing accepted).
             ValueError: A bad topic name, or a ``str`` that cannot be encoded as UTF-8
                 (nothing accepted).
+            TransactionError: The producer has a ``transactional.id`` and no
+                :meth:`transaction` is open (nothing accepted).
         """
+        if self._needs_transaction:
+            await trio.lowlevel.checkpoint()
+            raise outside_transaction("send")
+        if self._encoder is not None:
+            key, value, headers = await self._encoder.prepare(topic, key, value, headers)
         if (
             type(value) is bytes
             and headers is None
@@ -164,7 +211,7 @@ class Producer(Generic[K, V]):
                 size = len(value) + len(raw_key)
         else:
             item, size = make_item(topic, value, key, headers, partition, timestamp, None)
-        await self._channel.send(item, size)
+        await self._acceptor.send(item, size)
 
     @enable_ki_protection
     def send_nowait(
@@ -184,7 +231,13 @@ class Producer(Generic[K, V]):
             ProducerClosedError: The producer no longer accepts messages.
             TypeError: An argument has a type that is not allowed (nothing accepted).
             ValueError: A bad topic name or an unencodable ``str`` (nothing accepted).
+            TransactionError: The producer has a ``transactional.id`` and no
+                :meth:`transaction` is open (nothing accepted).
         """
+        if self._needs_transaction:
+            raise outside_transaction("send_nowait")
+        if self._encoder is not None:
+            key, value, headers = self._encoder.prepare_now(topic, key, value, headers)
         if (
             type(value) is bytes
             and headers is None
@@ -195,15 +248,15 @@ class Producer(Generic[K, V]):
             and (key is None or type(key) is bytes)
         ):
             if key is None:
-                self._channel.send_nowait({"topic": topic, "value": value}, len(value))
+                self._acceptor.send_nowait({"topic": topic, "value": value}, len(value))
             else:
                 raw_key: bytes = key  # type: ignore[assignment]  # (a TypeVar: no narrowing)
-                self._channel.send_nowait(
+                self._acceptor.send_nowait(
                     {"topic": topic, "value": value, "key": raw_key}, len(value) + len(raw_key)
                 )
             return
         item, size = make_item(topic, value, key, headers, partition, timestamp, None)
-        self._channel.send_nowait(item, size)
+        self._acceptor.send_nowait(item, size)
 
     @enable_ki_protection
     async def send_many(
@@ -225,31 +278,19 @@ class Producer(Generic[K, V]):
         Raises:
             ProducerClosedError: The producer no longer accepts messages.
             TypeError: An element has a type that is not allowed.
+            TransactionError: The producer has a ``transactional.id`` and no
+                :meth:`transaction` is open (nothing accepted).
         """
+        if self._needs_transaction:
+            await trio.lowlevel.checkpoint()
+            raise outside_transaction("send_many")
         check_topic(topic)
-        await trio.lowlevel.checkpoint_if_cancelled()
-        channel = self._channel
-        batch = channel.batch
-        it = iter(messages)
-        accepted = 0
-        while True:
-            room = batch.room()
-            if room <= 0 and not channel.closed:
-                await channel.wait_for_room()
-                await trio.lowlevel.checkpoint_if_cancelled()
-                continue
-            before = batch.accepted
-            try:
-                taken = channel.extend_nowait(topic, it, bulk_item)
-            except ProducerClosedError:
-                await trio.lowlevel.cancel_shielded_checkpoint()  # a checkpoint on every path
-                raise
-            finally:
-                accepted += batch.accepted - before
-            if taken < room:
-                break
-        await trio.lowlevel.cancel_shielded_checkpoint()
-        return accepted
+        encoder = self._encoder
+        if encoder is not None:
+            if encoder.is_async:
+                return await encoder.send_many_awaiting(topic, iter(messages), self._acceptor)
+            messages = encoder.serialized(topic, iter(messages))
+        return await self._intake.accept_many(topic, messages)
 
     @enable_ki_protection
     async def send_and_wait(
@@ -271,6 +312,8 @@ class Producer(Generic[K, V]):
             DeliveryError: This message could not be delivered (the producer goes on).
             ProducerClosedError: The producer no longer accepts messages.
             TypeError: An argument has a type that is not allowed (nothing accepted).
+            TransactionError: The producer has a ``transactional.id`` and no
+                :meth:`transaction` is open (nothing accepted).
 
         If cancelled (or interrupted) after the message was accepted, the message is
         still delivered, or handed back like a fire-and-forget one: to
@@ -279,6 +322,11 @@ class Producer(Generic[K, V]):
         Refused (``ConfigError``, nothing accepted) by a producer opened with
         ``delivery_reports="errors"``: librdkafka then says nothing of a delivery.
         """
+        if self._needs_transaction:
+            await trio.lowlevel.checkpoint()
+            raise outside_transaction("send_and_wait")
+        if self._encoder is not None:
+            key, value, headers = await self._encoder.prepare(topic, key, value, headers)
         if self._tracker.errors_only:
             await trio.lowlevel.checkpoint()
             raise ConfigError(
@@ -288,9 +336,9 @@ class Producer(Generic[K, V]):
             )
         event = trio.Event()
         item, size = make_item(topic, value, key, headers, partition, timestamp, event)
-        tracked = item["callback"]
+        await self._intake.accept_waiting(item, size, event)
+        tracked = item["callback"]  # (the spool gives it one of its own)
         assert isinstance(tracked, TrackedReport)
-        await self._channel.send(item, size)
         return await self._wait_outcome(tracked, event)
 
     async def _wait_outcome(self, tracked: TrackedReport, event: trio.Event) -> RecordMetadata:
@@ -338,7 +386,7 @@ class Producer(Generic[K, V]):
         if channel.closed:
             await trio.lowlevel.cancel_shielded_checkpoint()
             raise channel.closed_error()
-        target = channel.request_flush()
+        target = await self._intake.flush_target()
         await channel.wait_produced(target)
         await self._tracker.wait_for_earlier()
         await trio.lowlevel.cancel_shielded_checkpoint()
@@ -391,6 +439,7 @@ class Producer(Generic[K, V]):
         if self._channel.closed:
             raise self._channel.closed_error()
         self._in_transaction = True
+        self._needs_transaction = False
         try:
             client.begin_transaction()
             try:
@@ -414,6 +463,7 @@ class Producer(Generic[K, V]):
                 raise await self._abort_transaction(exc) from None
         finally:
             self._in_transaction = False
+            self._needs_transaction = True
             self._txn_ending = False
 
     @enable_ki_protection
@@ -458,6 +508,7 @@ class Producer(Generic[K, V]):
             TrioProducerError: No transaction is open on this producer.
             TransactionError: librdkafka refused (``abortable``: ``transaction()`` aborts).
             TypeError: Bad arguments (nothing was sent).
+            ValueError: A topic name that is not valid (nothing was sent).
             ProducerClosedError: The producer is closed.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -563,7 +614,20 @@ class Producer(Generic[K, V]):
 
     def backlog(self) -> int:
         """Accepted messages that are only in the durable spool (0 without one)."""
-        return 0
+        return self._intake.backlog()
+
+    @enable_ki_protection
+    async def sync(self) -> None:
+        """Wait until every message accepted before this call is fsynced in the spool.
+
+        Always a checkpoint. After it returns, those messages survive a power cut too
+        (with any sync policy).
+
+        Raises:
+            ConfigError: The producer has no durable spool (no ``spool_path``).
+            SpoolError: The spool could not be synced.
+        """
+        await self._intake.sync()
 
     @property
     def kafka_statistics(self) -> KafkaStatistics | None:
@@ -584,10 +648,16 @@ class Producer(Generic[K, V]):
         """A snapshot of the counters (never blocks)."""
         channel = self._channel
         tracker = self._tracker
-        return ProducerStatistics(
+        stats = ProducerStatistics(
             queued=len(channel.unsent()),
             in_flight=tracker.in_flight,
             delivered=tracker.delivered,
             failed=tracker.failed,
             batches=MappingProxyType(dict(channel.batches)),
         )
+        return self._intake.statistics(stats)
+
+
+#: The producer with a durable spool (``spool_path``) is a :class:`Producer` too: the
+#: spool is its intake, not a subclass. Kept as a name for code that annotates with it.
+SpooledProducer = Producer

@@ -1,10 +1,10 @@
-"""The send methods with serializers: serialize at the call, then send the bytes.
+"""The encoder: serialize at the call, then send the bytes.
 
-A subclass, chosen when ``open_producer`` gets a serializer, so that a producer without
-one pays nothing for the feature. It sits in front of :class:`Producer` or of
-:class:`SpooledProducer` (``super()`` reaches whichever is next), and serializes before
-it calls them: a serializer that raises, or an awaited async one that is cancelled,
-leaves the message not accepted.
+``open_producer`` gives the :class:`~trio_producer.Producer` an :class:`Encoder` when it
+gets a serializer; without one the producer's ``_encoder`` is ``None``, and the feature
+costs one attribute check per send. The send methods call it before they build the
+message, whatever the intake (memory or spool): a serializer that raises, or an awaited
+async one that is cancelled, leaves the message not accepted.
 """
 
 from __future__ import annotations
@@ -14,18 +14,16 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ._args import check_topic
+from ._args import check_topic, make_item
 from ._exceptions import ProducerClosedError, SerializationError
-from ._producer import Producer
-from ._spooled import SpooledProducer
-from .serialization import Field, K, SerializerHeaders, V
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Iterator
 
-    from ._message import Headers, RecordMetadata
-
-enable_ki_protection = trio.lowlevel.enable_ki_protection
+    from ._intake import Acceptor
+    from ._message import Headers
+    from ._worker import BatchChannel
+    from .serialization import Field, SerializerHeaders
 
 
 def _header_list(headers: Headers | None) -> SerializerHeaders:
@@ -41,16 +39,17 @@ def _header_list(headers: Headers | None) -> SerializerHeaders:
     )
 
 
-class SerializingProducer(Producer[K, V]):
-    """A :class:`Producer` with a key and/or value serializer (see :class:`Producer`)."""
+class Encoder:
+    """A producer's key and/or value serializer, called by its send methods."""
 
-    _key_field: Field[K] | None = None
-    _value_field: Field[V] | None = None
-
-    def _set_serializers(self, key: Field[K] | None, value: Field[V] | None) -> None:
+    def __init__(
+        self, channel: BatchChannel, key: Field[Any] | None, value: Field[Any] | None
+    ) -> None:
+        self._channel = channel
         self._key_field = key
         self._value_field = value
-        self._is_async = bool((key and key.is_async) or (value and value.is_async))
+        #: An async serializer: ``send_nowait`` refuses, ``send_many`` awaits each element.
+        self.is_async = bool((key and key.is_async) or (value and value.is_async))
 
     def _check_open_now(self, topic: str) -> None:
         """Refuse before serializing (a serializer may have side effects: a schema
@@ -59,7 +58,7 @@ class SerializingProducer(Producer[K, V]):
         if self._channel.closed:
             raise self._channel.closed_error()
 
-    async def _prepare(
+    async def prepare(
         self, topic: str, key: object, value: object, headers: Headers | None
     ) -> tuple[Any, Any, SerializerHeaders | None]:
         """``send``'s and ``send_and_wait``'s first half: checks, then the key, the value
@@ -99,32 +98,12 @@ class SerializingProducer(Producer[K, V]):
             value = await vfield.serialize(value, topic, headers)
         return key, value
 
-    @enable_ki_protection
-    async def send(
-        self,
-        topic: str,
-        value: V | None,
-        *,
-        key: K | None = None,
-        headers: Headers | None = None,
-        partition: int | None = None,
-        timestamp: int | None = None,
-    ) -> None:
-        k, v, pairs = await self._prepare(topic, key, value, headers)
-        await super().send(topic, v, key=k, headers=pairs, partition=partition, timestamp=timestamp)
-
-    @enable_ki_protection
-    def send_nowait(
-        self,
-        topic: str,
-        value: V | None,
-        *,
-        key: K | None = None,
-        headers: Headers | None = None,
-        partition: int | None = None,
-        timestamp: int | None = None,
-    ) -> None:
-        if self._is_async:
+    def prepare_now(
+        self, topic: str, key: object, value: object, headers: Headers | None
+    ) -> tuple[Any, Any, SerializerHeaders | None]:
+        """``send_nowait``'s first half: :meth:`prepare` where nothing can be awaited (an
+        async serializer is refused with ``TypeError``)."""
+        if self.is_async:
             fields = (self._key_field, self._value_field)
             which = " and ".join(repr(f) for f in fields if f is not None and f.is_async)
             raise TypeError(
@@ -134,50 +113,19 @@ class SerializingProducer(Producer[K, V]):
         self._check_open_now(topic)
         pairs = _header_list(headers)
         k, v = self._serialize_now(topic, key, value, pairs)
-        super().send_nowait(
-            topic, v, key=k, headers=pairs or None, partition=partition, timestamp=timestamp
-        )
+        return k, v, pairs or None
 
-    @enable_ki_protection
-    async def send_and_wait(
-        self,
-        topic: str,
-        value: V | None,
-        *,
-        key: K | None = None,
-        headers: Headers | None = None,
-        partition: int | None = None,
-        timestamp: int | None = None,
-    ) -> RecordMetadata:
-        k, v, pairs = await self._prepare(topic, key, value, headers)
-        return await super().send_and_wait(
-            topic, v, key=k, headers=pairs, partition=partition, timestamp=timestamp
-        )
-
-    @enable_ki_protection
-    async def send_many(
-        self, topic: str, messages: Iterable[V | tuple[K | None, V | None] | None]
-    ) -> int:
-        """See :meth:`Producer.send_many`; each element is serialized as it is taken.
+    def serialized(self, topic: str, elements: Iterator[object]) -> Iterator[Any]:
+        """``send_many``'s elements as bytes or ``(key, value)`` bytes pairs, serialized
+        lazily: one element is taken from ``elements`` only when the bulk path takes one
+        from here (sync serializers; with an async one, see :meth:`send_many_awaiting`).
 
         A ``tuple`` of two is a ``(key, value)`` pair (to send a tuple as a value, pass
         ``(None, value)``). An element whose serializer raises is consumed but not
-        accepted (:class:`SerializationError` says which). With sync serializers this
-        is the bulk path, which carries no headers: a serializer that adds headers makes
-        it raise for that element (use :meth:`send`). With an async serializer, each
-        element is serialized and then sent like :meth:`send` (a checkpoint each, and
-        headers travel); if the call is cancelled or interrupted while an element is
-        being serialized, that element was consumed but not accepted (a note on the
-        exception says how many were accepted).
+        accepted (:class:`SerializationError` says which). The bulk path carries no
+        headers: a serializer that adds headers makes it raise for that element (use
+        :meth:`Producer.send`).
         """
-        check_topic(topic)
-        if self._is_async:
-            return await self._send_many_awaiting(topic, iter(messages))
-        return await super().send_many(topic, self._serialized(topic, iter(messages)))
-
-    def _serialized(self, topic: str, elements: Iterator[object]) -> Iterator[Any]:
-        """The elements as bytes or ``(key, value)`` bytes pairs, serialized lazily: one
-        element is taken from ``elements`` only when the bulk path takes one from here."""
         for index, element in enumerate(elements):
             key, value = _split(element)
             headers: SerializerHeaders = []
@@ -200,7 +148,17 @@ class SerializingProducer(Producer[K, V]):
                 raise
             yield v if k is None else (k, v)
 
-    async def _send_many_awaiting(self, topic: str, elements: Iterator[object]) -> int:
+    async def send_many_awaiting(
+        self,
+        topic: str,
+        elements: Iterator[object],
+        acceptor: Acceptor,
+    ) -> int:
+        """``send_many`` with an async serializer: each element is serialized and then
+        accepted with ``acceptor`` (the intake's) like :meth:`Producer.send` does (a
+        checkpoint each, and headers travel); if the call is cancelled or interrupted
+        while an element is being serialized, that element was consumed but not accepted
+        (a note on the exception says how many were accepted)."""
         await trio.lowlevel.checkpoint_if_cancelled()
         channel = self._channel
         accepted = 0
@@ -216,7 +174,8 @@ class SerializingProducer(Producer[K, V]):
                     k, v = await self._serialize(topic, key, value, headers)
                 except SerializationError as exc:
                     raise _at_index(exc, index) from exc.__cause__
-                await super().send(topic, v, key=k, headers=headers or None)
+                item, size = make_item(topic, v, k, headers or None, None, None, None)
+                await acceptor.send(item, size)
                 in_hand = False
                 accepted += 1
         except BaseException as exc:
@@ -242,7 +201,3 @@ def _split(element: object) -> tuple[object, object]:
 
 def _at_index(exc: SerializationError, index: int) -> SerializationError:
     return SerializationError(exc.field, exc.topic, exc.obj, exc.error, index)
-
-
-class SerializingSpooledProducer(SerializingProducer[K, V], SpooledProducer):  # type: ignore[misc]
-    """A :class:`SpooledProducer` with serializers."""

@@ -8,6 +8,7 @@ which the producer runs in a worker thread.
 Layout of a spool directory::
 
     LOCK                        fcntl.flock'ed by the owning process; holds its pid
+    HANDED                      the hand-off mark: no seq above it was handed to Kafka
     0000000000000007.seg        a segment: 64-byte header, then CRC-framed records
     0000000000000007.ack        its ack log: CRC-framed batches of confirmed seqs
     spare-<hex>.tmp             a preallocated segment waiting to become the next one
@@ -29,7 +30,10 @@ Record framing (little-endian)::
 
 Recovery reads records until the zeros. A record whose checksum fails, followed by valid
 ones, is corrupt: skipped, counted, logged at ERROR. Invalid bytes with nothing valid
-after them are a torn tail (a crash mid-append): cut off and counted. A copy is not
+after them are a torn tail (a crash mid-append) in the newest segment only: cut off and
+counted. A segment that a later one follows was sealed by a rotation after its last
+record was written whole: any damage in it, and records missing before the next
+segment's first seq, is corruption. A copy is not
 ordered (``memcpy`` of a large batch may store its end before its start), so
 ``append_many`` (and ``append_values``) writes its first record's magic last: a zero
 magic followed by data is a batch that never returned, cut off as a torn tail too.
@@ -68,6 +72,7 @@ __all__ = [
     "DEFAULT_ID_HEADER",
     "RECORD_OVERHEAD",
     "Spool",
+    "SpoolDiskFullError",
     "SpoolError",
     "SpoolFullError",
     "SpoolLockedError",
@@ -104,8 +109,14 @@ _SEG_MAGIC = b"TPSPOOL1"
 _SEG_HEAD = struct.Struct("<8sHH16sQQ")  # magic, version, flags, uuid, first seq, index
 _SEG_HEADER_SIZE = 64
 _ACK_FRAME = struct.Struct("<II")  # count, crc32 of the packed seqs
+_HANDED = struct.Struct("<qI")  # the hand-off mark, crc32 of it
 
 _MIN_SEGMENT = 4096
+#: The system calls that can meet a full disk, by name: a seam for tests that make the
+#: disk full without filling one.
+_write = os.write
+_fallocate = os.posix_fallocate
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _DEFAULT_SEGMENT = 64 << 20
 
 
@@ -132,6 +143,26 @@ class SpoolLockedError(SpoolError):
 
 class SpoolFullError(SpoolError):
     """The spool holds ``max_bytes``: nothing was written. Wait for confirmations."""
+
+
+class SpoolDiskFullError(SpoolError):
+    """The disk under the spool has no room for the next segment file: nothing of the
+    call was written (what the spool accepted before stays). Room comes back when
+    confirmations let the spool delete segments, or when the disk is cleaned up.
+
+    Attributes:
+        path: The spool directory.
+    """
+
+    def __init__(self, path: Path, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+def _describe(exc: OSError, path: Path) -> str:
+    """A disk condition, for logs and ``Spool.disk_error``."""
+    what = "no space left on the device" if exc.errno in _DISK_FULL else "the disk failed"
+    return f"{what} ({str(path)!r}): {exc}"
 
 
 class SpoolRecord(NamedTuple):
@@ -174,8 +205,10 @@ class SpoolRecovery(NamedTuple):
         corrupt_acks: Ack batches skipped (their messages count as unconfirmed: sent
             again, never lost).
         duplicates_possible: How many of the recovered records may already be in Kafka
-            (delivered but not yet confirmed when the earlier process died): at most
-            what it had in flight, here counted as every recovered record.
+            (delivered but not confirmed when the earlier process ended): those at or
+            below the hand-off mark (``HANDED``: before handing records to Kafka, the
+            producer records that none above a seq was handed, see
+            ``Spool.note_handed``). Every recovered record when the mark is unknown.
     """
 
     recovered: int = 0
@@ -205,6 +238,7 @@ class _Segment:
         "sealed",
         "size",
         "uuid",
+        "view",
     )
 
     def __init__(self, path: Path, index: int, first_seq: int, uuid: bytes, size: int) -> None:
@@ -224,6 +258,9 @@ class _Segment:
         #: Records in the segment; known once it is sealed.
         self.count = -1
         self.sealed = False
+        #: A read-only mapping for ``read_from`` (segments of this run); closed only by
+        #: dropping it (a reader may still hold it).
+        self.view: mmap.mmap | None = None
 
     @property
     def ack_path(self) -> Path:
@@ -232,6 +269,20 @@ class _Segment:
 
 def _seg_name(index: int) -> str:
     return f"{index:016d}.seg"
+
+
+def _header_first_seq(seg_path: Path) -> int | None:
+    """The first seq a segment file's header names, or ``None`` if unreadable."""
+    try:
+        with seg_path.open("rb") as f:
+            head = f.read(_SEG_HEAD.size + 4)
+    except OSError:
+        return None
+    if len(head) < _SEG_HEAD.size + 4 or head[:8] != _SEG_MAGIC:
+        return None
+    if zlib.crc32(head[: _SEG_HEAD.size]) != _U32.unpack_from(head, _SEG_HEAD.size)[0]:
+        return None
+    return int(_SEG_HEAD.unpack_from(head, 0)[4])
 
 
 def _encode_headers(headers: Sequence[tuple[str, bytes | None]]) -> bytes:
@@ -330,7 +381,8 @@ class _Reader:
         self.uuid = uuid
 
     def close(self) -> None:
-        self.buf.close()
+        # The view belongs to its segment (and may be read again): just let it go.
+        self.buf = None  # type: ignore[assignment]
 
 
 class Spool:
@@ -374,6 +426,10 @@ class Spool:
         self.recovered: list[SpoolRecord] = []
         self.recovery = SpoolRecovery()
         self._lock_fd = -1
+        self._lock_id = (0, 0)
+        # The hand-off mark (owning thread): see note_handed.
+        self._handed = -1
+        self._handed_fd = -1
         self._io_lock = threading.Lock()
         self._closed = False
         # Owned by the appending thread.
@@ -399,6 +455,16 @@ class Spool:
         self._synced_seq = -1
         # The read cursor of read_from (owning thread).
         self._reader: _Reader | None = None
+        # Disk conditions, each with one writer: a new segment could not be created
+        # (owning thread), the ack log could not be written (owning thread), no spare
+        # could be created (background thread). A string while it lasts.
+        self._append_error: str | None = None
+        self._ack_error: str | None = None
+        self._spare_error: str | None = None
+        self._spare_retry = False  # retry_spare() was called: try again once
+        #: Confirmations not written to their ack log (disk full), per segment (owning
+        #: thread): written before the next ones, dropped when their segment goes.
+        self._unwritten: dict[_Segment, array[int]] = {}
 
     # ------------------------------------------------------------------ opening
 
@@ -454,9 +520,24 @@ class Spool:
         )
         spool.path.mkdir(parents=True, exist_ok=True)
         spool._lock()
+        st = os.fstat(spool._lock_fd)
+        spool._lock_id = (st.st_dev, st.st_ino)
         try:
             spool._recover()
-            spool._start_segment(spool._new_segment_file(spool.segment_bytes), spool.segment_bytes)
+            try:
+                fresh = spool._new_segment_file(spool.segment_bytes)
+            except OSError as exc:
+                # Recovery needs no new space: open without an active segment; the
+                # first append creates one, or is refused (SpoolDiskFullError).
+                spool._append_error = _describe(exc, spool.path)
+                logger.error(
+                    "spool %r opened without a segment for new messages (%s): the "
+                    "recovered messages are sent; new ones are refused until there is room",
+                    str(spool.path),
+                    spool._append_error,
+                )
+            else:
+                spool._start_segment(fresh, spool.segment_bytes)
         except BaseException:
             spool._release_all()
             raise
@@ -477,8 +558,12 @@ class Spool:
         except BaseException:
             os.close(fd)
             raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            pid_line = f"{os.getpid()}\n".encode()
+            os.pwrite(fd, pid_line, 0)
+            os.ftruncate(fd, len(pid_line))
+        except OSError:
+            os.ftruncate(fd, 0)  # a full disk: the pid stays unknown, the lock holds
         self._lock_fd = fd
 
     def _recover(self) -> None:
@@ -486,15 +571,25 @@ class Spool:
             tmp.unlink()
         found = SpoolRecovery()
         max_seq = -1
-        max_index = -1
-        for seg_path in sorted(self.path.glob("*.seg")):
+        paths: dict[int, Path] = {}
+        for seg_path in self.path.glob("*.seg"):
             try:
-                index = int(seg_path.stem)
+                paths[int(seg_path.stem)] = seg_path
             except ValueError:
                 continue
-            max_index = max(max_index, index)
+        max_index = max(paths, default=-1)
+        for index in sorted(paths):
+            seg_path = paths[index]
             found = found._replace(segments=found.segments + 1)
-            seg, records, found, top = self._recover_segment(seg_path, index, found)
+            # Only the newest segment can end in a torn write: one that a later segment
+            # follows was sealed by a rotation, after its last record was written whole.
+            # The next segment's header says where its records must end.
+            sealed = index < max_index
+            following = paths.get(index + 1)
+            next_first = _header_first_seq(following) if following is not None else None
+            seg, records, found, top = self._recover_segment(
+                seg_path, index, found, sealed=sealed, next_first=next_first
+            )
             max_seq = max(max_seq, top)
             if seg is None:
                 seg_path.unlink()
@@ -511,7 +606,14 @@ class Spool:
         self._seq = self._run_first_seq = max_seq + 1
         self._next_index = max_index + 1
         n = len(self.recovered)
-        self.recovery = found._replace(recovered=n, duplicates_possible=n)
+        mark = self._read_handed()
+        if mark is None:  # unknown (an older spool, or the mark could not be written)
+            duplicates = n
+        else:
+            duplicates = sum(1 for r in self.recovered if r.seq <= mark)
+            self._handed = mark
+        self.recovery = found._replace(recovered=n, duplicates_possible=duplicates)
+        self._open_handed()
         if n or found.torn_tails or found.corrupt_records:
             logger.info(
                 "spool %s: recovered %d unconfirmed message(s) from %d segment(s) "
@@ -525,7 +627,13 @@ class Spool:
             )
 
     def _recover_segment(
-        self, seg_path: Path, index: int, found: SpoolRecovery
+        self,
+        seg_path: Path,
+        index: int,
+        found: SpoolRecovery,
+        *,
+        sealed: bool,
+        next_first: int | None,
     ) -> tuple[_Segment | None, list[SpoolRecord], SpoolRecovery, int]:
         data = seg_path.read_bytes()
         size = len(data)
@@ -556,6 +664,7 @@ class Spool:
         pos = _SEG_HEADER_SIZE
         prev_seq = first_seq - 1 if first_seq >= 0 else None
         cut_at = -1
+        tail_reported = False
         while pos < data_end:
             parsed = _parse_record(data, pos, size)
             if parsed is not None:
@@ -564,35 +673,38 @@ class Spool:
                 prev_seq = seq
                 pos += length
                 continue
-            # A zero magic is an uncommitted write (append_many writes its first magic
-            # last): everything from here on was never accepted.
-            uncommitted = data[pos : pos + 4] == b"\0\0\0\0"
+            # In the active segment, a zero magic is an uncommitted write (append_many
+            # writes its first magic last): everything from here on was never accepted.
+            # A sealed segment has no uncommitted write: there it is damage.
+            uncommitted = not sealed and data[pos : pos + 4] == b"\0\0\0\0"
             nxt = None if uncommitted else self._resync(data, pos + 1, data_end, size)
-            if nxt is None:
+            if nxt is None and not sealed:
                 found = found._replace(
                     torn_tails=found.torn_tails + 1,
                     torn_tail_bytes=found.torn_tail_bytes + data_end - pos,
                 )
                 cut_at = pos
                 break
+            if nxt is None:
+                # Damage up to the end of a sealed segment: accepted records lost.
+                found = self._report_lost(
+                    found, seg_path, pos, data_end - pos, prev_seq, next_first
+                )
+                tail_reported = True
+                break
             next_seq = _HEAD.unpack_from(data, nxt)[2]
-            lost = next_seq - prev_seq - 1 if prev_seq is not None else 1
-            lost = max(lost, 1)
-            logger.error(
-                "spool %s: segment %s: %d corrupt record(s) skipped at offset %d "
-                "(%d bytes, checksum mismatch); seqs %s lost, the rest recovered",
-                self.path,
-                seg_path.name,
-                lost,
-                pos,
-                nxt - pos,
-                f"{prev_seq + 1}..{next_seq - 1}" if prev_seq is not None else "unknown",
-            )
-            found = found._replace(
-                corrupt_records=found.corrupt_records + lost,
-                corrupt_bytes=found.corrupt_bytes + nxt - pos,
-            )
+            found = self._report_lost(found, seg_path, pos, nxt - pos, prev_seq, next_seq)
             pos = nxt
+        if (
+            sealed
+            and not tail_reported
+            and prev_seq is not None
+            and next_first is not None
+            and next_first > prev_seq + 1
+        ):
+            # Records missing after the last whole one (zeroed: lost on the way to the
+            # disk, or damaged) although the next segment starts later.
+            found = self._report_lost(found, seg_path, data_end, 0, prev_seq, next_first)
         if cut_at >= 0:
             # Cut the torn tail so a later recovery does not count it again.
             fd = os.open(seg_path, os.O_RDWR)
@@ -630,6 +742,38 @@ class Spool:
         ]
         return seg, records, found, top
 
+    def _report_lost(
+        self,
+        found: SpoolRecovery,
+        seg_path: Path,
+        pos: int,
+        nbytes: int,
+        prev_seq: int | None,
+        next_seq: int | None,
+    ) -> SpoolRecovery:
+        """Count and log (ERROR) records lost to damage between ``prev_seq`` and
+        ``next_seq`` (exclusive; ``None``: unknown, then at least one is counted)."""
+        if prev_seq is not None and next_seq is not None:
+            lost = max(next_seq - prev_seq - 1, 0)
+            seqs = f"seqs {prev_seq + 1}..{next_seq - 1} lost" if lost else "no seq lost"
+        else:
+            lost = 1
+            seqs = "seqs unknown lost (at least 1)"
+        logger.error(
+            "spool %s: segment %s: %d corrupt record(s) skipped at offset %d "
+            "(%d bytes, checksum mismatch or zeroed); %s, the rest recovered",
+            self.path,
+            seg_path.name,
+            lost,
+            pos,
+            nbytes,
+            seqs,
+        )
+        return found._replace(
+            corrupt_records=found.corrupt_records + lost,
+            corrupt_bytes=found.corrupt_bytes + nbytes,
+        )
+
     @staticmethod
     def _resync(data: bytes, start: int, data_end: int, size: int) -> int | None:
         """The offset of the next valid record at or after ``start``, or ``None``."""
@@ -639,6 +783,54 @@ class Spool:
                 return pos
             pos = data.find(_MAGIC_BYTES, pos + 1, data_end)
         return None
+
+    def _read_handed(self) -> int | None:
+        """The hand-off mark an earlier process left, or ``None`` when unknown."""
+        try:
+            data = (self.path / "HANDED").read_bytes()
+        except FileNotFoundError:
+            return None if self.recovered else -1
+        if len(data) != _HANDED.size:
+            return None
+        mark, crc = _HANDED.unpack(data)
+        if zlib.crc32(data[:8]) != crc:
+            return None
+        return int(mark)
+
+    def _open_handed(self) -> None:
+        """Open the hand-off mark's file and write the mark carried over (a full disk:
+        no file, and the next recovery counts every record as possibly sent)."""
+        path = self.path / "HANDED"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError:
+            path.unlink(missing_ok=True)
+            return
+        self._handed_fd = fd
+        self._write_handed(self._handed)
+
+    def _write_handed(self, mark: int) -> None:
+        packed = struct.pack("<q", mark)
+        try:
+            if os.pwrite(self._handed_fd, packed + _U32.pack(zlib.crc32(packed)), 0) != 12:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:
+            # Unknown from now on: the next recovery counts every record.
+            os.close(self._handed_fd)
+            self._handed_fd = -1
+            (self.path / "HANDED").unlink(missing_ok=True)
+
+    def note_handed(self, upto: int) -> None:
+        """Record, before records are handed to Kafka, that none above ``upto`` was.
+
+        What ``SpoolRecovery.duplicates_possible`` counts after a crash: only recovered
+        records at or below the mark may already be in Kafka. One ``pwrite`` when the
+        mark grows (nothing otherwise). Owning thread.
+        """
+        if upto > self._handed:
+            self._handed = upto
+            if self._handed_fd >= 0:
+                self._write_handed(upto)
 
     def _read_acks(self, ack_path: Path) -> tuple[set[int], int]:
         try:
@@ -680,7 +872,7 @@ class Spool:
         tmp = self.path / f"spare-{os.urandom(8).hex()}.tmp"
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
-            os.posix_fallocate(fd, 0, size)
+            _fallocate(fd, 0, size)
             mm = mmap.mmap(fd, size)
         except BaseException:
             os.close(fd)
@@ -694,15 +886,19 @@ class Spool:
     def _start_segment(self, seg: _Segment, size: int) -> None:
         """Make a spare file the active segment (owning thread)."""
         index = self._next_index
-        self._next_index += 1
-        seg.index = index
-        seg.first_seq = self._seq
         head = _SEG_HEAD.pack(_SEG_MAGIC, 1, 0, self.uuid, self._seq, index)
         mm = seg.mm
         assert mm is not None
         mm[: len(head) + 4] = head + _U32.pack(zlib.crc32(head))
+        # A read-only view for read_from, made while the file is open in this thread:
+        # store and forward reads back through it even if the directory goes away.
+        view = mmap.mmap(seg.fd, size, access=mmap.ACCESS_READ)
         final = self.path / _seg_name(index)
-        os.rename(seg.path, final)
+        os.rename(seg.path, final)  # (may fail: nothing below has happened then)
+        seg.view = view
+        self._next_index += 1
+        seg.index = index
+        seg.first_seq = self._seq
         seg.path = final
         self._dir_dirty = True
         self._segments.append(seg)
@@ -726,7 +922,7 @@ class Spool:
         return self._spare is not None or self.used_bytes + self.segment_bytes <= self.max_bytes
 
     def _check_fits(self, need: int) -> None:
-        if self._closed or self._seg is None:
+        if self._closed:
             raise SpoolError(f"spool {str(self.path)!r} is closed")
         if need > self.segment_bytes - _SEG_HEADER_SIZE:
             raise SpoolError(
@@ -748,9 +944,49 @@ class Spool:
         if fresh is None:
             if self.used_bytes + self.segment_bytes > self.max_bytes:
                 raise self._full_error()
-            fresh = self._new_segment_file(self.segment_bytes)
+            try:
+                fresh = self._new_segment_file(self.segment_bytes)
+            except OSError as exc:
+                raise self._segment_error(exc) from exc
+        try:
+            self._start_segment_after(fresh)
+        except OSError as exc:
+            self._fg_allocated += fresh.size
+            self._dead.append(fresh)  # maintain() deletes the file
+            raise self._segment_error(exc) from exc
+        self._append_error = None
+
+    def _segment_error(self, exc: OSError) -> SpoolError:
+        """A new segment could not be made: the error for the call (and log it, once
+        per episode)."""
+        description = _describe(exc, self.path)
+        if self._append_error is None:
+            logger.error(
+                "spool %r: cannot create a new segment (%s): new messages are refused "
+                "until there is room",
+                str(self.path),
+                description,
+            )
+        self._append_error = description
+        if exc.errno in _DISK_FULL:
+            return SpoolDiskFullError(
+                self.path,
+                f"spool {str(self.path)!r}: no space left on the device for a new segment "
+                f"({self.segment_bytes} bytes): nothing of the call was accepted ({exc})",
+            )
+        return SpoolError(
+            f"spool {str(self.path)!r}: cannot create a new segment: nothing of the call "
+            f"was accepted ({exc})"
+        )
+
+    def _start_segment_after(self, fresh: _Segment) -> None:
+        """Seal the active segment (if any) and make ``fresh`` the active one."""
         old = self._seg
-        assert old is not None
+        if old is None:  # opened on a full disk: the first segment of this run
+            self._start_segment(fresh, fresh.size)
+            return
+        # The new file first: if it fails, the active segment stays as it is.
+        self._start_segment(fresh, fresh.size)
         old.count = self._seq - old.first_seq
         if len(old.done) < old.count:
             old.done.extend(bytes(old.count - len(old.done)))
@@ -759,7 +995,6 @@ class Spool:
         del old.done[old.count :]
         old.sealed = True
         self._to_close.append(old)
-        self._start_segment(fresh, fresh.size)
         if old.ndone >= old.count:
             self._retire(old)
 
@@ -767,6 +1002,8 @@ class Spool:
         i = self._segments.index(seg)
         del self._segments[i]
         del self._firsts[i]
+        seg.view = None
+        self._unwritten.pop(seg, None)  # its records go with it: nothing to record
         self._dead.append(seg)
 
     # ------------------------------------------------------------------ appending
@@ -856,7 +1093,12 @@ class Spool:
 
         Raises:
             SpoolFullError: The whole batch does not fit in ``max_bytes``.
-            SpoolError: The spool is closed, or a record exceeds a segment.
+            SpoolDiskFullError: The disk has no room for a new segment the batch needs.
+            SpoolError: The spool is closed, or a record exceeds a segment, or a new
+                segment file cannot be made. (One exception to all or nothing: if the
+                directory is removed or made read-only between two segments of one
+                batch, the records written before stay; the producer never spools a
+                batch across segments.)
         """
         first = seq = self._seq
         topics = self._topics
@@ -997,10 +1239,12 @@ class Spool:
         try:
             while len(fresh) < new_segments:
                 fresh.append(self._new_segment_file(self.segment_bytes))
-        except BaseException:
+        except BaseException as exc:
             for seg in fresh:
                 self._fg_allocated += seg.size
                 self._dead.append(seg)  # maintain() deletes the files
+            if isinstance(exc, OSError):
+                raise self._segment_error(exc) from exc
             raise
         group: list[bytes] = []
         room = self._limit - self._pos
@@ -1072,12 +1316,10 @@ class Spool:
         if i < 0:
             raise ValueError(f"seq {seq} is in no segment of this spool")
         seg = self._segments[i]
-        fd = os.open(seg.path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            size = os.fstat(fd).st_size
-            buf = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
-        finally:
-            os.close(fd)
+        buf = seg.view
+        if buf is None:  # pragma: no cover - every segment of this run has a view
+            raise SpoolError(f"spool segment {seg.path.name} has no view to read")
+        size = len(buf)
         pos = _SEG_HEADER_SIZE
         for _ in range(seq - seg.first_seq):  # skip to seq by the records' lengths
             pos += _U32.unpack_from(buf, pos + 4)[0]
@@ -1098,6 +1340,8 @@ class Spool:
         Raises:
             ValueError: A seq this spool never gave out.
         """
+        if self._unwritten:
+            self._write_unwritten()
         if isinstance(seqs, list | tuple | range) and len(seqs) > 8 and self._confirm_run(seqs):
             return
         firsts = self._firsts
@@ -1158,19 +1402,83 @@ class Spool:
         return True
 
     def _write_acks(self, seg: _Segment, acks: array[int]) -> None:
+        held = self._unwritten.get(seg)
+        if held is not None:
+            acks = held + acks
+        if self._append_acks(seg, acks):
+            self._unwritten.pop(seg, None)
+            if not self._unwritten:
+                self._ack_error = None
+        else:
+            self._unwritten[seg] = acks
+        if seg.sealed and seg.ndone >= seg.count:
+            self._retire(seg)  # deleted: what it could not record does not matter
+
+    def _append_acks(self, seg: _Segment, acks: array[int]) -> bool:
+        """One frame of confirmations to the segment's ack log; False (logged at ERROR
+        once per episode) when the disk refuses it: then nothing of it is in the log."""
         body = acks.tobytes()
         frame = _ACK_FRAME.pack(len(acks), zlib.crc32(body)) + body
-        if seg.ack_fd < 0:
-            seg.ack_fd = os.open(
-                seg.ack_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644
-            )
-            self._dir_dirty = True
-        os.write(seg.ack_fd, frame)
+        try:
+            if seg.ack_fd < 0:
+                seg.ack_fd = os.open(
+                    seg.ack_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644
+                )
+                self._dir_dirty = True
+            written = _write(seg.ack_fd, frame)
+            if written != len(frame):
+                # Part of a frame (the disk filled in the middle): cut it, or the
+                # frames after it could not be read.
+                os.ftruncate(seg.ack_fd, seg.ack_bytes)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as exc:
+            if self._ack_error is None:
+                what = "no space left on the device" if exc.errno in _DISK_FULL else "an error"
+                logger.error(
+                    "spool %r: %s for the confirmation log (%s): delivery goes on; "
+                    "messages confirmed from now on are sent again by the next run "
+                    "unless the log can be written before it ends",
+                    str(self.path),
+                    what,
+                    exc,
+                )
+            self._ack_error = _describe(exc, self.path)
+            return False
         seg.ack_bytes += len(frame)
-        if seg.sealed and seg.ndone >= seg.count:
-            self._retire(seg)
+        return True
+
+    def _write_unwritten(self) -> None:
+        """Try again to record the confirmations a full disk held back."""
+        for seg, acks in list(self._unwritten.items()):
+            if not self._append_acks(seg, acks):
+                return
+            del self._unwritten[seg]
+        self._ack_error = None
 
     # ------------------------------------------------------------------ state
+
+    def directory_intact(self) -> bool:
+        """Whether the spool's files are still where the next :meth:`open` looks: its
+        ``LOCK`` file is the one this spool holds (``False`` once the directory was
+        removed or replaced). Blocking (one ``stat``)."""
+        try:
+            st = os.stat(self.path / "LOCK")
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self._lock_id
+
+    @property
+    def disk_error(self) -> str | None:
+        """The disk condition the spool is in, or ``None``: no room for a new segment
+        (new messages are refused), for the ack log (confirmations held in memory), or
+        for the spare segment."""
+        return self._append_error or self._ack_error or self._spare_error
+
+    @property
+    def unrecorded_confirmations(self) -> int:
+        """Confirmations a full disk keeps out of the ack logs (held in memory, written
+        when there is room; if the process ends first, those messages are sent again)."""
+        return sum(len(acks) for acks in self._unwritten.values())
 
     @property
     def used_bytes(self) -> int:
@@ -1201,9 +1509,22 @@ class Spool:
         """Whether :meth:`maintain` has work: segments to close or delete, no spare."""
         return bool(self._to_close or self._dead) or (
             self._spare is None
+            and (self._spare_error is None or self._spare_retry)  # see retry_spare()
             and not self._closed
             and self.used_bytes + self.segment_bytes <= self.max_bytes
         )
+
+    @property
+    def spare_failed(self) -> bool:
+        """The last try to create the spare segment failed (no room): :meth:`maintain`
+        tries again after :meth:`retry_spare`, or once it has deleted a segment."""
+        return self._spare_error is not None and not self._spare_retry
+
+    def retry_spare(self) -> None:
+        """Let the next :meth:`maintain` try to create the spare segment again (its
+        caller waits between tries: a full disk is not retried in a loop)."""
+        with self._io_lock:
+            self._spare_retry = self._spare_error is not None
 
     def has_room(self, nbytes: int) -> bool:
         """Whether a record of ``nbytes`` encoded bytes can be appended now.
@@ -1283,6 +1604,7 @@ class Spool:
             if not synced and self.sync_policy != "never" and seg.fd >= 0:
                 os.fsync(seg.fd)
             self._close_segment_files(seg, acks=False)
+        freed = False
         while self._dead:
             seg = self._dead.pop(0)
             self._close_segment_files(seg, acks=True)
@@ -1290,16 +1612,33 @@ class Spool:
             seg.ack_path.unlink(missing_ok=True)
             self._freed += seg.size
             self._dir_dirty = True
-        if self._spare is None and self.used_bytes + self.segment_bytes <= self.max_bytes:
+            freed = True
+        if (
+            self._spare is None
+            and (self._spare_error is None or freed or self._spare_retry)
+            and self.used_bytes + self.segment_bytes <= self.max_bytes
+        ):
+            self._spare_retry = False
             try:
                 spare = self._new_segment_file(self.segment_bytes)
             except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-                logger.warning("spool %s: no space for a spare segment: %s", self.path, exc)
+                # Not fatal: the next rotation tries (and refuses its call if it
+                # fails too). Logged once per episode; retried after retry_spare().
+                if self._spare_error is None:
+                    logger.warning(
+                        "spool %r: cannot create the spare segment (%s); trying again later",
+                        str(self.path),
+                        _describe(exc, self.path),
+                    )
+                self._spare_error = _describe(exc, self.path)
             else:
                 self._bg_allocated += spare.size
                 self._spare = spare
+                if self._spare_error is not None:
+                    logger.info(
+                        "spool %r: the spare segment could be created again", str(self.path)
+                    )
+                self._spare_error = None
 
     @staticmethod
     def _close_segment_files(seg: _Segment, *, acks: bool) -> None:
@@ -1333,12 +1672,32 @@ class Spool:
                 self._reader.close()
                 self._reader = None
             try:
+                if self._unwritten:
+                    self._write_unwritten()
+                    if self._unwritten:
+                        logger.error(
+                            "spool %r: %d confirmation(s) could not be written (%s): those "
+                            "messages will be sent again by the next run",
+                            str(self.path),
+                            self.unrecorded_confirmations,
+                            self.disk_error,
+                        )
                 if self.sync_policy != "never":
-                    for seg in [*self._to_close, *self._segments]:
-                        if seg.fd >= 0:
-                            os.fsync(seg.fd)
-                        if seg.ack_fd >= 0:
-                            os.fsync(seg.ack_fd)
+                    try:
+                        for seg in [*self._to_close, *self._segments]:
+                            if seg.fd >= 0:
+                                os.fsync(seg.fd)
+                            if seg.ack_fd >= 0:
+                                os.fsync(seg.ack_fd)
+                    except OSError as exc:
+                        # Not raised: the producer's exit must still say what it could
+                        # not deliver. What the kernel holds may still reach the disk.
+                        logger.error(
+                            "spool %r: the final fsync failed (%s): messages accepted "
+                            "since the last sync may not survive a power loss",
+                            str(self.path),
+                            exc,
+                        )
                 # Everything is sealed now; a fully confirmed active segment goes too.
                 active = self._seg
                 if active is not None and not active.sealed:
@@ -1361,18 +1720,29 @@ class Spool:
                     spare.path.unlink(missing_ok=True)
                     self._freed += spare.size
                 if self.sync_policy != "never":
-                    self._fsync_dir()
+                    try:
+                        self._fsync_dir()
+                    except OSError as exc:
+                        logger.error(
+                            "spool %r: cannot fsync the directory: %s", str(self.path), exc
+                        )
             finally:
                 self._closed = True
                 self._release_all()
 
     def _release_all(self) -> None:
-        for seg in [*self._to_close, *self._segments, *self._dead]:
+        spare = [self._spare] if self._spare is not None else []
+        for seg in [*self._to_close, *self._segments, *self._dead, *spare]:
             self._close_segment_files(seg, acks=True)
+            seg.view = None  # unmapped once no reader holds it
+        self._reader = None
         self._mm = None
         self._seg = None
         self._pos = 1
         self._limit = 0
+        if self._handed_fd >= 0:
+            os.close(self._handed_fd)
+            self._handed_fd = -1
         if self._lock_fd >= 0:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = -1

@@ -1,12 +1,12 @@
-"""The producer with a durable spool: accepted means durable.
+"""The durable spool's intake and keeper: accepted means durable.
 
-With ``spool_path`` set, :func:`open_producer` yields a :class:`SpooledProducer`: every
-message is written to the spool (:mod:`trio_producer._spool`) in the same synchronous
-step that accepts it, so when ``send`` returns the message survives ``kill -9`` of the
-process; the sync policy decides when it also survives a power cut. A delivery report
-confirms the message in the spool; what was not confirmed is sent again, first, by the
-next producer that opens the directory. Without a spool none of this code runs: the
-in-memory paths keep their speed.
+With ``spool_path`` set, :func:`open_producer` gives the producer a :class:`SpoolIntake`
+(see :mod:`trio_producer._intake`): every message is written to the spool
+(:mod:`trio_producer._spool`) in the same synchronous step that accepts it, so when
+``send`` returns the message survives ``kill -9`` of the process; the sync policy decides
+when it also survives a power cut. A delivery report confirms the message in the spool;
+what was not confirmed is sent again, first, by the next producer that opens the
+directory. Without a spool none of this code runs: the in-memory intake keeps its speed.
 
 Plain spooled messages (a topic, a value, maybe a key) carry their spool seq and go to
 librdkafka's batch call in runs, each run with one shared report callback
@@ -20,24 +20,24 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from typing import TYPE_CHECKING
 
 import attrs
 import trio
 
-from ._args import bulk_item, check_topic, make_item
+from ._args import bulk_item
 from ._batch import Route
 from ._client import TrackedReport
 from ._exceptions import ProducerClosedError
-from ._producer import Producer, ProducerStatistics
 from ._spool import HEADER_OVERHEAD, RECORD_OVERHEAD, Spool, SpoolError, SpoolRecord
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
-    from ._args import BulkMessage
     from ._batch import Pending
-    from ._message import Headers, RecordMetadata
+    from ._producer import ProducerStatistics
+    from ._worker import BatchChannel
 
 logger = logging.getLogger("trio_producer")
 
@@ -54,6 +54,10 @@ SEND_MANY_CHUNK = 1024
 #: forward). A broker that is merely slower than the sender is backpressure, as without a
 #: spool, and costs no read-back from the spool; one that is away does not stop the call.
 SPILL_AFTER = 0.5
+#: With no room on the disk for the spare segment, the keeper tries again after this
+#: many seconds, doubling up to SPARE_RETRY_MAX (and at once after it deleted a segment).
+SPARE_RETRY_MIN = 1.0
+SPARE_RETRY_MAX = 60.0
 _END = object()
 SPOOLED = Route.SPOOLED
 
@@ -174,6 +178,18 @@ class SpoolKeeper:
             self._wake.unpark_all()
         await self._room.park()
 
+    def check_can_sync(self) -> None:
+        """Refuse a message that ``spool_sync="always"`` must fsync when an fsync failed.
+
+        Raises:
+            SpoolError: It cannot be made durable (nothing was accepted).
+        """
+        if self.error is not None and self.spool.sync_policy == "always":
+            raise SpoolError(
+                f"spool {str(self.spool.path)!r}: an fsync failed ({self.error}): with "
+                "spool_sync='always' no new message is accepted"
+            ) from self.error
+
     async def wait_synced(self, seq: int) -> None:
         """Return once ``seq`` is fsynced (group commit: one fsync serves every waiter).
 
@@ -205,33 +221,61 @@ class SpoolKeeper:
 
     # ---- the background task ------------------------------------------------------------
 
+    def _sync_failed(self, exc: OSError) -> None:
+        """The disk refused an fsync (or the directory is gone): not a bug of this
+        library, and not a reason to stop delivering. Every sync waiter fails from now
+        on (``Producer.sync`` raises, ``spool_sync="always"`` refuses new messages);
+        accepted messages stay in memory and librdkafka, and are delivered or handed
+        back as usual. Logged at ERROR once."""
+        if self.error is None:
+            logger.error(
+                "spool %r: the disk failed under an fsync or maintenance (%s): messages "
+                "are still delivered, but the spool no longer promises that they survive "
+                "a power loss",
+                str(self.spool.path),
+                exc,
+            )
+            self.error = exc
+
     @enable_ki_protection
     async def run(self) -> None:
         """fsync on the policy's schedule, and maintain (rotate, delete) when due."""
         spool = self.spool
         interval = spool.sync_interval if spool.sync_policy == "interval" else None
+        backoff = SPARE_RETRY_MIN
+        retry_at = math.inf
         try:
             while True:
+                if not spool.spare_failed:
+                    backoff, retry_at = SPARE_RETRY_MIN, math.inf
+                elif retry_at == math.inf:  # no room for the spare: try again later
+                    retry_at = trio.current_time() + backoff
+                    backoff = min(2 * backoff, SPARE_RETRY_MAX)
                 if not (self._sync_wanted or spool.maintenance_due):
-                    with trio.move_on_after(interval if interval is not None else 3600):
+                    wait = interval if interval is not None and self.error is None else 3600
+                    with trio.move_on_at(min(trio.current_time() + wait, retry_at)):
                         await self._wake.park()
-                want_sync = self._sync_wanted or (
-                    interval is not None and spool.next_seq - 1 > spool.synced_seq
+                if spool.spare_failed and trio.current_time() >= retry_at:
+                    spool.retry_spare()
+                    retry_at = math.inf
+                want_sync = self.error is None and (
+                    self._sync_wanted
+                    or (interval is not None and spool.next_seq - 1 > spool.synced_seq)
                 )
                 self._sync_wanted = False
                 if want_sync:
-                    await trio.to_thread.run_sync(spool.sync)
+                    try:
+                        await trio.to_thread.run_sync(spool.sync)
+                    except OSError as exc:
+                        self._sync_failed(exc)
                     self._release_synced()
                     self._room.unpark_all()
                 elif spool.maintenance_due:
-                    await trio.to_thread.run_sync(spool.maintain)
+                    try:
+                        await trio.to_thread.run_sync(spool.maintain)
+                    except OSError as exc:
+                        self._sync_failed(exc)
                     self._room.unpark_all()
-        except OSError as exc:
-            # A disk that fails makes every sync waiter fail, loudly; accepted messages
-            # stay in memory and librdkafka, and are still delivered or handed back.
-            self.error = exc
-            logger.error("the spool failed: %r", exc)
-            raise
         finally:
             # Stopped (the producer closes) or failed: no send waits for an fsync that
             # will not come. The spool's close() fsyncs what is left (unless "never").
@@ -301,29 +345,49 @@ def recovered_batches(keeper: SpoolKeeper, size: int = 1000) -> Iterator[list[Pe
     keeper.recovery_done.set()
 
 
-class SpooledProducer(Producer):
-    """The producer handle when ``spool_path`` is set (see :class:`Producer`).
+class SpoolIntake:
+    """The intake when ``spool_path`` is set (see :class:`~trio_producer._intake.Intake`).
 
-    Each send method writes the message to the spool before it accepts it; a full
-    spool is backpressure like a full queue. :meth:`sync` waits until everything
-    accepted before it is fsynced.
+    Each message is written to the spool before it is accepted; a full spool is
+    backpressure like a full queue. :meth:`sync` waits until everything accepted before
+    it is fsynced. It tops the channel's batch up from its backlog (``channel.refill``).
     """
 
-    _keeper: SpoolKeeper
-    #: Store and forward: the first spooled message that is not in memory. While there
-    #: is such a backlog, new messages go to the spool only (to keep their order); the
-    #: channel tops its batch up from the spool as the worker takes batches.
-    _backlog_from: int | None = None
-
-    def _attach(self, keeper: SpoolKeeper) -> None:
+    def __init__(self, channel: BatchChannel, keeper: SpoolKeeper) -> None:
+        self._channel = channel
         self._keeper = keeper
-        self._channel.refill = self._refill
+        #: Store and forward: the first spooled message that is not in memory. While
+        #: there is such a backlog, new messages go to the spool only (to keep their
+        #: order); the channel tops its batch up from the spool as the worker takes
+        #: batches.
+        self._backlog_from: int | None = None
+        channel.refill = self._refill
+
+    def note_handing(self) -> None:
+        """Before the worker hands a batch to librdkafka (the tracker's
+        ``before_produce``): no record above the newest in memory can be in it (the
+        backlog and later messages are only in the spool)."""
+        start = self._backlog_from
+        self._keeper.spool.note_handed(
+            (start if start is not None else self._keeper.spool.next_seq) - 1
+        )
 
     def backlog(self) -> int:
         """Accepted messages that are only in the spool (not yet in memory)."""
         if self._backlog_from is None:
             return 0
         return self._keeper.spool.next_seq - self._backlog_from
+
+    def take_backlog(self) -> list[Pending]:
+        """Read every message that is only in the spool back into memory and end the
+        backlog (for the exit, when the spool can no longer keep them)."""
+        start = self._backlog_from
+        if start is None:
+            return []
+        keeper = self._keeper
+        records = keeper.spool.read_from(start, keeper.spool.next_seq - start)
+        self._backlog_from = None
+        return [pending_from_record(record, keeper.id_header) for record in records]
 
     def _refill(self) -> None:
         start = self._backlog_from
@@ -368,8 +432,15 @@ class SpooledProducer(Producer):
             self._backlog_from = seq
         return seq
 
-    async def _accept(self, item: Pending, size: int, waiter: trio.Event | None) -> None:
+    @property
+    def acceptor(self) -> SpoolIntake:
+        """It takes each message itself (:meth:`send`, :meth:`send_nowait`)."""
+        return self
+
+    async def send(self, item: Pending, size: int, waiter: trio.Event | None = None) -> None:
+        """Spool and accept one message, waiting for room (see :meth:`_accept_nowait`)."""
         await trio.lowlevel.checkpoint_if_cancelled()
+        self._keeper.check_can_sync()
         channel = self._channel
         while True:
             try:
@@ -381,7 +452,7 @@ class SpooledProducer(Producer):
                     await channel.wait_for_room()
                 await trio.lowlevel.checkpoint_if_cancelled()
                 continue
-            except ProducerClosedError:
+            except (ProducerClosedError, SpoolError):  # (SpoolError: nothing accepted)
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 raise
             break
@@ -390,41 +461,18 @@ class SpooledProducer(Producer):
             await self._keeper.wait_synced_uninterruptibly(seq)
         await trio.lowlevel.cancel_shielded_checkpoint()
 
-    @enable_ki_protection
-    async def send(
-        self,
-        topic: str,
-        value: bytes | str | None,
-        *,
-        key: bytes | str | None = None,
-        headers: Headers | None = None,
-        partition: int | None = None,
-        timestamp: int | None = None,
-    ) -> None:
-        item, size = make_item(topic, value, key, headers, partition, timestamp, None)
-        await self._accept(item, size, None)
-
-    @enable_ki_protection
-    def send_nowait(
-        self,
-        topic: str,
-        value: bytes | str | None,
-        *,
-        key: bytes | str | None = None,
-        headers: Headers | None = None,
-        partition: int | None = None,
-        timestamp: int | None = None,
-    ) -> None:
+    def send_nowait(self, item: Pending, size: int) -> None:
         if self._keeper.spool.sync_policy == "always":
             raise TypeError(
                 "send_nowait cannot wait for the fsync that spool_sync='always' promises; "
                 "use await send(), or spool_sync='interval'"
             )
-        item, size = make_item(topic, value, key, headers, partition, timestamp, None)
         self._accept_nowait(item, size, None)
 
-    @enable_ki_protection
-    async def send_many(self, topic: str, messages: Iterable[BulkMessage]) -> int:
+    async def accept_waiting(self, item: Pending, size: int, waiter: trio.Event) -> None:
+        await self.send(item, size, waiter)
+
+    async def accept_many(self, topic: str, messages: Iterable[object]) -> int:
         """See :meth:`Producer.send_many`. With a spool, it waits for room *before* it
         takes the next element (room for a record of up to ``SEND_MANY_ROOM`` bytes); a
         larger element that then does not fit is held while waiting, and if the call is
@@ -437,9 +485,9 @@ class SpooledProducer(Producer):
         is backpressure); after ``SPILL_AFTER`` seconds without any, it goes on into the
         spool alone (store and forward), letting other tasks run between chunks.
         """
-        check_topic(topic)
         await trio.lowlevel.checkpoint_if_cancelled()
         keeper = self._keeper
+        keeper.check_can_sync()
         spool = keeper.spool
         it = iter(messages)
         first_seq = spool.next_seq
@@ -628,59 +676,34 @@ class SpooledProducer(Producer):
             self._backlog_from = first + taken
         return first
 
-    @enable_ki_protection
-    async def send_and_wait(
-        self,
-        topic: str,
-        value: bytes | str | None,
-        *,
-        key: bytes | str | None = None,
-        headers: Headers | None = None,
-        partition: int | None = None,
-        timestamp: int | None = None,
-    ) -> RecordMetadata:
-        event = trio.Event()
-        item, size = make_item(topic, value, key, headers, partition, timestamp, None)
-        await self._accept(item, size, event)
-        tracked = item["callback"]
-        assert isinstance(tracked, TrackedReport)
-        return await self._wait_outcome(tracked, event)
-
-    @enable_ki_protection
-    async def flush(self) -> None:
+    async def flush_target(self) -> int:
         """See :meth:`Producer.flush`; also waits for what is only in the spool, and for
         the messages an earlier process left in it (recovered at open)."""
-        await trio.lowlevel.checkpoint_if_cancelled()
         channel = self._channel
-        if channel.closed:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            raise channel.closed_error()
         if not self._keeper.recovery_done.is_set():
             await self._keeper.recovery_done.wait()
             if channel.closed:
                 raise channel.closed_error()
-        target = channel.request_flush() + self.backlog()
-        await channel.wait_produced(target)
-        await self._tracker.wait_for_earlier()
-        await trio.lowlevel.cancel_shielded_checkpoint()
+        return channel.request_flush() + self.backlog()
 
-    def statistics(self) -> ProducerStatistics:
+    def statistics(self, stats: ProducerStatistics) -> ProducerStatistics:
         """See :meth:`Producer.statistics`; ``queued`` counts what is only in the spool."""
-        stats = super().statistics()
+        keeper = self._keeper
+        spool = keeper.spool
+        error = spool.disk_error
+        if keeper.error is not None:
+            error = f"the disk failed under an fsync ({str(spool.path)!r}): {keeper.error}"
         return attrs.evolve(
             stats,
             queued=stats.queued + self.backlog(),
-            spooled=self._keeper.spool.pending,
-            recovered=self._keeper.recovered,
+            spooled=spool.pending,
+            recovered=keeper.recovered,
+            spool_error=error,
+            spool_unrecorded=spool.unrecorded_confirmations,
         )
 
-    @enable_ki_protection
     async def sync(self) -> None:
-        """Wait until every message accepted before this call is fsynced in the spool.
-
-        Always a checkpoint. After it returns, those messages survive a power cut too
-        (with any sync policy).
-        """
+        """See :meth:`Producer.sync`."""
         await trio.lowlevel.checkpoint_if_cancelled()
         target = self._keeper.spool.next_seq - 1
         with trio.CancelScope(shield=True):

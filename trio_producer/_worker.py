@@ -13,12 +13,24 @@ channel's semantics where they matter --
 
 -- and hands the worker the whole pending batch in O(1), waking it once per batch
 (count/bytes trigger, linger deadline, flush request, or close).
+
+Fairness under backpressure: a ``send`` that finds the queue full parks *with its
+message*, in order. When the worker takes a batch it admits the parked messages, oldest
+first, into the room it just made, before any other task runs: so a send that arrives
+later (``send_nowait`` retried at every checkpoint, say) cannot take that room first,
+and a parked send gets in within the batches that free room for it and for the sends
+parked before it. The hot path pays nothing for it: while sends are parked the queue is
+full (room appears only where the worker takes a batch, and there it goes to them), so
+``send_nowait`` needs no extra check. ``send_many`` and the durable spool wait for room
+the old way (woken to retry after the parked sends were admitted).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Protocol
 
+import outcome
 import trio
 
 from ._batch import TRIGGERS, Batch, Pending
@@ -60,6 +72,8 @@ class BatchChannel:
         self._worker_lot = trio.lowlevel.ParkingLot()
         self._space_lot = trio.lowlevel.ParkingLot()
         self._progress_lot = trio.lowlevel.ParkingLot()
+        #: Sends parked with their message while the queue is full, oldest first.
+        self._parked: OrderedDict[trio.lowlevel.Task, tuple[Pending, int]] = OrderedDict()
         self._flush_requested = False
         #: Messages the worker has fully handed to the sink.
         self.produced = 0
@@ -112,28 +126,53 @@ class BatchChannel:
                 self._wake_worker()
 
     async def send(self, item: Pending, size: int) -> None:
-        """Accept one message, waiting while the channel is full.
+        """Accept one message, waiting while the channel is full (parked in order, see
+        the module's docstring).
 
         Always a checkpoint. If it raises (``Cancelled`` included), the message was
         not accepted; if it returns, it was.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        while True:
-            try:
-                self.send_nowait(item, size)
-            except ProducerClosedError:
-                await trio.lowlevel.cancel_shielded_checkpoint()  # a checkpoint on every path
-                raise
-            except trio.WouldBlock:
-                await self.wait_for_room()
-                # Woken by the worker or by close(): if the caller was cancelled
-                # meanwhile (the producer failed and cancelled the block), that
-                # cancellation -- not a secondary ProducerClosedError -- is the answer.
-                await trio.lowlevel.checkpoint_if_cancelled()
-            else:
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                return
+        try:
+            self.send_nowait(item, size)
+        except ProducerClosedError:
+            await trio.lowlevel.cancel_shielded_checkpoint()  # a checkpoint on every path
+            raise
+        except trio.WouldBlock:
+            await self._park(item, size)
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
+    async def _park(self, item: Pending, size: int) -> None:
+        """Wait in line with the message until the worker admits it (it is then
+        accepted) or the channel closes (it is not; ``ProducerClosedError``). Cancelled
+        while waiting: taken out of the line, not accepted."""
+        parked = self._parked
+        task = trio.lowlevel.current_task()
+        parked[task] = (item, size)
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            del parked[task]
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        if not await trio.lowlevel.wait_task_rescheduled(abort):
+            # Closed. If the caller was cancelled meanwhile (the producer failed and
+            # cancelled the block), that cancellation -- not a secondary
+            # ProducerClosedError -- is the answer.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            raise self.closed_error()
+
+    def _admit_parked(self) -> None:
+        """Append parked messages, oldest first, while there is room (the worker, right
+        after it took a batch); each one's send then returns: accepted."""
+        parked = self._parked
+        batch = self.batch
+        while parked and batch.has_room():
+            task, (item, size) = parked.popitem(last=False)
+            batch.append(item, size)
+            trio.lowlevel.reschedule(task, outcome.Value(True))
+
+    @trio.lowlevel.enable_ki_protection  # (a parked send popped must be rescheduled)
     def close(self, reason: str | None = None, *, failed: bool = False) -> None:
         """Stop accepting messages (sync, idempotent). Pending ones are still handed out.
 
@@ -145,6 +184,9 @@ class BatchChannel:
                 self.closed_reason = reason
             self.closed_by_failure = failed
         self.closed = True
+        while self._parked:  # not accepted
+            task, _ = self._parked.popitem(last=False)
+            trio.lowlevel.reschedule(task, outcome.Value(False))
         self._worker_lot.unpark_all()
         self._space_lot.unpark_all()
 
@@ -204,6 +246,8 @@ class BatchChannel:
         reason = reason or "linger"
         self.batches[reason] += 1
         items = batch.take()
+        if self._parked:
+            self._admit_parked()
         if refill is not None:
             refill()
         self._space_lot.unpark_all()

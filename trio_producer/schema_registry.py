@@ -91,9 +91,10 @@ class ThreadedSerializer(Serializer):  # type: ignore[misc, unused-ignore]
     **Cancellation.** A thread call is abandoned on cancellation
     (``abandon_on_cancel=True``): the send raises :class:`trio.Cancelled` at once and
     nothing is accepted, while the thread finishes on its own (confluent's registration is
-    idempotent). Configure the client's ``timeout`` (seconds): confluent's default is no
-    timeout, so a black-holed registry holds a worker thread -- and a ``limiter`` token --
-    forever.
+    idempotent). A Ctrl-C likewise: it abandons a thread call, and interrupts a call on
+    the Trio thread (serializers run unprotected from ``KeyboardInterrupt``). Configure
+    the client's ``timeout`` (seconds): confluent's default is no timeout, so a
+    black-holed registry holds a worker thread -- and a ``limiter`` token -- forever.
 
     **Checkpoints.** Every call is a checkpoint: the inline path checkpoints before it
     serializes, so a cancelled call never loses a result.

@@ -129,14 +129,20 @@ class Field(Generic[T]):
         return f"<{self.name}_serializer {self.fn!r}>"
 
     # Not protected from KeyboardInterrupt (the send methods are): a serializer that
-    # blocks must not hold off Ctrl-C, and nothing is accepted while it runs.
+    # blocks must not hold off Ctrl-C, and nothing is accepted while it runs. Trio
+    # decides by the code objects of the frames on the stack, innermost marked one
+    # first, so this marks the frame that calls a sync serializer, and serialize()'s
+    # frame, the one that awaits (and so runs) an async serializer's coroutine.
     @trio.lowlevel.disable_ki_protection
     def call(self, obj: object, topic: str, headers: SerializerHeaders) -> object:
-        """Call the serializer: the bytes (checked), or an awaitable for :meth:`finish`."""
+        """Call the serializer: the bytes (checked), or an awaitable for :meth:`serialize`."""
         try:
             out = self.fn(obj, topic, headers)
         except Exception as exc:
             raise SerializationError(self.name, topic, obj, exc) from exc
+        except KeyboardInterrupt as exc:
+            self.note_interrupted(exc, topic)
+            raise
         if inspect.isawaitable(out):
             return out
         return self.check(out, topic, obj)
@@ -156,6 +162,7 @@ class Field(Generic[T]):
         )
         raise SerializationError(self.name, topic, obj, problem) from problem
 
+    @trio.lowlevel.disable_ki_protection
     async def serialize(self, obj: object, topic: str, headers: SerializerHeaders) -> bytes | None:
         """Call the serializer and await what it returns, if it is awaitable."""
         out = self.call(obj, topic, headers)
@@ -165,7 +172,16 @@ class Field(Generic[T]):
             result = await cast("Awaitable[object]", out)
         except Exception as exc:
             raise SerializationError(self.name, topic, obj, exc) from exc
+        except KeyboardInterrupt as exc:
+            self.note_interrupted(exc, topic)
+            raise
         return self.check(result, topic, obj)
+
+    def note_interrupted(self, exc: KeyboardInterrupt, topic: str) -> None:
+        exc.add_note(
+            f"trio_producer: interrupted while the {self.name}_serializer ran for a message "
+            f"to topic {topic!r}: that message was not accepted"
+        )
 
     def check(self, out: object, topic: str, obj: object) -> bytes | None:
         if type(out) is bytes or out is None:
@@ -205,4 +221,25 @@ def _adapt(field: str, serializer: object) -> tuple[Callable[..., object], bool]
 
         with_context.__qualname__ = f"confluent:{type(serializer).__name__}"
         return with_context, is_async
+    _check_arity(field, serializer)
     return serializer, is_async
+
+
+def _check_arity(field: str, serializer: Callable[..., object]) -> None:
+    """Refuse a one-argument serializer (aiokafka's ``obj -> bytes``) at open, with the fix."""
+    try:
+        signature = inspect.signature(serializer)
+    except (TypeError, ValueError):
+        return  # (a builtin without a signature: it is tried at the first send)
+    try:
+        signature.bind(None, "topic", [])
+    except TypeError:
+        try:
+            signature.bind(None)
+        except TypeError:
+            return  # some other shape: the first send says what is wrong
+        raise TypeError(
+            f"{field}_serializer {serializer!r:.60} takes one argument (aiokafka's "
+            "obj -> bytes); a trio_producer serializer takes (obj, topic, headers): wrap "
+            f"it, {field}_serializer=lambda obj, topic, headers: f(obj)"
+        ) from None

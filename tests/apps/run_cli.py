@@ -14,6 +14,6 @@ import sys
 
 signal.signal(signal.SIGINT, signal.default_int_handler)
 
-from trio_producer._cli import main  # noqa: E402
+from trio_producer.cli import main  # noqa: E402
 
 sys.exit(main(sys.argv[1:]))

@@ -10,14 +10,14 @@
   back what was produced.
 """
 
+from .._admin import consume_all as consume_all
+from .._admin import create_topics as create_topics
+from .._admin import delete_topics as delete_topics
+from .._embedded import BOOTSTRAP_ENV as BOOTSTRAP_ENV
+from .._embedded import BrokerError as BrokerError
+from .._embedded import EmbeddedBroker as EmbeddedBroker
+from .._embedded import free_port as free_port
 from .._message import ConsumedRecord as ConsumedRecord
-from ._admin import consume_all as consume_all
-from ._admin import create_topics as create_topics
-from ._admin import delete_topics as delete_topics
-from ._broker import BOOTSTRAP_ENV as BOOTSTRAP_ENV
-from ._broker import BrokerError as BrokerError
-from ._broker import EmbeddedBroker as EmbeddedBroker
-from ._broker import free_port as free_port
 from ._sink import RecordingSink as RecordingSink
 
 __all__ = [

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from ._admin import create_topics
-from ._broker import BOOTSTRAP_ENV, EmbeddedBroker
+from .._admin import create_topics
+from .._embedded import BOOTSTRAP_ENV, EmbeddedBroker
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -1,4 +1,8 @@
-"""An embedded Kafka-compatible broker (Tansu) for tests, demos and local development."""
+"""An embedded Kafka-compatible broker (Tansu) for tests, demos and local development.
+
+Used by the CLI (``demo``, ``broker``) and the pytest fixtures; ``trio_producer.testing``
+re-exports it.
+"""
 
 from __future__ import annotations
 
