@@ -161,7 +161,7 @@ def test_sigterm_drains(doc_topics: str) -> None:
 def test_testing_page_works_in_an_empty_project(tmp_path: Path) -> None:
     """The files that docs/testing.rst names (by caption), alone in a new project, pass."""
     files = {caption: text for _, caption, text in code_blocks(DOCS / "testing.rst") if caption}
-    assert set(files) == {"pyproject.toml", "tests/test_orders.py"}
+    assert set(files) == {"pyproject.toml", "tests/test_orders.py", "tests/test_notifications.py"}
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
@@ -176,7 +176,7 @@ def test_testing_page_works_in_an_empty_project(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "1 passed" in proc.stdout, proc.stdout
+    assert "4 passed" in proc.stdout, proc.stdout
 
 
 @broker

@@ -100,6 +100,22 @@ def error_info(err: object) -> KafkaErrorInfo:
     return KafkaErrorInfo(code=-1, name=type(err).__name__, reason=str(err))
 
 
+def kafka_error(name: str) -> KafkaErrorInfo:
+    """librdkafka's own :class:`KafkaErrorInfo` for an error name (its code and its words),
+    for the fake producer of ``trio_producer.testing``.
+
+    Raises:
+        ValueError: ``name`` is not one of librdkafka's error names.
+    """
+    code = getattr(KafkaError, name, None)
+    if not isinstance(code, int):
+        raise ValueError(
+            f"{name!r} is not a librdkafka error name (e.g. 'MSG_SIZE_TOO_LARGE', "
+            "'_MSG_TIMED_OUT', 'NOT_ENOUGH_REPLICAS'): see confluent_kafka.KafkaError"
+        )
+    return error_info(KafkaError(code))
+
+
 def normalize_headers(headers: object) -> list[tuple[str, bytes | None]] | None:
     """Headers of a consumed record as ``(name, bytes-or-None)`` pairs."""
     if headers is None:

@@ -135,7 +135,12 @@ class MemoryIntake:
 
     async def sync(self) -> None:
         await trio.lowlevel.checkpoint()
-        raise ConfigError(
-            "sync() waits for the durable spool, and this producer has none: open it "
-            "with spool_path=... (accepted messages are then written to disk)"
-        )
+        raise no_spool_to_sync()
+
+
+def no_spool_to_sync() -> ConfigError:
+    """What ``sync()`` raises on a producer without a durable spool."""
+    return ConfigError(
+        "sync() waits for the durable spool, and this producer has none: open it "
+        "with spool_path=... (accepted messages are then written to disk)"
+    )

@@ -6,6 +6,9 @@
   ``kafka_topic`` (a fresh topic per test), registered as a pytest plugin.
   ``TRIO_PRODUCER_TEST_BOOTSTRAP=host:port`` points them at an external broker.
 * :class:`RecordingSink` -- a fake of the client for unit tests of batching.
+* :func:`open_fake_producer` -- a :class:`FakeProducer`: the producer's API with no
+  broker, for unit tests of application code (records what was sent, fails what it is
+  told to, goes unreachable).
 * :func:`create_topics` and :func:`consume_all` -- an admin and a consumer, to read
   back what was produced.
 """
@@ -18,6 +21,8 @@ from .._embedded import BrokerError as BrokerError
 from .._embedded import EmbeddedBroker as EmbeddedBroker
 from .._embedded import free_port as free_port
 from .._message import ConsumedRecord as ConsumedRecord
+from ._fake import FakeProducer as FakeProducer
+from ._fake import open_fake_producer as open_fake_producer
 from ._sink import RecordingSink as RecordingSink
 
 __all__ = [
@@ -25,9 +30,11 @@ __all__ = [
     "BrokerError",
     "ConsumedRecord",
     "EmbeddedBroker",
+    "FakeProducer",
     "RecordingSink",
     "consume_all",
     "create_topics",
     "delete_topics",
     "free_port",
+    "open_fake_producer",
 ]
