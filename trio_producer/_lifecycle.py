@@ -463,7 +463,7 @@ async def _running(
         # not delivered for a next run. Hand it all back instead, read from the
         # mappings that outlive the files.
         assert isinstance(producer, SpooledProducer)
-        backlog = producer.take_backlog()
+        backlog = keeper.take_unhanded_recovered() + producer.take_backlog()
         logger.error(
             "the spool directory %r was removed while the producer ran: the %d "
             "undelivered message(s) it held are handed back, not kept",

@@ -292,12 +292,12 @@ async def run_worker(
     task_status.started()
     for items in first:
         # Messages an earlier process left in the durable spool: before anything new.
-        # They were not accepted by this producer: what is not produced when it stops
-        # simply stays in the spool.
-        pos = 0
+        # What is not produced when it stops stays in the spool -- or, if the spool
+        # directory is gone, is handed back: each chunk keeps only what is left of it.
         while True:
-            pos = sink.produce(items, pos)
-            if pos >= len(items):
+            pos = sink.produce(items, 0)
+            del items[:pos]
+            if not items:
                 break
             await sink.wait_for_space()
     while True:
