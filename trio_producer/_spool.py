@@ -9,7 +9,7 @@ Layout of a spool directory::
 
     LOCK                        fcntl.flock'ed by the owning process; holds its pid
     HANDED                      the hand-off mark: no seq above it was handed to Kafka
-    0000000000000007.seg        a segment: 64-byte header, then CRC-framed records
+    0000000000000007.seg        a segment: 64-byte header (with its seal), then records
     0000000000000007.ack        its ack log: CRC-framed batches of confirmed seqs
     spare-<hex>.tmp             a preallocated segment waiting to become the next one
 
@@ -28,15 +28,24 @@ Record framing (little-endian)::
 
     header: u16 name length | i32 value length (-1: None) | name | value
 
+Segment header: ``_SEG_HEAD`` and its crc32 (48 bytes), then the seal (``_SEAL``: the
+end seq, one past the last record, with a crc32 chained from the header's), written when
+the segment stops taking records: at a rotation, at ``close``, when recovery keeps it.
+
 Recovery reads records until the zeros. A record whose checksum fails, followed by valid
 ones, is corrupt: skipped, counted, logged at ERROR. Invalid bytes with nothing valid
-after them are a torn tail (a crash mid-append) in the newest segment only: cut off and
-counted. A segment that a later one follows was sealed by a rotation after its last
-record was written whole: any damage in it, and records missing before the next
-segment's first seq, is corruption. A copy is not
-ordered (``memcpy`` of a large batch may store its end before its start), so
-``append_many`` (and ``append_values``) writes its first record's magic last: a zero
-magic followed by data is a batch that never returned, cut off as a torn tail too.
+after them are a torn tail (a crash mid-append) in the newest unsealed segment only: cut
+off and counted. A sealed segment (or one a later segment follows) had its records
+written whole: any damage in it, and records missing before its end (or the next
+segment's first seq), is corruption. A copy is not ordered (``memcpy`` of a large batch
+may store its end before its start), so ``append_many`` (and ``append_values``) writes
+its first record's magic last: a zero magic followed by data is a batch that never
+returned, cut off as a torn tail too -- unless the record is proven accepted: in the
+newest segment every seq up to the hand-off mark, or up to the highest in its ack log,
+was accepted, and is corruption when damaged or missing (a file that ends inside a
+record is damage too: a preallocated file does not shrink through a crash). A segment
+file gone while its ack log remains: its unconfirmed seqs up to the next segment's first
+are counted lost.
 
 Threading rule: ``append``, ``append_many``, ``append_values``, ``confirm`` and
 ``confirm_many`` belong to one thread (the event loop). ``sync``, ``maintain`` and
