@@ -793,7 +793,9 @@ class Spool:
                     # through a crash, so this is damage: the record, and every seq
                     # proven accepted after it, is lost.
                     upto = max(proven, this if this is not None else -1)
-                    found = self._report_lost(found, seg_path, pos, size - pos, prev_seq, upto + 1)
+                    found = self._report_lost(
+                        found, seg_path, pos, size - pos, prev_seq, upto + 1, cut_short=True
+                    )
                     top = max(top, upto)
                     tail_reported = True
                     break
@@ -915,12 +917,17 @@ class Spool:
         nbytes: int,
         prev_seq: int | None,
         next_seq: int | None,
+        *,
+        cut_short: bool = False,
     ) -> SpoolRecovery:
         """Count and log (ERROR) records lost to damage between ``prev_seq`` and
-        ``next_seq`` (exclusive; ``None``: unknown, then at least one is counted)."""
+        ``next_seq`` (exclusive; ``None``: unknown, then at least one is counted).
+        ``cut_short``: the file ends early, records after ``next_seq`` may be lost too."""
         if prev_seq is not None and next_seq is not None:
             lost = max(next_seq - prev_seq - 1, 0)
             seqs = f"seqs {prev_seq + 1}..{next_seq - 1} lost" if lost else "no seq lost"
+            if cut_short:
+                seqs += " (at least: the file ends inside a record)"
         else:
             lost = 1
             seqs = "seqs unknown lost (at least 1)"
