@@ -424,7 +424,13 @@ async def _running(
                 _background,
                 worker_scope,
                 worker_done,
-                partial(run_worker, channel, _sink(tracker), first=first),
+                partial(
+                    run_worker,
+                    channel,
+                    _sink(tracker),
+                    first=first,
+                    on_handed=keeper.recovered_handed if keeper is not None else None,
+                ),
                 state,
             )
             try:

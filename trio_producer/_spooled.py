@@ -108,15 +108,21 @@ class SpoolKeeper:
         #: The recovered messages not yet handed to librdkafka: what is left of the chunk
         #: the worker holds, then ``spool.recovered`` from ``recovered_next`` on.
         self.recovered_chunk: list[Pending] = []
+        self.recovered_pos = 0
         self.recovered_next = 0
 
     # ---- on the Trio thread ---------------------------------------------------------------
+
+    def recovered_handed(self, pos: int) -> None:
+        """The worker handed the current recovered chunk up to ``pos`` to librdkafka."""
+        self.recovered_pos = pos
 
     def take_unhanded_recovered(self) -> list[Pending]:
         """The recovered messages never handed to librdkafka, in order, for the exit when
         the spool can no longer keep them (its directory is gone); forgotten here."""
         records = self.spool.recovered[self.recovered_next :]
-        rest = self.recovered_chunk + [pending_from_record(r, self.id_header) for r in records]
+        rest = self.recovered_chunk[self.recovered_pos :]
+        rest += [pending_from_record(r, self.id_header) for r in records]
         self.recovered_chunk = []
         self.spool.recovered.clear()
         return rest
@@ -355,9 +361,10 @@ def recovered_batches(keeper: SpoolKeeper, size: int = 1000) -> Iterator[list[Pe
     id_header = keeper.id_header
     for start in range(0, len(records), size):
         chunk = [pending_from_record(r, id_header) for r in records[start : start + size]]
-        # What take_unhanded_recovered() hands back: the worker deletes from the chunk
-        # what it handed to librdkafka.
+        # What take_unhanded_recovered() hands back: the worker says how much of the
+        # chunk it handed to librdkafka (recovered_handed).
         keeper.recovered_chunk = chunk
+        keeper.recovered_pos = 0
         keeper.recovered_next = start + size
         yield chunk
     records.clear()  # handed to librdkafka: the spool keeps them until confirmed
