@@ -27,6 +27,7 @@ from trio_producer._spool import (
     SpoolLockedError,
     SpoolRecord,
     _parse_record,
+    _seg_name,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -172,6 +173,8 @@ def _one_segment_spool(path: Path, n: int = 6) -> Path:
 
 @pytest.mark.parametrize("how", ["truncated", "zeroed"])
 def test_torn_tail_is_cut_and_counted_at_every_offset(tmp_path: Path, how: str) -> None:
+    """A partly written last record is a torn tail; a file that ends inside one is damage
+    (a preallocated file cannot shrink through a crash): counted lost, not cut."""
     seg = _one_segment_spool(tmp_path / "orig")
     original = seg.read_bytes()
     start, length = record_offsets(seg)[-1]
@@ -187,13 +190,19 @@ def test_torn_tail_is_cut_and_counted_at_every_offset(tmp_path: Path, how: str) 
             assert [r.seq for r in spool.recovered] == [0, 1, 2, 3, 4], cut
             assert spool.recovered[4].value == b"value-4" * 3
             tail = len(original[start:cut].rstrip(b"\0"))
-            assert spool.recovery.torn_tail_bytes == tail, cut
-            assert spool.recovery.torn_tails == (1 if tail else 0), cut
-            assert spool.recovery.corrupt_records == 0
-        # The tail was cut: a second recovery finds nothing torn.
+            if how == "truncated":
+                assert spool.recovery.torn_tail_bytes == 0, cut
+                assert spool.recovery.corrupt_records == (1 if cut > start else 0), cut
+            else:
+                assert spool.recovery.torn_tail_bytes == tail, cut
+                assert spool.recovery.torn_tails == (1 if tail else 0), cut
+                assert spool.recovery.corrupt_records == 0
+        # The tail was cut (the damage was not: found again).
         with Spool.open(work, max_bytes=1 << 20, segment_bytes=64 << 10) as spool:
             assert len(spool.recovered) == 5
             assert spool.recovery.torn_tails == 0
+            if how == "truncated":
+                assert spool.recovery.corrupt_records == (1 if cut > start else 0), cut
         shutil.rmtree(work)
 
 
@@ -1148,3 +1157,178 @@ def test_a_real_full_disk(small_disk: Path) -> None:
         crash(spool)
     with Spool.open(path, max_bytes=1 << 30, segment_bytes=16 * SEG) as spool:
         assert [r.value for r in spool.recovered] == [b"x" * 1000, b"after"]
+
+
+def _errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+
+
+@pytest.mark.parametrize("sealed_by", ["rotation", "recovery"])
+def test_a_sealed_segment_left_newest_keeps_its_damage_corruption(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, sealed_by: str
+) -> None:
+    """Found by the attack after #22: once the later, fully confirmed segment was
+    deleted (by close(), or the empty one a recovering run made), a sealed segment was
+    the newest file again and damage at its last record was cut as a torn tail. The seal
+    is written into its header, so it survives the deletion of the segments after it."""
+    spool = Spool.open(tmp_path, max_bytes=16 * SEG, segment_bytes=SEG)
+    if sealed_by == "rotation":
+        while len(segment_files(tmp_path)) < 2:
+            spool.append("t", b"x" * 200)
+        first1 = spool._segments[1].first_seq
+        spool.append("t", b"x" * 200)
+        spool.confirm_many(range(first1, spool.next_seq))  # the later segment: delivered
+        spool.close()
+    else:
+        for _ in range(10):
+            spool.append("t", b"x" * 200)
+        first1 = spool.next_seq
+        crash(spool)
+        Spool.open(tmp_path, max_bytes=16 * SEG, segment_bytes=SEG).close()  # recovers
+    segs = segment_files(tmp_path)
+    assert [s.name for s in segs] == ["0000000000000000.seg"]
+    start, length = record_offsets(segs[0])[-1]
+    data = bytearray(segs[0].read_bytes())
+    data[start + length - 10] ^= 0xFF
+    segs[0].write_bytes(bytes(data))
+    with caplog.at_level(logging.INFO, logger="trio_producer"):
+        spool = Spool.open(tmp_path, max_bytes=16 * SEG, segment_bytes=SEG)
+    with spool:
+        assert [r.seq for r in spool.recovered] == list(range(first1 - 1))
+        assert (spool.recovery.torn_tails, spool.recovery.corrupt_records) == (0, 1)
+        assert spool.next_seq == first1
+    errors = _errors(caplog)
+    assert len(errors) == 1, errors
+    assert f"seqs {first1 - 1}..{first1 - 1} lost" in errors[0]
+
+
+def test_a_missing_middle_segment_with_its_ack_log_left_is_counted_lost(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by the attack after #22: a middle segment file gone while its ack log
+    stayed: its unconfirmed records vanished silently and the orphan log was deleted."""
+    spool = Spool.open(tmp_path, max_bytes=32 * SEG, segment_bytes=SEG)
+    while len(spool._segments) < 3:
+        spool.append("t", b"x" * 200)
+    first1, first2 = spool._segments[1].first_seq, spool._segments[2].first_seq
+    spool.confirm_many([0, first1])
+    total = spool.next_seq
+    crash(spool)
+    (tmp_path / _seg_name(1)).unlink()
+    with caplog.at_level(logging.INFO, logger="trio_producer"):
+        spool = Spool.open(tmp_path, max_bytes=32 * SEG, segment_bytes=SEG)
+    with spool:
+        expected = [s for s in range(total) if s != 0 and not first1 <= s < first2]
+        assert [r.seq for r in spool.recovered] == expected
+        assert spool.recovery.corrupt_records == first2 - first1 - 1
+    errors = _errors(caplog)
+    assert len(errors) == 1, errors
+    assert f"seqs {first1}..{first2 - 1} missing" in errors[0]
+    assert f"{first2 - first1 - 1} unconfirmed record(s) lost" in errors[0]
+
+
+@pytest.mark.parametrize("evidence", ["handed", "acked"])
+def test_a_zeroed_magic_in_the_newest_segment_before_accepted_records_is_corruption(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, evidence: str
+) -> None:
+    """Found by the attack after #22: a zeroed magic in the middle of the newest segment
+    was taken for an unfinished batch and everything after it cut (and zeroed), though
+    the hand-off mark or the ack log proved those records accepted."""
+    spool = Spool.open(tmp_path, max_bytes=32 * SEG, segment_bytes=4 * SEG)
+    for i in range(20):
+        spool.append("t", b"msg%02d" % i)
+    if evidence == "handed":
+        spool.note_handed(19)
+    spool.confirm_many([15, 16])
+    crash(spool)
+    seg = segment_files(tmp_path)[0]
+    start, _ = record_offsets(seg)[10]
+    data = bytearray(seg.read_bytes())
+    data[start : start + 4] = bytes(4)
+    seg.write_bytes(bytes(data))
+    expected = [s for s in range(20) if s not in (10, 15, 16)]
+    for _ in range(2):  # and nothing was cut: the next recovery finds the same
+        with caplog.at_level(logging.INFO, logger="trio_producer"):
+            spool = Spool.open(tmp_path, max_bytes=32 * SEG, segment_bytes=4 * SEG)
+        assert [r.seq for r in spool.recovered] == expected
+        assert (spool.recovery.torn_tails, spool.recovery.corrupt_records) == (0, 1)
+        crash(spool)
+    errors = _errors(caplog)
+    assert len(errors) == 2, errors
+    assert "seqs 10..10 lost" in errors[0]
+
+
+@pytest.mark.parametrize("handed", [False, True])
+def test_a_truncated_newest_segment_is_damage_never_a_torn_tail(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, handed: bool
+) -> None:
+    """Found by the attack after #22: a preallocated file cannot shrink through a
+    crash; cut short in the middle of its records it was taken for a torn tail."""
+    spool = Spool.open(tmp_path, max_bytes=32 * SEG, segment_bytes=4 * SEG)
+    for i in range(20):
+        spool.append("t", b"msg%02d" % i + b"." * 100)
+    if handed:
+        spool.note_handed(19)
+    crash(spool)
+    seg = segment_files(tmp_path)[0]
+    start, _ = record_offsets(seg)[10]
+    os.truncate(seg, start + 20)
+    with caplog.at_level(logging.INFO, logger="trio_producer"):
+        spool = Spool.open(tmp_path, max_bytes=32 * SEG, segment_bytes=4 * SEG)
+    with spool:
+        assert [r.seq for r in spool.recovered] == list(range(10))
+        lost = 10 if handed else 1
+        assert (spool.recovery.torn_tails, spool.recovery.corrupt_records) == (0, lost)
+        assert spool.next_seq == 20 if handed else spool.next_seq == 11
+    errors = _errors(caplog)
+    assert len(errors) == 1, errors
+    assert f"seqs 10..{9 + lost} lost" in errors[0]
+
+
+def test_a_damaged_header_counts_the_lost_records_from_the_neighbouring_seqs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by the attack after #22: with the header and first records of a sealed
+    segment zeroed, "at least 1" was counted where 3 were lost."""
+    segs, per = _three_segment_spool(tmp_path)
+    offsets = record_offsets(segs[1])
+    cut = offsets[3][0]  # the header and the first 3 records
+    data = bytearray(segs[1].read_bytes())
+    data[:cut] = bytes(cut)
+    segs[1].write_bytes(bytes(data))
+    with caplog.at_level(logging.INFO, logger="trio_producer"):
+        spool = Spool.open(tmp_path, max_bytes=16 * SEG, segment_bytes=SEG)
+    with spool:
+        lost = [per, per + 1, per + 2]
+        assert [r.seq for r in spool.recovered] == [s for s in range(2 * per + 5) if s not in lost]
+        assert (spool.recovery.torn_tails, spool.recovery.corrupt_records) == (0, 3)
+    errors = _errors(caplog)
+    assert f"seqs {per}..{per + 2} lost" in errors[-1], errors
+
+
+def test_reopening_when_the_new_segment_cannot_be_renamed_recovers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by the attack after #22: only the new segment's creation was guarded at
+    open: a full disk refusing its rename made Spool.open raise (nothing recovered) and
+    leaked the spare file and its descriptor."""
+    spool = Spool.open(tmp_path, max_bytes=16 * SEG, segment_bytes=SEG)
+    seqs = [spool.append("t", b"m%d" % i) for i in range(5)]
+    spool.close()
+    fds = len(os.listdir("/proc/self/fd"))
+
+    def rename(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "rename", rename)
+        with caplog.at_level(logging.ERROR, logger="trio_producer"):
+            spool = Spool.open(tmp_path, max_bytes=16 * SEG, segment_bytes=SEG)
+    assert [r.seq for r in spool.recovered] == seqs
+    assert spool.disk_error is not None
+    assert "no space left" in spool.disk_error
+    assert not list(tmp_path.glob("spare-*"))
+    assert "opened without a segment for new messages" in _errors(caplog)[0]
+    assert spool.append("t", b"new") == 5  # the disk has room again
+    spool.close()
+    assert len(os.listdir("/proc/self/fd")) == fds

@@ -1022,3 +1022,36 @@ async def test_duplicates_possible_counts_only_what_reached_librdkafka(
         # The hand-off mark: the newest message in memory when a batch went to
         # librdkafka (an upper bound; the backlog behind it never left the spool).
         assert reopened.recovery.duplicates_possible == in_memory
+
+
+async def test_a_spool_directory_removed_hands_back_the_recovered_messages_too(
+    kafka_topic: str, tmp_path: Path
+) -> None:
+    """Found by the attack after #22: the exit handed back only this run's backlog when
+    the directory was removed; recovered messages not yet handed to librdkafka were
+    lost (300 left by a run, 10 came back)."""
+    spool = tmp_path / "spool"
+    sent = [b"m-%d" % i for i in range(300)]
+    with silent_listener() as dead:
+        address = f"127.0.0.1:{dead.getsockname()[1]}"
+        with pytest.raises(UndeliveredMessagesError) as raised:
+            async with open_producer(
+                bootstrap_servers=address, spool_path=str(spool), close_timeout=0.5
+            ) as producer:
+                await producer.send_many(kafka_topic, sent)
+        assert raised.value.spool_path == str(spool)
+        with pytest.raises(UndeliveredMessagesError) as raised:
+            async with open_producer(
+                bootstrap_servers=address,
+                spool_path=str(spool),
+                queue_capacity=10,
+                close_timeout=0.5,
+                librdkafka={"queue.buffering.max.messages": 10},
+            ) as producer:
+                await trio.testing.wait_all_tasks_blocked()
+                assert producer.statistics().recovered == 300
+                while spool.exists():
+                    shutil.rmtree(spool, ignore_errors=True)
+    error = raised.value
+    assert error.spool_path is None
+    assert sorted(m.value for m in error.messages) == sorted(sent)

@@ -427,7 +427,13 @@ async def _running(
                 _background,
                 worker_scope,
                 worker_done,
-                partial(run_worker, channel, _sink(tracker), first=first),
+                partial(
+                    run_worker,
+                    channel,
+                    _sink(tracker),
+                    first=first,
+                    on_handed=keeper.recovered_handed if keeper is not None else None,
+                ),
                 state,
             )
             try:
@@ -465,7 +471,7 @@ async def _running(
         # Removed (or replaced) while the producer ran: the spool cannot keep what was
         # not delivered for a next run. Hand it all back instead, read from the
         # mappings that outlive the files.
-        backlog = intake.take_backlog()
+        backlog = keeper.take_unhanded_recovered() + intake.take_backlog()
         logger.error(
             "the spool directory %r was removed while the producer ran: the %d "
             "undelivered message(s) it held are handed back, not kept",

@@ -9,7 +9,7 @@ Layout of a spool directory::
 
     LOCK                        fcntl.flock'ed by the owning process; holds its pid
     HANDED                      the hand-off mark: no seq above it was handed to Kafka
-    0000000000000007.seg        a segment: 64-byte header, then CRC-framed records
+    0000000000000007.seg        a segment: 64-byte header (with its seal), then records
     0000000000000007.ack        its ack log: CRC-framed batches of confirmed seqs
     spare-<hex>.tmp             a preallocated segment waiting to become the next one
 
@@ -28,15 +28,24 @@ Record framing (little-endian)::
 
     header: u16 name length | i32 value length (-1: None) | name | value
 
+Segment header: ``_SEG_HEAD`` and its crc32 (48 bytes), then the seal (``_SEAL``: the
+end seq, one past the last record, with a crc32 chained from the header's), written when
+the segment stops taking records: at a rotation, at ``close``, when recovery keeps it.
+
 Recovery reads records until the zeros. A record whose checksum fails, followed by valid
 ones, is corrupt: skipped, counted, logged at ERROR. Invalid bytes with nothing valid
-after them are a torn tail (a crash mid-append) in the newest segment only: cut off and
-counted. A segment that a later one follows was sealed by a rotation after its last
-record was written whole: any damage in it, and records missing before the next
-segment's first seq, is corruption. A copy is not
-ordered (``memcpy`` of a large batch may store its end before its start), so
-``append_many`` (and ``append_values``) writes its first record's magic last: a zero
-magic followed by data is a batch that never returned, cut off as a torn tail too.
+after them are a torn tail (a crash mid-append) in the newest unsealed segment only: cut
+off and counted. A sealed segment (or one a later segment follows) had its records
+written whole: any damage in it, and records missing before its end (or the next
+segment's first seq), is corruption. A copy is not ordered (``memcpy`` of a large batch
+may store its end before its start), so ``append_many`` (and ``append_values``) writes
+its first record's magic last: a zero magic followed by data is a batch that never
+returned, cut off as a torn tail too -- unless the record is proven accepted: in the
+newest segment every seq up to the hand-off mark, or up to the highest in its ack log,
+was accepted, and is corruption when damaged or missing (a file that ends inside a
+record is damage too: a preallocated file does not shrink through a crash). A segment
+file gone while its ack log remains: its unconfirmed seqs up to the next segment's first
+are counted lost.
 
 Threading rule: ``append``, ``append_many``, ``append_values``, ``confirm`` and
 ``confirm_many`` belong to one thread (the event loop). ``sync``, ``maintain`` and
@@ -108,6 +117,10 @@ HEADER_OVERHEAD = _HDR_ITEM.size
 _SEG_MAGIC = b"TPSPOOL1"
 _SEG_HEAD = struct.Struct("<8sHH16sQQ")  # magic, version, flags, uuid, first seq, index
 _SEG_HEADER_SIZE = 64
+#: The seal, after the header's crc: the end seq (one past the last record), and a crc32
+#: of it chained from the header's. Written when the segment stops taking records.
+_SEAL_AT = _SEG_HEAD.size + 4
+_SEAL = struct.Struct("<QI")
 _ACK_FRAME = struct.Struct("<II")  # count, crc32 of the packed seqs
 _HANDED = struct.Struct("<qI")  # the hand-off mark, crc32 of it
 
@@ -283,6 +296,21 @@ def _header_first_seq(seg_path: Path) -> int | None:
     if zlib.crc32(head[: _SEG_HEAD.size]) != _U32.unpack_from(head, _SEG_HEAD.size)[0]:
         return None
     return int(_SEG_HEAD.unpack_from(head, 0)[4])
+
+
+def _seal_bytes(head_crc: int, end: int) -> bytes:
+    packed = struct.pack("<Q", end)
+    return packed + _U32.pack(zlib.crc32(packed, head_crc))
+
+
+def _read_seal(head: Any) -> int | None:
+    """The end seq a segment's seal names, or ``None`` (not sealed, or damaged); the
+    header must be valid."""
+    head_crc = _U32.unpack_from(head, _SEG_HEAD.size)[0]
+    end, crc = _SEAL.unpack_from(head, _SEAL_AT)
+    if zlib.crc32(bytes(head[_SEAL_AT : _SEAL_AT + 8]), head_crc) != crc:
+        return None
+    return int(end)
 
 
 def _encode_headers(headers: Sequence[tuple[str, bytes | None]]) -> bytes:
@@ -526,6 +554,12 @@ class Spool:
             spool._recover()
             try:
                 fresh = spool._new_segment_file(spool.segment_bytes)
+                try:
+                    spool._start_segment(fresh, spool.segment_bytes)
+                except BaseException:
+                    spool._close_segment_files(fresh, acks=True)
+                    fresh.path.unlink(missing_ok=True)
+                    raise
             except OSError as exc:
                 # Recovery needs no new space: open without an active segment; the
                 # first append creates one, or is refused (SpoolDiskFullError).
@@ -536,8 +570,6 @@ class Spool:
                     str(spool.path),
                     spool._append_error,
                 )
-            else:
-                spool._start_segment(fresh, spool.segment_bytes)
         except BaseException:
             spool._release_all()
             raise
@@ -577,20 +609,52 @@ class Spool:
                 paths[int(seg_path.stem)] = seg_path
             except ValueError:
                 continue
+        orphans: dict[int, Path] = {}
+        for ack in self.path.glob("*.ack"):
+            try:
+                index = int(ack.stem)
+            except ValueError:
+                continue
+            if index not in paths:
+                orphans[index] = ack
         max_index = max(paths, default=-1)
-        for index in sorted(paths):
+        # The hand-off mark: evidence of what the newest segment held (every seq at or
+        # below it was accepted).
+        mark = self._read_handed()
+        handed = mark if mark is not None else -1
+        prev_index, prev_end = -2, None  # the segment before, and its end seq
+        for index in sorted({*paths, *orphans}):
+            if index in orphans:
+                # The segment file is gone, its ack log is not: its records were accepted
+                # (confirmed ones are in the log); the rest are lost, up to the next
+                # segment that exists.
+                after = [paths[i] for i in sorted(paths) if i > index]
+                following = next((f for f in map(_header_first_seq, after) if f is not None), None)
+                found, top = self._report_missing(
+                    found, orphans[index], prev_end if prev_index == index - 1 else None, following
+                )
+                max_seq = max(max_seq, top)
+                prev_index, prev_end = index, top + 1 if top >= 0 else None
+                continue
             seg_path = paths[index]
             found = found._replace(segments=found.segments + 1)
-            # Only the newest segment can end in a torn write: one that a later segment
-            # follows was sealed by a rotation, after its last record was written whole.
+            # Only the newest segment can end in a torn write: one that was rotated has a
+            # seal in its header (see _seal_segment), and one that a later segment
+            # follows was sealed too (a crash may have come before its seal was written).
             # The next segment's header says where its records must end.
-            sealed = index < max_index
-            following = paths.get(index + 1)
-            next_first = _header_first_seq(following) if following is not None else None
+            successor = paths.get(index + 1)
+            next_first = _header_first_seq(successor) if successor is not None else None
             seg, records, found, top = self._recover_segment(
-                seg_path, index, found, sealed=sealed, next_first=next_first
+                seg_path,
+                index,
+                found,
+                newest=index == max_index,
+                next_first=next_first,
+                prev_end=prev_end if prev_index == index - 1 else None,
+                handed=handed,
             )
             max_seq = max(max_seq, top)
+            prev_index, prev_end = index, top + 1 if top >= 0 else None
             if seg is None:
                 seg_path.unlink()
                 seg_path.with_suffix(".ack").unlink(missing_ok=True)
@@ -600,13 +664,15 @@ class Spool:
             self._segments.append(seg)
             self._firsts.append(seg.first_seq)
             self._fg_allocated += seg.size
-        for ack in self.path.glob("*.ack"):
-            if not ack.with_suffix(".seg").exists():
-                ack.unlink()
-        self._seq = self._run_first_seq = max_seq + 1
-        self._next_index = max_index + 1
+        for ack in orphans.values():
+            ack.unlink()  # counted above
+            self._dir_dirty = True
+        # New seqs start past every seq the spool ever gave out that it can still tell.
+        self._seq = self._run_first_seq = max(max_seq, handed) + 1
+        self._next_index = max(max_index, *orphans, -1) + 1
         n = len(self.recovered)
-        mark = self._read_handed()
+        if mark == -1 and n and not (self.path / "HANDED").exists():
+            mark = None  # records but no mark: it could not be written
         if mark is None:  # unknown (an older spool, or the mark could not be written)
             duplicates = n
         else:
@@ -626,19 +692,49 @@ class Spool:
                 found.corrupt_records,
             )
 
+    def _report_missing(
+        self, found: SpoolRecovery, ack_path: Path, start: int | None, following: int | None
+    ) -> tuple[SpoolRecovery, int]:
+        """Count and log (ERROR) the records of a segment file that is gone while its ack
+        log remains: its seqs run from ``start`` (the previous segment's end; else its
+        first confirmed seq) up to the next segment's first seq (else its last confirmed
+        one). Returns the counters and the highest seq it held (-1: unknown)."""
+        acked, bad = self._read_acks(ack_path)
+        found = found._replace(corrupt_acks=found.corrupt_acks + bad)
+        lo = start if start is not None else min(acked, default=None)
+        hi = following if following is not None else max(acked, default=-2) + 1
+        if lo is None or hi <= lo:
+            return found, max(acked, default=-1)
+        lost = sum(1 for seq in range(lo, hi) if seq not in acked)
+        if lost:
+            logger.error(
+                "spool %s: segment %s is missing (its ack log remains): seqs %d..%d missing, "
+                "%d unconfirmed record(s) lost",
+                self.path,
+                ack_path.with_suffix(".seg").name,
+                lo,
+                hi - 1,
+                lost,
+            )
+            found = found._replace(corrupt_records=found.corrupt_records + lost)
+        return found, hi - 1
+
     def _recover_segment(
         self,
         seg_path: Path,
         index: int,
         found: SpoolRecovery,
         *,
-        sealed: bool,
+        newest: bool,
         next_first: int | None,
+        prev_end: int | None,
+        handed: int,
     ) -> tuple[_Segment | None, list[SpoolRecord], SpoolRecovery, int]:
         data = seg_path.read_bytes()
         size = len(data)
         top = -1
-        if size >= _SEG_HEAD.size + 4 and data[:8] == _SEG_MAGIC:
+        seal: int | None = None
+        if size >= _SEG_HEADER_SIZE and data[:8] == _SEG_MAGIC:
             fields = _SEG_HEAD.unpack_from(data, 0)
             head_ok = (
                 zlib.crc32(data[: _SEG_HEAD.size]) == _U32.unpack_from(data, _SEG_HEAD.size)[0]
@@ -658,13 +754,30 @@ class Spool:
         else:
             _, _, _, seg_uuid, first_seq, _ = fields
             top = first_seq - 1
+            seal = _read_seal(data)
+        # Where the records must end (one past the last seq), when that is known: the
+        # seal, or the next segment's first seq.
+        end = seal if seal is not None else next_first
+        sealed = end is not None or not newest
+        # Confirmations: evidence too (each seq in the log was accepted in this segment).
+        acked, bad_acks = self._read_acks(seg_path.with_suffix(".ack"))
+        if bad_acks:
+            found = found._replace(corrupt_acks=found.corrupt_acks + bad_acks)
+        # The newest, unsealed segment: every seq up to this one was accepted into it.
+        proven = -1 if sealed else max(handed, max(acked, default=-1))
         data_end = len(data.rstrip(b"\0"))
         # Scan the records.
         entries: list[tuple[int, Any]] = []
         pos = _SEG_HEADER_SIZE
-        prev_seq = first_seq - 1 if first_seq >= 0 else None
+        if first_seq >= 0:
+            prev_seq: int | None = first_seq - 1
+        elif prev_end is not None:
+            prev_seq = prev_end - 1  # the header is gone: the previous segment's end
+        else:
+            prev_seq = None
         cut_at = -1
         tail_reported = False
+        stop: int | None
         while pos < data_end:
             parsed = _parse_record(data, pos, size)
             if parsed is not None:
@@ -673,38 +786,51 @@ class Spool:
                 prev_seq = seq
                 pos += length
                 continue
-            # In the active segment, a zero magic is an uncommitted write (append_many
-            # writes its first magic last): everything from here on was never accepted.
-            # A sealed segment has no uncommitted write: there it is damage.
-            uncommitted = not sealed and data[pos : pos + 4] == b"\0\0\0\0"
-            nxt = None if uncommitted else self._resync(data, pos + 1, data_end, size)
-            if nxt is None and not sealed:
-                found = found._replace(
-                    torn_tails=found.torn_tails + 1,
-                    torn_tail_bytes=found.torn_tail_bytes + data_end - pos,
-                )
-                cut_at = pos
-                break
+            if not sealed:
+                this = None if prev_seq is None else prev_seq + 1
+                if self._cut_short(data, pos):
+                    # The file ends inside a record: a preallocated file does not shrink
+                    # through a crash, so this is damage: the record, and every seq
+                    # proven accepted after it, is lost.
+                    upto = max(proven, this if this is not None else -1)
+                    found = self._report_lost(
+                        found, seg_path, pos, size - pos, prev_seq, upto + 1, cut_short=True
+                    )
+                    top = max(top, upto)
+                    tail_reported = True
+                    break
+                accepted = this is not None and this <= proven
+                # A zero magic is an uncommitted write (append_many writes its first
+                # magic last): everything from here on was never accepted -- unless the
+                # hand-off mark or the ack log prove the record accepted.
+                uncommitted = not accepted and data[pos : pos + 4] == b"\0\0\0\0"
+                nxt = None if uncommitted else self._resync(data, pos + 1, data_end, size)
+                if nxt is None and not accepted:
+                    found = found._replace(
+                        torn_tails=found.torn_tails + 1,
+                        torn_tail_bytes=found.torn_tail_bytes + data_end - pos,
+                    )
+                    cut_at = pos
+                    break
+            else:
+                nxt = self._resync(data, pos + 1, data_end, size)
             if nxt is None:
-                # Damage up to the end of a sealed segment: accepted records lost.
-                found = self._report_lost(
-                    found, seg_path, pos, data_end - pos, prev_seq, next_first
-                )
+                # Damage up to the end: accepted records lost.
+                stop = end if sealed else proven + 1
+                found = self._report_lost(found, seg_path, pos, data_end - pos, prev_seq, stop)
+                if stop is not None:
+                    top = max(top, stop - 1)
                 tail_reported = True
                 break
             next_seq = _HEAD.unpack_from(data, nxt)[2]
             found = self._report_lost(found, seg_path, pos, nxt - pos, prev_seq, next_seq)
             pos = nxt
-        if (
-            sealed
-            and not tail_reported
-            and prev_seq is not None
-            and next_first is not None
-            and next_first > prev_seq + 1
-        ):
+        stop = end if sealed else proven + 1
+        if not tail_reported and prev_seq is not None and stop is not None and stop > prev_seq + 1:
             # Records missing after the last whole one (zeroed: lost on the way to the
-            # disk, or damaged) although the next segment starts later.
-            found = self._report_lost(found, seg_path, data_end, 0, prev_seq, next_first)
+            # disk, or damaged, or the file cut short) although they were accepted.
+            found = self._report_lost(found, seg_path, data_end, 0, prev_seq, stop)
+            top = max(top, stop - 1)
         if cut_at >= 0:
             # Cut the torn tail so a later recovery does not count it again.
             fd = os.open(seg_path, os.O_RDWR)
@@ -713,10 +839,6 @@ class Spool:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        # Confirmations.
-        acked, bad_acks = self._read_acks(seg_path.with_suffix(".ack"))
-        if bad_acks:
-            found = found._replace(corrupt_acks=found.corrupt_acks + bad_acks)
         if entries:
             top = max(top, max(seq for seq, _ in entries))
             if first_seq < 0:
@@ -724,6 +846,10 @@ class Spool:
         pending = [(seq, rec) for seq, rec in entries if seq not in acked]
         if not pending:
             return None, [], found, top
+        if head_ok and seal is None:
+            # Sealed now: a later segment (this run's) follows, and may be deleted before
+            # this one; the seal keeps this one's end known (damage at it is corruption).
+            self._seal_file(seg_path, data, top + 1)
         seg = _Segment(seg_path, index, first_seq, seg_uuid, size)
         span = top - first_seq + 1
         seg.done = bytearray(b"\x01") * span
@@ -742,6 +868,47 @@ class Spool:
         ]
         return seg, records, found, top
 
+    @staticmethod
+    def _cut_short(data: bytes, pos: int) -> bool:
+        """Whether the file ends inside a record starting at ``pos`` (it was truncated:
+        nothing was ever written past a segment's end)."""
+        size = len(data)
+        if pos + RECORD_OVERHEAD > size:
+            return bool(data[pos:].strip(b"\0"))
+        magic, length = struct.unpack_from("<II", data, pos)
+        return bool(magic == _MAGIC and pos + length > size)
+
+    def _seal_file(self, seg_path: Path, head: bytes, end: int) -> None:
+        """Write the seal into a recovered segment's header (see :meth:`_seal_segment`)."""
+        seal = _seal_bytes(_U32.unpack_from(head, _SEG_HEAD.size)[0], end)
+        try:
+            fd = os.open(seg_path, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                os.pwrite(fd, seal, _SEAL_AT)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            logger.warning(
+                "spool %s: cannot seal segment %s (%s): damage at its end would be taken "
+                "for a torn write once it is the newest file",
+                self.path,
+                seg_path.name,
+                exc,
+            )
+
+    @staticmethod
+    def _seal_segment(seg: _Segment, end: int) -> None:
+        """Write the seal into a segment's header (in its mapping): it takes no more
+        records, and its last seq is ``end - 1``. Recovery counts every seq missing
+        below ``end`` as lost, also once the segments after it were deleted."""
+        mm = seg.mm
+        if mm is None:
+            return
+        mm[_SEAL_AT : _SEAL_AT + _SEAL.size] = _seal_bytes(
+            _U32.unpack_from(mm, _SEG_HEAD.size)[0], end
+        )
+
     def _report_lost(
         self,
         found: SpoolRecovery,
@@ -750,12 +917,17 @@ class Spool:
         nbytes: int,
         prev_seq: int | None,
         next_seq: int | None,
+        *,
+        cut_short: bool = False,
     ) -> SpoolRecovery:
         """Count and log (ERROR) records lost to damage between ``prev_seq`` and
-        ``next_seq`` (exclusive; ``None``: unknown, then at least one is counted)."""
+        ``next_seq`` (exclusive; ``None``: unknown, then at least one is counted).
+        ``cut_short``: the file ends early, records after ``next_seq`` may be lost too."""
         if prev_seq is not None and next_seq is not None:
             lost = max(next_seq - prev_seq - 1, 0)
             seqs = f"seqs {prev_seq + 1}..{next_seq - 1} lost" if lost else "no seq lost"
+            if cut_short:
+                seqs += " (at least: the file ends inside a record)"
         else:
             lost = 1
             seqs = "seqs unknown lost (at least 1)"
@@ -987,6 +1159,7 @@ class Spool:
             return
         # The new file first: if it fails, the active segment stays as it is.
         self._start_segment(fresh, fresh.size)
+        self._seal_segment(old, self._seq)
         old.count = self._seq - old.first_seq
         if len(old.done) < old.count:
             old.done.extend(bytes(old.count - len(old.done)))
@@ -1682,6 +1855,9 @@ class Spool:
                             self.unrecorded_confirmations,
                             self.disk_error,
                         )
+                # The active segment takes no more records: sealed before the fsync.
+                if self._seg is not None and not self._seg.sealed:
+                    self._seal_segment(self._seg, self._seq)
                 if self.sync_policy != "never":
                     try:
                         for seg in [*self._to_close, *self._segments]:

@@ -99,8 +99,27 @@ class SpoolKeeper:
         #: producer stopped): flush() waits for it, then for their reports.
         self.recovery_done = trio.Event()
         self.error: BaseException | None = None
+        #: The recovered messages not yet handed to librdkafka: what is left of the chunk
+        #: the worker holds, then ``spool.recovered`` from ``recovered_next`` on.
+        self.recovered_chunk: list[Pending] = []
+        self.recovered_pos = 0
+        self.recovered_next = 0
 
     # ---- on the Trio thread ---------------------------------------------------------------
+
+    def recovered_handed(self, pos: int) -> None:
+        """The worker handed the current recovered chunk up to ``pos`` to librdkafka."""
+        self.recovered_pos = pos
+
+    def take_unhanded_recovered(self) -> list[Pending]:
+        """The recovered messages never handed to librdkafka, in order, for the exit when
+        the spool can no longer keep them (its directory is gone); forgotten here."""
+        records = self.spool.recovered[self.recovered_next :]
+        rest = self.recovered_chunk[self.recovered_pos :]
+        rest += [pending_from_record(r, self.id_header) for r in records]
+        self.recovered_chunk = []
+        self.spool.recovered.clear()
+        return rest
 
     def spool_item(self, item: Pending, waiter: trio.Event | None) -> int:
         """Write ``item`` to the spool and make it carry its id and seq; return the seq.
@@ -340,8 +359,15 @@ def recovered_batches(keeper: SpoolKeeper, size: int = 1000) -> Iterator[list[Pe
     records = keeper.spool.recovered
     id_header = keeper.id_header
     for start in range(0, len(records), size):
-        yield [pending_from_record(r, id_header) for r in records[start : start + size]]
+        chunk = [pending_from_record(r, id_header) for r in records[start : start + size]]
+        # What take_unhanded_recovered() hands back: the worker says how much of the
+        # chunk it handed to librdkafka (recovered_handed).
+        keeper.recovered_chunk = chunk
+        keeper.recovered_pos = 0
+        keeper.recovered_next = start + size
+        yield chunk
     records.clear()  # handed to librdkafka: the spool keeps them until confirmed
+    keeper.recovered_next = 0
     keeper.recovery_done.set()
 
 

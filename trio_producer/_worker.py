@@ -277,6 +277,7 @@ async def run_worker(
     sink: Sink,
     *,
     first: Iterable[list[Pending]] = (),
+    on_handed: Callable[[int], None] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The receive loop: batch → sink, until the channel is closed and empty.
@@ -292,11 +293,14 @@ async def run_worker(
     task_status.started()
     for items in first:
         # Messages an earlier process left in the durable spool: before anything new.
-        # They were not accepted by this producer: what is not produced when it stops
-        # simply stays in the spool.
+        # What is not produced when it stops stays in the spool -- or, if the spool
+        # directory is gone, is handed back: ``on_handed`` learns how far it got.
+        # (The chunk itself is not cut: librdkafka's reports refer to it.)
         pos = 0
         while True:
             pos = sink.produce(items, pos)
+            if on_handed is not None:
+                on_handed(pos)
             if pos >= len(items):
                 break
             await sink.wait_for_space()
