@@ -108,7 +108,15 @@ def run_sweeps(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
                 parser.error(f"unknown sweep {name!r}: choose from {', '.join(sweeps.SWEEPS)}, all")
         names = list(dict.fromkeys(names))
         runs = 1 if args.smoke else args.runs
-        record = sweeps.run(names, runs=runs, smoke=args.smoke, scale=args.scale)
+        record = sweeps.run(
+            names,
+            runs=runs,
+            smoke=args.smoke,
+            scale=args.scale,
+            baseline=Path(args.baseline).resolve() if args.baseline else None,
+            only=args.only,
+            points_matching=args.points,
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=1))
         print(sweeps.tables(record))
@@ -155,6 +163,12 @@ def main() -> None:
         type=float,
         default=1.0,
         help="multiply the sweeps' message counts by this (e.g. 0.3 for a shorter run)",
+    )
+    parser.add_argument(
+        "--points",
+        default=None,
+        metavar="TEXT",
+        help="sweeps: only the points whose label holds TEXT (e.g. '96 partitions')",
     )
     parser.add_argument(
         "--plot",

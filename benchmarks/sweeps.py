@@ -35,6 +35,8 @@ STYLE: dict[str, tuple[str, str]] = {
     "aiokafka": ("tab:green", "aiokafka"),
     "raw": ("tab:gray", "raw confluent loop"),
     "raw_dr": ("black", "raw loop + delivery callbacks"),
+    "trio@baseline": ("tab:purple", "trio_producer await send(), baseline"),
+    "trio_many@baseline": ("tab:pink", "trio_producer send_many(), baseline"),
 }
 PEERS = ["trio", "aio", "aiokafka", "raw", "raw_dr"]
 
@@ -157,16 +159,33 @@ def machine() -> str:
 TIMEOUT = 300
 
 
-def run_one(client: str, bootstrap: str, topic: str, point: dict[str, Any]) -> dict[str, Any]:
+#: ``--baseline``: a client of this suffix runs with the trio_producer of that checkout.
+SUFFIX = "@baseline"
+
+
+def run_one(
+    client: str,
+    bootstrap: str,
+    topic: str,
+    point: dict[str, Any],
+    baseline: Path | None = None,
+) -> dict[str, Any]:
     if point["mode"] != "memory":
         create_topics(bootstrap, [topic], partitions=point["partitions"])
     args = {"bootstrap": bootstrap, "topic": topic, **point}
+    env = None
+    if client.endswith(SUFFIX):
+        assert baseline is not None
+        client = client.removesuffix(SUFFIX)
+        # This checkout's clients, with the trio_producer of the baseline first on the path.
+        env = {**os.environ, "PYTHONPATH": str(baseline)}
     try:
         proc = subprocess.run(
             [sys.executable, str(HERE / "sweep_clients.py"), client, json.dumps(args)],
             capture_output=True,
             text=True,
             timeout=TIMEOUT,
+            env=env,
         )
     except subprocess.TimeoutExpired:
         return {"failed": f"did not finish within {TIMEOUT} s"}
@@ -184,8 +203,22 @@ def run_one(client: str, bootstrap: str, topic: str, point: dict[str, Any]) -> d
     return out
 
 
-def run(names: list[str], *, runs: int, smoke: bool, scale: float) -> dict[str, Any]:
-    """Run the sweeps; return the JSON-able record (every run, and the medians)."""
+def run(
+    names: list[str],
+    *,
+    runs: int,
+    smoke: bool,
+    scale: float,
+    baseline: Path | None = None,
+    only: list[str] | None = None,
+    points_matching: str | None = None,
+) -> dict[str, Any]:
+    """Run the sweeps; return the JSON-able record (every run, and the medians).
+
+    ``baseline``: another checkout whose trio_producer is measured too, in the same
+    rounds (clients ``trio@baseline``, ``trio_many@baseline``). ``only``: these clients
+    only. ``points_matching``: only the points whose label holds this text.
+    """
     started = time.time()
     record: dict[str, Any] = {
         "date": datetime.datetime.fromtimestamp(started, datetime.UTC).strftime("%Y-%m-%d"),
@@ -195,11 +228,19 @@ def run(names: list[str], *, runs: int, smoke: bool, scale: float) -> dict[str, 
         "smoke": smoke,
         "sweeps": {},
     }
+    if baseline is not None:
+        record["baseline"] = str(baseline)
     with EmbeddedBroker() as broker:
         bootstrap = broker.bootstrap_servers
         for name in names:
-            clients = SWEEPS[name]
+            clients = list(SWEEPS[name])
+            if baseline is not None:
+                clients += [c + SUFFIX for c in clients if c.startswith("trio")]
+            if only:
+                clients = [c for c in clients if c in only]
             points = sweep_points(name, smoke, scale)
+            if points_matching:
+                points = [pt for pt in points if points_matching in point_label(name, pt)]
             rounds = 1 if name in ONCE else runs
             raw: list[dict[str, list[dict[str, Any]]]] = [{c: [] for c in clients} for _ in points]
             for r in range(rounds):
@@ -207,7 +248,8 @@ def run(names: list[str], *, runs: int, smoke: bool, scale: float) -> dict[str, 
                     order = clients[r % len(clients) :] + clients[: r % len(clients)]
                     for client in order:
                         topic = f"sweep-{name}-{i}-{client}-{r}"
-                        out = run_one(client, bootstrap, topic, point)
+                        topic = topic.replace(SUFFIX, "-base")
+                        out = run_one(client, bootstrap, topic, point, baseline)
                         raw[i][client].append(out)
                         print(
                             f"{name} round {r + 1}/{rounds} {point_label(name, point):<24} "
@@ -289,7 +331,18 @@ def tables(record: dict[str, Any]) -> str:
         points = sweep["points"]
         out.append(f"``{name}``\n")
         if name in ("size", "tasks", "partitions"):
-            header = ["point", *clients, "trio / aio", "trio / aiokafka", "trio / raw_dr"]
+            ratios = [
+                (a, b)
+                for a, b in (
+                    ("trio", "aio"),
+                    ("trio", "aiokafka"),
+                    ("trio", "raw_dr"),
+                    ("trio", "trio" + SUFFIX),
+                    ("trio_many", "trio_many" + SUFFIX),
+                )
+                if a in clients and b in clients
+            ]
+            header = ["point", *clients, *(f"{a} / {b}" for a, b in ratios)]
             rows = []
             for pt in points:
                 m = pt["median"]
@@ -299,8 +352,7 @@ def tables(record: dict[str, Any]) -> str:
                     *(f"{rate[c]:,.0f}" if rate[c] else "failed" for c in clients),
                 ]
                 cells += [
-                    f"{rate['trio'] / rate[p]:.2f}" if rate["trio"] and rate[p] else "-"
-                    for p in ("aio", "aiokafka", "raw_dr")
+                    f"{rate[a] / rate[b]:.2f}" if rate[a] and rate[b] else "-" for a, b in ratios
                 ]
                 rows.append(cells)
             out.append("msg/s (medians):\n\n" + rst_table(header, rows))

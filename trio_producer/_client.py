@@ -365,15 +365,26 @@ class KafkaClient:
         (and its queued logs and statistics). Thread-safe; not after :meth:`close`."""
         return len(self._producer)
 
-    def poll(self, timeout: float) -> int:
+    def poll(self, timeout: float, gather: float = 0.0) -> int:
         """Serve delivery reports, errors and logs (blocks up to ``timeout``; in a thread).
+
+        ``gather``: once something was served while librdkafka still holds messages,
+        sleep that long and serve what came meanwhile too, so that one return carries
+        many reports. librdkafka serves them per partition batch: with many partitions
+        they come in many small events, and each return is a round trip to the Trio
+        thread (and a contended GIL while it runs). Never more than one such sleep,
+        and none when nothing was served (no busy loop) or nothing more is expected.
 
         Returns how many events were served, or -1 when librdkafka raised (it does after
         a fatal error of a transactional producer): the error is recorded like one from
         ``error_cb``, never raised into the delivery task.
         """
+        producer = self._producer
         try:
-            served: int = self._producer.poll(timeout)
+            served: int = producer.poll(timeout)
+            if served > 0 and gather > 0 and len(producer):
+                time.sleep(gather)
+                served += producer.poll(0)
         except KafkaException as exc:
             self.errors.append(error_info(exc))
             return -1

@@ -1,7 +1,8 @@
 """Delivery reports: the poll thread, the shared callback, and their hand-back to Trio.
 
 librdkafka serves delivery reports inside ``poll()``, which blocks, so the delivery task
-runs it in a worker thread (``trio.to_thread.run_sync``) with a short timeout. The
+runs it in a worker thread (``trio.to_thread.run_sync``) with a short timeout; once it
+served something while more is in flight, the thread gathers for ``GATHER`` more. The
 callbacks served there only count and append to lists -- they never touch a Trio
 object. When ``poll`` returns, the delivery task is back on the Trio thread and hands
 the whole batch of reports over: it wakes ``send_and_wait`` callers, routes failures,
@@ -36,6 +37,11 @@ logger = logging.getLogger("trio_producer")
 #: How long one ``poll`` may block while deliveries are outstanding. Bounds how late the
 #: delivery task notices a stop request.
 POLL_TIMEOUT = 0.05
+#: After a poll that served reports while more are in flight, the poll thread waits
+#: this long for more before it hands them to Trio (see ``KafkaClient.poll``): fewer,
+#: larger hand-offs when librdkafka serves many small per-partition batches. It adds
+#: at most this much to a report's way back (never to a lone ``send_and_wait``).
+GATHER = 0.0005
 #: An idle producer polls (non-blocking) this often, to serve logs and errors.
 IDLE_POLL_INTERVAL = 1.0
 
@@ -241,7 +247,7 @@ class DeliveryTracker:
                     continue
             self._polling = True
             try:
-                served = await trio.to_thread.run_sync(poll, timeout)
+                served = await trio.to_thread.run_sync(poll, timeout, GATHER)
             finally:
                 self._polling = False
                 self._poll_done.unpark_all()
