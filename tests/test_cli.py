@@ -666,12 +666,15 @@ def test_kcat_version_and_config_dump() -> None:
     version = run(["-V"])
     assert version.returncode == 0, version.stderr
     assert version.stdout.decode().startswith("trio-producer, version ")
-    dump = run(["produce", "-b", "127.0.0.1:1", "-t", "t", "-X", "dump", "-X", "acks=1"])
+    dump = run(
+        ["produce", "-b", "127.0.0.1:1", "-t", "t", "-X", "dump"]
+        + ["-X", "enable.idempotence=false", "-X", "acks=1"]
+    )
     assert dump.returncode == 0, dump.stderr
     lines = dump.stdout.decode().splitlines()
     assert "acks = 1" in lines
     assert "bootstrap.servers = 127.0.0.1:1" in lines
-    assert "enable.idempotence = True" in lines
+    assert "enable.idempotence = false" in lines  # as given (the default is True)
 
 
 def test_verbose_on_the_subcommand_shows_librdkafka_errors() -> None:
