@@ -666,10 +666,8 @@ def test_kcat_version_and_config_dump() -> None:
     version = run(["-V"])
     assert version.returncode == 0, version.stderr
     assert version.stdout.decode().startswith("trio-producer, version ")
-    dump = run(
-        ["produce", "-b", "127.0.0.1:1", "-t", "t", "-X", "dump"]
-        + ["-X", "enable.idempotence=false", "-X", "acks=1"]
-    )
+    args = ["produce", "-b", "127.0.0.1:1", "-t", "t", "-X", "dump"]
+    dump = run([*args, "-X", "enable.idempotence=false", "-X", "acks=1"])
     assert dump.returncode == 0, dump.stderr
     lines = dump.stdout.decode().splitlines()
     assert "acks = 1" in lines
