@@ -826,3 +826,24 @@ def test_consume_errors_are_one_line(
     err = proc.stderr.decode()
     assert f"trio-producer: error: {message}" in err, err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("where", ["-X", "-F"])
+def test_a_transactional_id_is_refused_at_start_with_what_to_do(where: str, tmp_path: Path) -> None:
+    # Before: every line failed with _STATE (exit 1). kcat runs the whole input as one
+    # transaction; we refuse before reading anything, and say what to use instead.
+    if where == "-X":
+        args = ["-X", "transactional.id=orders-1"]
+    else:
+        config = tmp_path / "producer.properties"
+        config.write_text("transactional.id=orders-1\n")
+        args = ["-F", str(config)]
+    proc = run(["produce", "-b", "127.0.0.1:1", "-t", "t", *args], b"a\nb\n")
+    assert proc.returncode == 2
+    assert proc.stdout == b""
+    assert proc.stderr.decode().strip() == (
+        "trio-producer: error: transactional.id: produce does not run transactions "
+        "(kcat runs the whole input as one); leave transactional.id out (each line is "
+        "then delivered at least once, or reported undelivered), add --spool DIR to keep "
+        "accepted lines across a crash, or use the Python API's producer.transaction()"
+    )

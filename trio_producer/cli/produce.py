@@ -351,6 +351,14 @@ def _config(opts: ProduceOptions, props: Sequence[str]) -> ProducerConfig:
     bootstrap_servers, librdkafka = librdkafka_properties(
         opts.bootstrap_servers, opts.config_files, props
     )
+    if librdkafka.get("transactional.id"):
+        fail(
+            "transactional.id: produce does not run transactions (kcat runs the whole "
+            "input as one); leave transactional.id out (each line is then delivered at "
+            "least once, or reported undelivered), add --spool DIR to keep accepted lines "
+            "across a crash, or use the Python API's producer.transaction()",
+            2,
+        )
     if opts.compression is not None:
         librdkafka.pop("compression.codec", None)
         librdkafka["compression.type"] = opts.compression
