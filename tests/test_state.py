@@ -116,11 +116,8 @@ def _transactions(transactional: bool) -> tuple[Transactions, list[bool]]:
     tracker: Any = SimpleNamespace(client=SimpleNamespace(transactional=transactional))
     needs: list[bool] = []
 
-    async def flush() -> None:
-        raise AssertionError("not called")
-
     channel = BatchChannel(Batch(10, 10**6, 10), 0.0)
-    txn = Transactions(tracker, channel, ProducerState(None, channel), flush, needs.append, 1.0)
+    txn = Transactions(tracker, channel, ProducerState(None, channel), needs.append, 1.0)
     return txn, needs
 
 
@@ -136,7 +133,9 @@ def test_a_transaction_state_moves_only_along_its_table(
         assert txn.state is new
         # The send methods' one-attribute check follows the state: refused only when READY.
         assert needs[-1] is (new is TransactionState.READY)
-        assert txn.absorbing is (new is TransactionState.ABORTING)
+        # Where the failures of an aborting transaction go: a list exactly while ABORTING.
+        aborting = txn._producer_state.transaction_failures is not None
+        assert aborting is (new is TransactionState.ABORTING)
     else:
         with pytest.raises(IllegalTransition) as info:
             txn._move(new)

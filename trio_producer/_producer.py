@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import logging
+import weakref
 from contextlib import asynccontextmanager
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Generic
@@ -133,20 +134,22 @@ class Producer(Generic[K, V]):
         #: is refused at the call (one attribute check on the hot path). A copy of
         #: ``self._transactions.state is READY``, kept by its moves alone.
         self._needs_transaction = False
+        producer = weakref.ref(self)  # (no cycle: a producer dropped is freed at once)
+
+        def set_needs_transaction(needs: bool) -> None:
+            this = producer()
+            if this is not None:
+                this._needs_transaction = needs
+
         #: The transaction state and logic (see ``_transaction``).
         self._transactions = Transactions(
-            tracker, channel, state, self.flush, self._set_needs_transaction, transaction_timeout
+            tracker, channel, state, set_needs_transaction, transaction_timeout
         )
-        if state is not None:  # (unit tests build one without a state)
-            state.transactions = self._transactions
         #: One :class:`DeliveryError` per accepted message that was not delivered, set
         #: when the block is left with an exception that is not the producer's own
         #: (the body's exception, or ``KeyboardInterrupt``), which won over the
         #: :class:`UndeliveredMessagesError`.
         self.undelivered: tuple[DeliveryError, ...] = ()
-
-    def _set_needs_transaction(self, needs: bool) -> None:
-        self._needs_transaction = needs
 
     @enable_ki_protection
     async def send(
@@ -422,7 +425,7 @@ class Producer(Generic[K, V]):
             TransactionError: begin or commit failed (an abortable failure was aborted).
             ProducerClosedError: The producer is closed.
         """
-        async with self._transactions.run():
+        async with self._transactions.run(self.flush):
             yield
 
     @enable_ki_protection

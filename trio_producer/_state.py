@@ -83,7 +83,6 @@ if TYPE_CHECKING:
 
     from ._exceptions import DeliveryError
     from ._message import KafkaErrorInfo
-    from ._transaction import Transactions
     from ._worker import BatchChannel
 
 logger = logging.getLogger("trio_producer")
@@ -147,9 +146,11 @@ class ProducerState:
     body_scope: trio.CancelScope | None = None
     #: The drain's wait, cancelled by ``abort`` to cut it short.
     drain_scope: trio.CancelScope | None = None
-    #: The producer's transactions, when it has a transactional.id: while one aborts
-    #: (and there is no ``on_delivery_error``), it takes the failures of its messages.
-    transactions: Transactions | None = None
+    #: While a transaction aborts -- exactly while its state is ABORTING: set by its moves
+    #: (``_transaction``) -- and without ``on_delivery_error``: the failures of its
+    #: messages (refused or purged by the abort), handed back with the exception that
+    #: leaves ``transaction()`` instead of failing the producer.
+    transaction_failures: list[DeliveryError] | None = None
     phase: Phase = attrs.field(default=Phase.OPEN, init=False)
 
     # ---- the moves (see the module's table) ---------------------------------------------
@@ -185,10 +186,9 @@ class ProducerState:
     # ---- failures -----------------------------------------------------------------------
 
     def route_failure(self, failure: DeliveryError) -> None:
-        transactions = self.transactions
-        if transactions is not None and transactions.absorbing and not self.stopping:
+        if self.transaction_failures is not None and not self.stopping:
             if self.on_delivery_error is None and self.fatal is None:
-                transactions.absorb(failure)
+                self.transaction_failures.append(failure)
                 return
         if self.stopping:
             # Reports served after the drain was cut short or the tasks stopped (purged):

@@ -33,17 +33,18 @@ What each state means:
 ``ABORTING``
     The block raised (or the commit could not go on): flush quietly, then librdkafka's
     abort, shielded and bounded by ``transaction_timeout``. Without ``on_delivery_error``
-    the failed deliveries of its messages are absorbed here
-    (:attr:`Transactions.absorbing`), to be handed back with the exception that leaves
-    ``transaction()`` rather than failing the producer -- unless the producer is
-    stopping (its phase: ``_state``) or failed fatally. ``send_offsets()`` is refused.
+    the failed deliveries of its messages are kept (``ProducerState.transaction_failures``,
+    a list exactly while the state is ABORTING, set by the moves), to be handed back with
+    the exception that leaves ``transaction()`` rather than failing the producer --
+    unless the producer is stopping (its phase: ``_state``) or failed fatally.
+    ``send_offsets()`` is refused.
 
 Who moves it: :meth:`Transactions.run` (the body of ``Producer.transaction``) and
 :meth:`Transactions._abort`. Who reads it: the send methods, through
 ``Producer._needs_transaction`` -- the hot path's copy of ``state is READY``, kept by
 :meth:`_move` alone (through the callback the producer gives), so that the check costs
-one attribute read; ``ProducerState.route_failure`` (:attr:`absorbing`);
-:meth:`send_offsets`.
+one attribute read; ``ProducerState.route_failure`` (through ``transaction_failures``);
+:meth:`send_offsets`. Nothing here refers back to the producer (no reference cycle).
 """
 
 from __future__ import annotations
@@ -108,7 +109,6 @@ class Transactions:
         tracker: The delivery tracker (its client, its exclusive runs).
         channel: The batch channel (whether the producer is closed).
         state: The producer's state (where a failure goes when not absorbed).
-        flush: The producer's ``flush`` (the commit flushes first).
         needs_transaction: Called with ``state is READY`` at each move (the producer
             keeps it for the one-attribute check of its send methods).
         timeout: ``transaction_timeout``, in seconds.
@@ -119,21 +119,17 @@ class Transactions:
         tracker: DeliveryTracker,
         channel: BatchChannel,
         state: ProducerState,
-        flush: Callable[[], Awaitable[None]],
         needs_transaction: Callable[[bool], None],
         timeout: float,
     ) -> None:
         self._tracker = tracker
         self._channel = channel
         self._producer_state = state
-        self._flush = flush
         self._needs_transaction = needs_transaction
         self._timeout = timeout
         transactional = tracker.client.transactional
         self.state = TransactionState.READY if transactional else TransactionState.NONE
         needs_transaction(transactional)
-        #: While ABORTING: the failures the abort's messages had (refused or purged).
-        self._absorbed: list[DeliveryError] = []
         #: librdkafka runs one transactional call at a time (another one fails with
         #: _CONFLICT or _PREV_IN_PROGRESS and wedges the transaction): this orders them.
         self._lock = trio.Lock()
@@ -142,20 +138,14 @@ class Transactions:
         check_transition(TRANSACTION_TRANSITIONS, "transaction state", self.state, new)
         self.state = new
         self._needs_transaction(new is TransactionState.READY)
-
-    @property
-    def absorbing(self) -> bool:
-        """A transaction aborts: its failed deliveries may be handed back with it."""
-        return self.state is TransactionState.ABORTING
-
-    def absorb(self, failure: DeliveryError) -> None:
-        """Keep a failure of the aborting transaction's messages (see ``route_failure``)."""
-        self._absorbed.append(failure)
+        # Where the producer's state puts the failures of an aborting transaction.
+        self._producer_state.transaction_failures = [] if new is TransactionState.ABORTING else None
 
     @asynccontextmanager
     @enable_ki_protection
-    async def run(self) -> AsyncIterator[None]:
-        """``Producer.transaction``: begin; commit when the block succeeds, else abort."""
+    async def run(self, flush: Callable[[], Awaitable[None]]) -> AsyncIterator[None]:
+        """``Producer.transaction``: begin; commit (after ``flush``, the producer's) when
+        the block succeeds, else abort."""
         client = self._tracker.client
         await trio.lowlevel.checkpoint()
         if self.state is TransactionState.NONE:
@@ -175,7 +165,7 @@ class Transactions:
             raise await self._abort(exc) from None
         self._move(TransactionState.COMMITTING)
         try:
-            await self._flush()
+            await flush()
             async with self._lock:
                 await self._tracker.run_exclusive(client.commit_transaction, self._timeout)
         except TransactionError as exc:
@@ -227,7 +217,6 @@ class Transactions:
         transaction ended, or a ``KeyboardInterrupt`` that arrived meanwhile. Leaves the
         state READY."""
         deadline = trio.current_time() + self._timeout
-        self._absorbed = []
         self._move(TransactionState.ABORTING)
         try:
             outcome, interrupt = await self._run_abort(deadline)
@@ -256,8 +245,9 @@ class Transactions:
 
     def _end_abort(self) -> list[DeliveryError]:
         """ABORTING → READY; return the failures absorbed meanwhile."""
+        absorbed = self._producer_state.transaction_failures
+        assert absorbed is not None
         self._move(TransactionState.READY)
-        absorbed, self._absorbed = self._absorbed, []
         return absorbed
 
     async def _run_abort(self, deadline: float) -> tuple[str, KeyboardInterrupt | None]:
