@@ -783,8 +783,11 @@ def test_a_run_confirms_at_the_stop_only_what_it_can_tell_was_delivered() -> Non
     message of the run that a kept failure cannot be told apart from."""
     from confluent_kafka import KafkaError
 
+    from trio_producer._batch import Batch
     from trio_producer._client import SpooledRun
     from trio_producer._delivery import DeliveryTracker, Epoch
+    from trio_producer._state import ProducerState
+    from trio_producer._worker import BatchChannel
 
     def run_of(*payloads: tuple[bytes | None, bytes]) -> tuple[Epoch, SpooledRun]:
         epoch = Epoch()
@@ -803,18 +806,18 @@ def test_a_run_confirms_at_the_stop_only_what_it_can_tell_was_delivered() -> Non
     class Client:
         errors_only = False
 
-    tracker = DeliveryTracker(Client(), lambda error: None, lambda error: None)  # type: ignore[arg-type]
-
     def settle(failed: list[tuple[bytes | None, bytes]], *, stopping: bool) -> list[int]:
+        state = ProducerState(None, BatchChannel(Batch(1, 1, 1), 0.0))
+        tracker = DeliveryTracker(Client(), state)  # type: ignore[arg-type]
         epoch, run = run_of(*payloads)
-        tracker.stopping = False
         for _ in range(len(payloads) - len(failed) - 1):
             run(None, None)
         confirmed: list[int] = []
         tracker._settle_runs(epoch, confirmed)  # one report missing: not settled yet
         assert confirmed == []
         assert epoch.runs == [run]
-        tracker.stopping = stopping
+        if stopping:
+            state.stop()  # the tasks have ended: the final reports
         if len(failed) < len(payloads):
             run(None, None)
         for key, value in failed:

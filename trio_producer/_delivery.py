@@ -29,8 +29,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ._batch import Pending
-    from ._exceptions import DeliveryError
     from ._message import KafkaErrorInfo
+    from ._state import ProducerState
 
 logger = logging.getLogger("trio_producer")
 
@@ -69,8 +69,9 @@ class Epoch(DeliveryReports):
         #: Failures already handed over by ``process``.
         self.routed = 0
         self.done: trio.Event | None = None
-        #: Retired (or released) while the producer was stopping: its failures were
-        #: purged messages, handed back by open_producer rather than confirmed.
+        #: Retired (or released) while the producer was stopping (recorded from its
+        #: phase): its failures were purged messages, handed back by open_producer
+        #: rather than confirmed.
         self.settled_at_stop = False
 
     @property
@@ -83,20 +84,17 @@ class DeliveryTracker:
 
     Args:
         client: The Kafka client.
-        route_failure: Called on the Trio thread with each failed delivery that no
-            ``send_and_wait`` caller is waiting for.
-        on_fatal: Called on the Trio thread with a fatal librdkafka error.
+        state: The producer's state: its ``route_failure`` takes each failed delivery
+            that no ``send_and_wait`` caller is waiting for, its ``on_fatal`` a fatal
+            librdkafka error (both on the Trio thread); its phase says whether the
+            producer is stopping.
     """
 
-    def __init__(
-        self,
-        client: KafkaClient,
-        route_failure: Callable[[DeliveryError], None],
-        on_fatal: Callable[[KafkaErrorInfo], None],
-    ) -> None:
+    def __init__(self, client: KafkaClient, state: ProducerState) -> None:
         self.client = client
-        self._route_failure = route_failure
-        self._on_fatal = on_fatal
+        self._state = state
+        self._route_failure = state.route_failure
+        self._on_fatal = state.on_fatal
         #: With a durable spool: called with the spool seqs of messages that were
         #: delivered, or failed and were handed back while the producer ran.
         self.on_confirmed: Callable[[list[int]], None] | None = None
@@ -125,8 +123,12 @@ class DeliveryTracker:
         self._polling = False
         self._poll_done = trio.lowlevel.ParkingLot()
         self.fatal: KafkaErrorInfo | None = None
-        #: The producer is stopping: reports processed from now on are the final ones.
-        self.stopping = False
+
+    @property
+    def stopping(self) -> bool:
+        """The producer is stopping (its phase: see ``_state``): reports processed from
+        now on are the final ones."""
+        return self._state.stopping
 
     # ---- counts -------------------------------------------------------------------------
 
@@ -206,7 +208,6 @@ class DeliveryTracker:
 
     def stop(self) -> None:
         """The producer has stopped: release every flush() still waiting (sync)."""
-        self.stopping = True
         for epoch in self.epochs:
             epoch.settled_at_stop = True
             if epoch.done is not None:

@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any, overload
 
-import attrs
 import trio
 
 from . import _signals
@@ -31,9 +30,10 @@ from ._hooks import (
     provider_error,
 )
 from ._intake import MemoryIntake
-from ._producer import _STOP_GRACE, CUT_SHORT_GRACE, Producer
+from ._producer import Producer
 from ._serializing import Encoder
 from ._spooled import SpoolIntake, open_keeper, recovered_batches
+from ._state import CUT_SHORT_GRACE, STOP_GRACE, ProducerState
 from ._undelivered import attach
 from ._worker import BatchChannel, run_worker
 from .serialization import Field, K, V
@@ -46,7 +46,6 @@ if TYPE_CHECKING:
     from ._config import ProducerFields
     from ._hooks import Instrumentation, KafkaStatistics, OAuthTokenProvider, ProducerInstruments
     from ._intake import Intake
-    from ._message import KafkaErrorInfo
     from ._spooled import SpoolKeeper
     from ._worker import Sink
     from .serialization import Serializer
@@ -59,91 +58,6 @@ enable_ki_protection = trio.lowlevel.enable_ki_protection
 #: After a Ctrl-C in the body, a drain still waiting after this many seconds says so;
 #: a drain to an unreachable cluster says so at once if it may wait this long.
 DRAIN_NOTICE = 1.0
-
-
-@attrs.define(eq=False)
-class _State:
-    """What happens to the producer as a whole: failures, fatal errors, abort."""
-
-    on_delivery_error: Callable[[DeliveryError], object] | None
-    channel: BatchChannel
-    failures: list[DeliveryError] = attrs.Factory(list)
-    failed_by: DeliveryError | None = None
-    fatal: KafkaErrorInfo | None = None
-    aborted: str | None = None
-    body_scope: trio.CancelScope | None = None
-    #: The drain's wait, cancelled by ``abort`` to cut it short.
-    drain_scope: trio.CancelScope | None = None
-    #: The tasks have stopped: failures are collected for the exit, not routed.
-    closed: bool = False
-    #: The exit has been decided: nobody can take a failure any more.
-    finished: bool = False
-    #: While a transaction aborts, without ``on_delivery_error``: the failures of its
-    #: messages (refused or purged by the abort), handed back with the exception that
-    #: leaves ``transaction()`` instead of failing the producer.
-    aborting_transaction: list[DeliveryError] | None = None
-
-    def route_failure(self, failure: DeliveryError) -> None:
-        if self.aborting_transaction is not None and not self.closed:
-            if self.on_delivery_error is None and self.fatal is None:
-                self.aborting_transaction.append(failure)
-                return
-        if self.closed:
-            # Reports served after the tasks stopped (purged at the deadline): these are
-            # always handed back in the exception, never only to the hook.
-            self.failures.append(failure)
-            return
-        hook = self.on_delivery_error
-        if hook is not None and self.fatal is None:
-            try:
-                result = hook(failure)
-                if inspect.isawaitable(result):
-                    _discard(result)
-                    raise TypeError(
-                        "on_delivery_error returned an awaitable: it must be a plain "
-                        "(sync) function; it is called on the Trio thread and must not block"
-                    )
-            except Exception as exc:
-                logger.exception("on_delivery_error raised; the producer fails")
-                self.failures.append(failure)
-                self._fail(failure, f"on_delivery_error raised {exc!r}")
-            return
-        self.failures.append(failure)
-        if self.failed_by is None:
-            logger.error("delivery failed, the producer fails: %s", failure)
-            self._fail(failure, f"a delivery failed: {failure}")
-
-    def adopt_failure(self, failure: DeliveryError) -> bool:
-        """Take a failure a cancelled ``send_and_wait`` could not raise; False if too late."""
-        if self.finished:
-            return False
-        self.route_failure(failure)
-        return True
-
-    def on_fatal(self, error: KafkaErrorInfo) -> None:
-        self.fatal = error
-        self._fail(None, f"fatal Kafka error: {error}")
-
-    def abort(self, reason: str) -> None:
-        if self.aborted is None:
-            self.aborted = reason
-            logger.warning("the producer is aborted: %s", reason)
-        self._fail(None, f"aborted: {reason}")
-        if self.drain_scope is not None:
-            self.drain_scope.cancel(reason=f"trio_producer: aborted: {reason}")
-
-    def _fail(self, failure: DeliveryError | None, reason: str) -> None:
-        if self.failed_by is None and failure is not None:
-            self.failed_by = failure
-        self.channel.close(f"the producer failed: {reason}", failed=True)
-        if self.body_scope is not None:
-            self.body_scope.cancel(reason=f"trio_producer: {reason}")
-
-
-def _discard(awaitable: Awaitable[object]) -> None:
-    close = getattr(awaitable, "close", None)
-    if close is not None:
-        close()  # no "coroutine was never awaited" warning on top of our error
 
 
 def _check_hook(hook: object) -> Callable[[DeliveryError], object] | None:
@@ -278,8 +192,8 @@ async def open_producer(
         channel = BatchChannel(
             Batch(cfg.batch_max_messages, cfg.batch_max_bytes, cfg.queue_capacity), cfg.linger
         )
-        state = _State(hook, channel)
-        tracker = DeliveryTracker(client, state.route_failure, state.on_fatal)
+        state = ProducerState(hook, channel)
+        tracker = DeliveryTracker(client, state)
         tracker.hooks = Hooks(
             cfg.bootstrap_servers, on_statistics=on_statistics, oauth=client.oauth
         )
@@ -320,7 +234,7 @@ async def open_producer(
                 yield producer
             raise_ = _finish(ending(), state, producer)
         finally:
-            state.finished = True
+            state.finish()
             _signals.unregister(producer)
         if raise_ is not None:
             raise raise_
@@ -388,7 +302,7 @@ def _sink(tracker: DeliveryTracker) -> Sink:
 @enable_ki_protection
 async def _running(
     intake: Intake,
-    state: _State,
+    state: ProducerState,
     channel: BatchChannel,
     tracker: DeliveryTracker,
     cfg: ProducerConfig,
@@ -458,11 +372,10 @@ async def _running(
     except BaseException as exc:  # a bug in a background task, or KeyboardInterrupt
         internal = exc
     # Only now, with no task left that uses the client: purge, collect.
-    state.closed = True
-    tracker.stopping = True
+    state.stop()
     client = tracker.client
     client.purge()
-    client.serve_remaining_reports(time.monotonic() + _STOP_GRACE)
+    client.serve_remaining_reports(time.monotonic() + STOP_GRACE)
     tracker.process()
     for item in channel.unsent():
         _hand_back_unsent(item, state)
@@ -498,7 +411,7 @@ async def _running(
 
 
 async def _drain(
-    state: _State,
+    state: ProducerState,
     channel: BatchChannel,
     tracker: DeliveryTracker,
     worker_done: trio.Event,
@@ -515,7 +428,7 @@ async def _drain(
     not wait for it at all (what is not delivered is handed back).
     """
     # 1. Close the send side (sync): new sends raise ProducerClosedError.
-    channel.close()
+    state.begin_drain()
     start = trio.current_time()
     deadline = start + cfg.close_timeout
     interrupt: KeyboardInterrupt | None = None
@@ -554,8 +467,7 @@ async def _drain(
     # what is already at the broker gets CUT_SHORT_GRACE to be confirmed. Failures from
     # now on (the purged messages) are handed back at the exit, not to the hook (and,
     # with a spool, stay in it).
-    state.closed = True
-    tracker.stopping = True
+    state.cut_short()
     worker_scope.cancel(reason="trio_producer: the drain was cut short")
     try:
         with trio.CancelScope(deadline=trio.current_time() + CUT_SHORT_GRACE, shield=True):
@@ -603,7 +515,7 @@ def _say_drain(
     return False
 
 
-def _hand_back_unsent(item: Pending, state: _State) -> None:
+def _hand_back_unsent(item: Pending, state: ProducerState) -> None:
     """A message accepted but never handed to librdkafka: to its waiter, or the exit."""
     error = failure_from_pending(item, NOT_PRODUCED)
     tracked = item.get("callback")
@@ -620,7 +532,7 @@ async def _background(
     scope: trio.CancelScope,
     done: trio.Event | None,
     fn: Callable[[], Awaitable[object]],
-    state: _State,
+    state: ProducerState,
 ) -> None:
     try:
         with scope:
@@ -634,7 +546,7 @@ async def _background(
             done.set()
 
 
-def _finish(ending: Ending, state: _State, producer: Producer) -> BaseException | None:
+def _finish(ending: Ending, state: ProducerState, producer: Producer) -> BaseException | None:
     verdict = decide(ending)
     if ending.unknown:
         logger.error(

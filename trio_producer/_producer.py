@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import logging
+import weakref
 from contextlib import asynccontextmanager
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Generic
@@ -13,14 +14,14 @@ import attrs
 import trio
 
 from ._args import check_topic, make_item, valid_topics
-from ._client import TrackedReport, check_offsets
+from ._client import TrackedReport
 from ._exceptions import (
     ConfigError,
     DeliveryError,
     TransactionError,
-    TrioProducerError,
 )
 from ._message import KafkaErrorInfo
+from ._transaction import Transactions
 from .serialization import K, V
 
 if TYPE_CHECKING:
@@ -29,23 +30,15 @@ if TYPE_CHECKING:
     from confluent_kafka import TopicPartition
 
     from ._batch import Pending
-    from ._client import KafkaClient
     from ._delivery import DeliveryTracker
     from ._hooks import KafkaStatistics
     from ._intake import Intake
-    from ._lifecycle import _State
     from ._message import Headers, RecordMetadata
     from ._serializing import Encoder
+    from ._state import ProducerState
     from ._worker import BatchChannel
 
 logger = logging.getLogger("trio_producer")
-
-#: Grace after ``close_timeout`` for the background tasks to notice they are stopped
-#: (one poll timeout) and for purged delivery reports to be served.
-_STOP_GRACE = 2.0
-#: When the drain is cut short (Ctrl-C while leaving, or Producer.abort): how long the
-#: messages already sent to the broker get to be confirmed before they are purged too.
-CUT_SHORT_GRACE = 1.0
 
 enable_ki_protection = trio.lowlevel.enable_ki_protection
 
@@ -122,7 +115,7 @@ class Producer(Generic[K, V]):
         self,
         channel: BatchChannel,
         tracker: DeliveryTracker,
-        state: _State,
+        state: ProducerState,
         intake: Intake,
         encoder: Encoder | None,
         transaction_timeout: float = 30.0,
@@ -137,16 +130,21 @@ class Producer(Generic[K, V]):
         #: Takes each fire-and-forget message: in memory, the channel itself (its
         #: ``send_nowait`` is then the one call the in-memory fast path makes).
         self._acceptor = intake.acceptor
-        self._transaction_timeout = transaction_timeout
-        self._in_transaction = False
         #: The producer has a transactional.id and no transaction is open: every send
-        #: is refused at the call (one attribute check on the hot path).
-        self._needs_transaction = tracker.client.transactional
-        #: Commit or abort has begun: send_offsets may no longer join the transaction.
-        self._txn_ending = False
-        #: librdkafka runs one transactional call at a time (another one fails with
-        #: _CONFLICT or _PREV_IN_PROGRESS and wedges the transaction): this orders them.
-        self._txn_lock = trio.Lock()
+        #: is refused at the call (one attribute check on the hot path). A copy of
+        #: ``self._transactions.state is READY``, kept by its moves alone.
+        self._needs_transaction = False
+        producer = weakref.ref(self)  # (no cycle: a producer dropped is freed at once)
+
+        def set_needs_transaction(needs: bool) -> None:
+            this = producer()
+            if this is not None:
+                this._needs_transaction = needs
+
+        #: The transaction state and logic (see ``_transaction``).
+        self._transactions = Transactions(
+            tracker, channel, state, set_needs_transaction, transaction_timeout
+        )
         #: One :class:`DeliveryError` per accepted message that was not delivered, set
         #: when the block is left with an exception that is not the producer's own
         #: (the body's exception, or ``KeyboardInterrupt``), which won over the
@@ -427,44 +425,8 @@ class Producer(Generic[K, V]):
             TransactionError: begin or commit failed (an abortable failure was aborted).
             ProducerClosedError: The producer is closed.
         """
-        client = self._tracker.client
-        await trio.lowlevel.checkpoint()
-        if not client.transactional:
-            raise ConfigError(
-                "transaction() needs the librdkafka property 'transactional.id' "
-                "(librdkafka={'transactional.id': ...})"
-            )
-        if self._in_transaction:
-            raise TrioProducerError("a transaction is already open on this producer")
-        if self._channel.closed:
-            raise self._channel.closed_error()
-        self._in_transaction = True
-        self._needs_transaction = False
-        try:
-            client.begin_transaction()
-            try:
-                yield
-            except BaseException as exc:
-                self._txn_ending = True
-                raise await self._abort_transaction(exc) from None
-            self._txn_ending = True
-            try:
-                await self.flush()
-                async with self._txn_lock:
-                    await self._tracker.run_exclusive(
-                        client.commit_transaction, self._transaction_timeout
-                    )
-            except TransactionError as exc:
-                if exc.abortable:
-                    raise await self._abort_transaction(exc) from None
-                raise
-            except BaseException as exc:
-                # Cancelled, interrupted or closed before librdkafka's commit started.
-                raise await self._abort_transaction(exc) from None
-        finally:
-            self._in_transaction = False
-            self._needs_transaction = True
-            self._txn_ending = False
+        async with self._transactions.run(self.flush):
+            yield
 
     @enable_ki_protection
     async def send_offsets(self, offsets: Sequence[TopicPartition], group_metadata: bytes) -> None:
@@ -511,106 +473,7 @@ class Producer(Generic[K, V]):
             ValueError: A topic name that is not valid (nothing was sent).
             ProducerClosedError: The producer is closed.
         """
-        await trio.lowlevel.checkpoint_if_cancelled()
-        checked = check_offsets(offsets, group_metadata)
-        if self._channel.closed:
-            raise self._channel.closed_error()
-        self._check_joinable()
-        if not checked:
-            return  # only logical offsets: nothing to commit
-        client = self._tracker.client
-        async with self._txn_lock:  # (one transactional call at a time)
-            self._check_joinable()
-            await self._tracker.run_exclusive(
-                client.send_offsets_to_transaction,
-                checked,
-                group_metadata,
-                self._transaction_timeout,
-            )
-        await trio.lowlevel.checkpoint_if_cancelled()
-
-    def _check_joinable(self) -> None:
-        if not self._in_transaction:
-            raise TrioProducerError(
-                "send_offsets() must be called inside producer.transaction(): the offsets "
-                "are committed with the transaction"
-            )
-        if self._txn_ending:
-            raise TrioProducerError(
-                "send_offsets() came too late: the transaction is already committing or "
-                "aborting (call it inside the transaction block, before it ends)"
-            )
-
-    async def _abort_transaction(self, exc: BaseException) -> BaseException:
-        """Abort the open transaction after ``exc``: shielded, bounded, and not skipped by
-        a Ctrl-C. Returns what the caller must see: ``exc`` with a note saying how the
-        transaction ended, or a ``KeyboardInterrupt`` that arrived meanwhile."""
-        client = self._tracker.client
-        interrupt: KeyboardInterrupt | None = None
-        deadline = trio.current_time() + self._transaction_timeout
-        state = self._state
-        absorbed: list[DeliveryError] = []
-        state.aborting_transaction = absorbed
-        try:
-            outcome, interrupt = await self._run_abort(client, deadline)
-        except BaseException:
-            state.aborting_transaction = None
-            for failure in absorbed:  # not handed back here after all: route them
-                state.route_failure(failure)
-            raise
-        state.aborting_transaction = None
-        note = f"trio_producer: the transaction was {outcome}"
-        if absorbed:
-            # The abort discards the transaction's messages anyway: those it refused or
-            # purged before they were written are handed back here, not as a failure of
-            # the whole producer.
-            note += (
-                f"; {len(absorbed)} of its messages were not written before the abort and "
-                "are handed back in this exception's `transaction_undelivered`"
-            )
-        target: BaseException = interrupt if interrupt is not None else exc
-        if interrupt is not None:
-            interrupt.__context__ = exc
-        target.add_note(note)
-        if absorbed:
-            target.transaction_undelivered = tuple(absorbed)  # type: ignore[attr-defined]
-        return target
-
-    async def _run_abort(
-        self, client: KafkaClient, deadline: float
-    ) -> tuple[str, KeyboardInterrupt | None]:
-        interrupt: KeyboardInterrupt | None = None
-        with trio.CancelScope(deadline=deadline, shield=True):
-            try:
-                # Deliver what was sent, so that the abort purges nothing we would
-                # have to hand back.
-                await self._settle_quietly()
-            except KeyboardInterrupt as ki:
-                interrupt = ki  # stop waiting, but still abort
-            except TrioProducerError:
-                pass  # the producer is closing: the abort purges what is left
-        outcome = "aborted"
-        while True:
-            try:
-                with trio.CancelScope(deadline=deadline + _STOP_GRACE, shield=True) as scope:
-                    async with self._txn_lock:  # after a send_offsets still running
-                        remaining = max(0.1, deadline - trio.current_time())
-                        await self._tracker.run_exclusive(client.abort_transaction, remaining)
-                if scope.cancelled_caught:
-                    outcome = "left open: the abort did not finish within transaction_timeout"
-                break
-            except KeyboardInterrupt as ki:
-                interrupt = interrupt or ki  # the abort must still run
-            except TrioProducerError as abort_error:
-                outcome = f"not aborted: aborting failed: {abort_error}"
-                logger.error("aborting the transaction failed: %s", abort_error)
-                break
-        return outcome, interrupt
-
-    async def _settle_quietly(self) -> None:
-        channel = self._channel
-        await channel.wait_produced(channel.request_flush())
-        await self._tracker.wait_for_earlier()
+        await self._transactions.send_offsets(offsets, group_metadata)
 
     def backlog(self) -> int:
         """Accepted messages that are only in the durable spool (0 without one)."""
