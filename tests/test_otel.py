@@ -103,8 +103,8 @@ async def test_one_telemetry_for_two_producers(kafka_bootstrap: str, kafka_topic
 async def test_without_telemetry_the_worker_sink_is_the_tracker(kafka_bootstrap: str) -> None:
     async with open_producer(bootstrap_servers=kafka_bootstrap) as producer:
         tracker = producer._tracker
-        assert tracker.hooks.instruments is None
-        assert _sink(tracker) is tracker
+        assert tracker.observer is None
+        assert _sink(tracker, None) is tracker
 
 
 async def test_telemetry_without_an_sdk_is_a_no_op(kafka_bootstrap: str, kafka_topic: str) -> None:

@@ -20,9 +20,9 @@ from ._hooks import OAuthToken as OAuthToken
 from ._lifecycle import open_producer as open_producer
 from ._message import KafkaErrorInfo as KafkaErrorInfo
 from ._message import Message as Message
+from ._message import ProducerStatistics as ProducerStatistics
 from ._message import RecordMetadata as RecordMetadata
 from ._producer import Producer as Producer
-from ._producer import ProducerStatistics as ProducerStatistics
 from ._producer import SpooledProducer as SpooledProducer
 from ._signals import cancel_on_signals as cancel_on_signals
 from ._spool import SpoolDiskFullError as SpoolDiskFullError

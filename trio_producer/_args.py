@@ -7,12 +7,12 @@ type checks and a set lookup, inlined in ``Producer.send``; the rest comes here.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, TypeAlias
 
 from ._batch import Route
 from ._client import TrackedReport
+from ._topics import check_topic
 
 if TYPE_CHECKING:
     import trio
@@ -94,33 +94,6 @@ def bulk_item(topic: str, element: object) -> tuple[Pending, int]:
     if key is None:
         return {"topic": topic, "value": value}, size
     return {"topic": topic, "value": value, "key": key}, size + len(key)
-
-
-_TOPIC_RE = re.compile(r"[a-zA-Z0-9._-]{1,249}")
-#: Topic names already checked (the check is a regex; the hot path is a set lookup).
-valid_topics: set[str] = set()
-_VALID_TOPICS_MAX = 10_000
-
-
-def bad_topic(topic: object) -> TypeError | ValueError:
-    if not isinstance(topic, str):
-        return TypeError(f"topic must be a non-empty str, not {type(topic).__name__} {topic!r:.50}")
-    if not topic:
-        return ValueError(f"topic must be a non-empty str, not {topic!r}")
-    return ValueError(
-        f"topic {topic!r:.80} is not a valid Kafka topic name: use 1 to 249 of "
-        "the characters a-z A-Z 0-9 . _ - (and not '.' or '..')"
-    )
-
-
-def check_topic(topic: object) -> None:
-    """Raise unless ``topic`` is a legal Kafka topic name; remember the good ones."""
-    if type(topic) is str and topic in valid_topics:
-        return
-    if type(topic) is not str or topic in (".", "..") or not _TOPIC_RE.fullmatch(topic):
-        raise bad_topic(topic)
-    if len(valid_topics) < _VALID_TOPICS_MAX:
-        valid_topics.add(topic)
 
 
 def make_item(

@@ -27,6 +27,7 @@ from ._exceptions import ConfigError, DeliveryError, TransactionError
 from ._hooks import OAuthCallback, OAuthToken, OAuthTokenProvider
 from ._logging import LibrdkafkaLog
 from ._message import KafkaErrorInfo, Message, RecordMetadata
+from ._topics import check_topic
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -57,7 +58,6 @@ def check_offsets(offsets: object, group_metadata: object) -> list[Any]:
             "offsets must be a list of confluent_kafka.TopicPartition (e.g. "
             f"consumer.position(consumer.assignment())), not {type(offsets).__name__}"
         )
-    from ._args import check_topic  # (_args imports this module)
 
     for index, tp in enumerate(offsets):
         if not isinstance(tp, confluent_kafka.TopicPartition):

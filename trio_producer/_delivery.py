@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
@@ -52,6 +52,13 @@ AUTHENTICATION_ERRORS = frozenset({"_AUTHENTICATION", "SASL_AUTHENTICATION_FAILE
 
 #: Failures that an unreachable cluster explains: their DeliveryError then says so.
 UNREACHABLE_ERRORS = frozenset({"_MSG_TIMED_OUT", "_TIMED_OUT", "_TRANSPORT"})
+
+
+class PollObserver(Protocol):
+    """What watches the delivery task: told after each poll, on the Trio thread."""
+
+    def after_poll(self, tracker: DeliveryTracker) -> None:
+        """Count what the reports of this poll changed (must not block)."""
 
 
 class Epoch(DeliveryReports):
@@ -101,9 +108,11 @@ class DeliveryTracker:
         #: With a durable spool: called before each hand-off to librdkafka (the spool
         #: records that nothing newer was handed over: ``Spool.note_handed``).
         self.before_produce: Callable[[], None] | None = None
-        #: Statistics, connection state, OAuth expiry, telemetry: handed over after each
+        #: Statistics, connection state, OAuth expiry: handed over after each
         #: poll (open_producer sets its own).
         self.hooks = Hooks("the bootstrap servers")
+        #: Told after each poll (telemetry: ``trio_producer.otel``); open_producer sets it.
+        self.observer: PollObserver | None = None
         self.epochs: deque[Epoch] = deque([Epoch()])
         #: librdkafka reports failures only: a delivery is known from its absence, once
         #: librdkafka holds nothing any more (see process and wait_for_earlier).
@@ -301,7 +310,9 @@ class DeliveryTracker:
                 at_least = produced - self.failed - left
                 if at_least > self._delivered_at_least:
                     self._delivered_at_least = at_least
-        self.hooks.after_poll(self)
+        self.hooks.after_poll(self.client.take_statistics(), self.delivered)
+        if self.observer is not None:
+            self.observer.after_poll(self)
         for epoch in self.epochs:
             if epoch.completed:
                 completed, epoch.completed = epoch.completed, []

@@ -20,17 +20,12 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 import attrs
 
 from ._logging import Connectivity
 from ._message import KafkaErrorInfo
-
-if TYPE_CHECKING:
-    from ._delivery import DeliveryTracker
-    from ._producer import Producer
-    from ._worker import Sink
 
 logger = logging.getLogger("trio_producer")
 
@@ -186,27 +181,6 @@ class KafkaStatistics:
         )
 
 
-class ProducerInstruments(Protocol):
-    """What telemetry (see :mod:`trio_producer.otel`) does for one open producer."""
-
-    def wrap_sink(self, sink: Sink) -> Sink:
-        """The worker's sink, counting what it hands to librdkafka (per batch)."""
-
-    def after_poll(self, tracker: DeliveryTracker) -> None:
-        """On the Trio thread, after each poll: count the reports that came."""
-
-    def close(self) -> None:
-        """The producer closed: stop observing it."""
-
-
-class Instrumentation(Protocol):
-    """The ``telemetry=`` argument of :func:`open_producer`, e.g.
-    :class:`trio_producer.otel.Telemetry`."""
-
-    def attach(self, producer: Producer) -> ProducerInstruments:
-        """Start observing one producer (called once, when it opens)."""
-
-
 def check_sync_hook(name: str, hook: object) -> None:
     if hook is None:
         return
@@ -230,21 +204,19 @@ class Hooks:
         self.connectivity = Connectivity(bootstrap_servers)
         self.on_statistics = on_statistics
         self.oauth = oauth
-        self.instruments: ProducerInstruments | None = None
         #: The latest statistics snapshot, or None before the first one.
         self.statistics: KafkaStatistics | None = None
 
-    def after_poll(self, tracker: DeliveryTracker) -> None:
-        """Called by the delivery task (Trio thread) after the reports were handed over."""
+    def after_poll(self, statistics: str | None, delivered: int) -> None:
+        """Called by the delivery task (Trio thread) after the reports were handed over,
+        with librdkafka's statistics JSON since the last call (if any) and the count of
+        deliveries so far."""
         brokers_up = False
-        text = tracker.client.take_statistics()
-        if text is not None:
-            brokers_up = self._statistics(text)
-        self.connectivity.progress(tracker.delivered, brokers_up=brokers_up)
+        if statistics is not None:
+            brokers_up = self._statistics(statistics)
+        self.connectivity.progress(delivered, brokers_up=brokers_up)
         if self.oauth is not None:
             self.oauth.check_expiry()
-        if self.instruments is not None:
-            self.instruments.after_poll(tracker)
 
     def _statistics(self, text: str) -> bool:
         try:

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from ._batch import Pending
-    from ._producer import ProducerStatistics
+    from ._message import ProducerStatistics
     from ._worker import BatchChannel
 
 

@@ -44,7 +44,8 @@ if TYPE_CHECKING:
     from typing import Unpack
 
     from ._config import ProducerFields
-    from ._hooks import Instrumentation, KafkaStatistics, OAuthTokenProvider, ProducerInstruments
+    from ._hooks import KafkaStatistics, OAuthTokenProvider
+    from ._instruments import Instrumentation, ProducerInstruments
     from ._intake import Intake
     from ._spooled import SpoolKeeper
     from ._worker import Sink
@@ -224,13 +225,15 @@ async def open_producer(
             channel, tracker, state, intake, encoder, cfg.transaction_timeout
         )
         if telemetry is not None:
-            instruments = tracker.hooks.instruments = telemetry.attach(producer)
+            instruments = telemetry.attach(producer)
+            tracker.observer = instruments
         if client.transactional:
             # Blocking and not cancellable: bounded by its own timeout.
             await trio.to_thread.run_sync(client.init_transactions, cfg.transaction_timeout)
         _signals.register(producer)
         try:
-            async with _running(intake, state, channel, tracker, cfg, keeper) as ending:
+            sink = _sink(tracker, instruments)
+            async with _running(intake, state, channel, sink, tracker, cfg, keeper) as ending:
                 yield producer
             raise_ = _finish(ending(), state, producer)
         finally:
@@ -292,9 +295,8 @@ async def _open_client(
     )
 
 
-def _sink(tracker: DeliveryTracker) -> Sink:
+def _sink(tracker: DeliveryTracker, instruments: ProducerInstruments | None) -> Sink:
     """The worker's sink: the tracker, counted by the telemetry when there is one."""
-    instruments = tracker.hooks.instruments
     return tracker if instruments is None else instruments.wrap_sink(tracker)
 
 
@@ -304,6 +306,7 @@ async def _running(
     intake: Intake,
     state: ProducerState,
     channel: BatchChannel,
+    sink: Sink,
     tracker: DeliveryTracker,
     cfg: ProducerConfig,
     keeper: SpoolKeeper | None,
@@ -344,7 +347,7 @@ async def _running(
                 partial(
                     run_worker,
                     channel,
-                    _sink(tracker),
+                    sink,
                     first=first,
                     on_handed=keeper.recovered_handed if keeper is not None else None,
                 ),

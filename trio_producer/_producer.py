@@ -10,22 +10,22 @@ from contextlib import asynccontextmanager
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Generic
 
-import attrs
 import trio
 
-from ._args import check_topic, make_item, valid_topics
+from ._args import make_item
 from ._client import TrackedReport
 from ._exceptions import (
     ConfigError,
     DeliveryError,
     TransactionError,
 )
-from ._message import KafkaErrorInfo
+from ._message import KafkaErrorInfo, ProducerStatistics
+from ._topics import check_topic, valid_topics
 from ._transaction import Transactions
 from .serialization import K, V
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+    from collections.abc import AsyncIterator, Iterable, Sequence
 
     from confluent_kafka import TopicPartition
 
@@ -41,40 +41,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("trio_producer")
 
 enable_ki_protection = trio.lowlevel.enable_ki_protection
-
-
-@attrs.frozen
-class ProducerStatistics:
-    """A snapshot of a producer's counters.
-
-    Attributes:
-        queued: Accepted messages not yet handed to librdkafka.
-        in_flight: Messages handed to librdkafka whose delivery report has not come.
-        delivered: Messages the broker confirmed.
-        failed: Messages whose delivery failed (including purged ones).
-        batches: Batches handed to librdkafka, by trigger: ``"messages"`` (count or
-            full queue), ``"bytes"``, ``"linger"``, ``"flush"``, ``"drain"`` (the final
-            drain when the channel closed).
-        spooled: With a durable spool: messages in it that are not confirmed yet.
-        recovered: With a durable spool: unconfirmed messages an earlier process left
-            in it, found when this producer opened it (sent before anything new).
-        spool_error: With a durable spool: the disk condition it is in, or ``None``
-            (no room for a new segment: new messages are refused with
-            ``SpoolDiskFullError``; no room for the ack log; an ``fsync`` failed).
-        spool_unrecorded: With a durable spool: confirmations a full disk keeps out of
-            the ack log (in memory; if the process ends before they are written, those
-            messages are sent again by the next run).
-    """
-
-    queued: int
-    in_flight: int
-    delivered: int
-    failed: int
-    batches: Mapping[str, int]
-    spooled: int = 0
-    recovered: int = 0
-    spool_error: str | None = None
-    spool_unrecorded: int = 0
 
 
 def outside_transaction(method: str) -> TransactionError:

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ._args import check_topic, make_item
+from ._args import make_item
 from ._exceptions import ProducerClosedError, SerializationError
+from ._topics import check_topic
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

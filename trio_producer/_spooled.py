@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
     from ._batch import Pending
-    from ._producer import ProducerStatistics
+    from ._message import ProducerStatistics
     from ._worker import BatchChannel
 
 logger = logging.getLogger("trio_producer")

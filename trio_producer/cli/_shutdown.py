@@ -12,7 +12,7 @@ from ._common import say, signal_name
 if TYPE_CHECKING:
     from .._producer import Producer
     from ._lines import ReadStop
-    from .produce import ProduceResult
+    from ._report import ProduceResult
 
 
 @attrs.define(eq=False)

@@ -15,7 +15,6 @@ import trio
 
 from .._config import ProducerConfig
 from .._exceptions import (
-    DeliveryError,
     KafkaFatalError,
     TrioProducerError,
     UndeliveredMessagesError,
@@ -37,58 +36,13 @@ from ._options import (
     reader_properties,
     verbose_option,
 )
-from ._report import report
+from ._report import ProduceResult, report
 from ._shutdown import Shutdown
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from .._message import Message
     from .._producer import Producer
-
-
-@attrs.define
-class ProduceResult:
-    read: int = 0
-    sent: int = 0
-    delivered: int = 0
-    #: Deliveries that failed (the broker or librdkafka said no).
-    failed: list[DeliveryError] = attrs.Factory(list)
-    #: Lines never sent because they could not be made into a message, and why.
-    rejected: list[tuple[bytes, str]] = attrs.Factory(list)
-    undelivered: list[Message] = attrs.Factory(list)
-    #: Lines read but never sent: the sending was cut short, or the producer failed.
-    unsent: list[bytes] = attrs.Factory(list)
-    #: The start of a line whose rest was never read (the reading stopped): not a line,
-    #: not sent, named apart.
-    partial_line: bytes = b""
-    #: Input files never opened for reading because the reading stopped first.
-    unread_files: list[str] = attrs.Factory(list)
-    #: The signal that stopped the reading (its name), if one did.
-    interrupted: str | None = None
-    #: The signal that cut the drain short (its number), if one did.
-    cut_short: int | None = None
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.delivered == self.read and not (
-            self.failed or self.rejected or self.undelivered or self.unsent
-        )
-
-    @property
-    def exit_status(self) -> int:
-        """0: every line read was delivered; 1: some were not; 128 + N: signal N cut the
-        drain short (130 for SIGINT, 143 for SIGTERM)."""
-        if self.cut_short is not None:
-            return 128 + self.cut_short
-        return 0 if self.ok else 1
-
-    def summary(self) -> str:
-        return (
-            f"sent={self.sent} delivered={self.delivered} rejected={len(self.rejected)} "
-            f"failed={len(self.failed)} undelivered={len(self.undelivered) + len(self.unsent)}"
-        )
 
 
 async def _give_up_when_unreachable(producer: Producer, seconds: float) -> None:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
-from .._args import bulk_item, check_topic, make_item
+from .._args import bulk_item, make_item
 from .._batch import message_from_pending
 from .._client import check_offsets, kafka_error
 from .._config import ProducerConfig
@@ -33,9 +33,10 @@ from .._exceptions import ConfigError, DeliveryError, ProducerClosedError, TrioP
 from .._exit import Ending, decide
 from .._intake import no_spool_to_sync
 from .._lifecycle import _check_hook
-from .._message import ConsumedRecord, KafkaErrorInfo, Message, RecordMetadata
-from .._producer import Producer, ProducerStatistics
+from .._message import ConsumedRecord, KafkaErrorInfo, Message, ProducerStatistics, RecordMetadata
+from .._producer import Producer
 from .._serializing import _header_list, _split
+from .._topics import check_topic
 from .._undelivered import attach
 from ..serialization import Field, K, V
 
