@@ -16,6 +16,7 @@ import trio
 from trio_producer import (
     ConfigError,
     KafkaFatalError,
+    ProducerClosedError,
     TransactionError,
     TrioProducerError,
     open_producer,
@@ -171,3 +172,22 @@ async def test_a_send_outside_a_transaction_is_refused_at_the_call(
         stats = producer.statistics()
     assert (stats.delivered, stats.failed, stats.queued) == (2, 0, 0)
     assert await read(kafka_bootstrap, kafka_topic) == [b"in", b"in too"]
+
+
+async def test_a_closed_transactional_producer_says_it_is_closed(kafka_bootstrap: str) -> None:
+    """After the block, with no transaction open, a send is refused because the producer
+    is closed (what every producer says then), not because no transaction is open."""
+    async with open_producer(
+        bootstrap_servers=kafka_bootstrap, librdkafka={"transactional.id": txn_id("closed")}
+    ) as producer:
+        pass
+    calls = [
+        partial(producer.send, "t", b"x"),
+        partial(producer.send_many, "t", [b"x"]),
+        partial(producer.send_and_wait, "t", b"x"),
+    ]
+    for call in calls:
+        with pytest.raises(ProducerClosedError, match=r"^the producer is closed"):
+            await call()
+    with pytest.raises(ProducerClosedError, match=r"^the producer is closed"):
+        producer.send_nowait("t", b"x")

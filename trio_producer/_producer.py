@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import logging
 import weakref
 from contextlib import asynccontextmanager
 from types import MappingProxyType
@@ -18,6 +17,7 @@ from ._exceptions import (
     ConfigError,
     DeliveryError,
     TransactionError,
+    TrioProducerError,
 )
 from ._message import KafkaErrorInfo, ProducerStatistics
 from ._topics import check_topic, valid_topics
@@ -37,8 +37,6 @@ if TYPE_CHECKING:
     from ._serializing import Encoder
     from ._state import ProducerState
     from ._worker import BatchChannel
-
-logger = logging.getLogger("trio_producer")
 
 enable_ki_protection = trio.lowlevel.enable_ki_protection
 
@@ -117,6 +115,13 @@ class Producer(Generic[K, V]):
         #: :class:`UndeliveredMessagesError`.
         self.undelivered: tuple[DeliveryError, ...] = ()
 
+    def _refused_outside_transaction(self, method: str) -> TrioProducerError:
+        """Why a send on a transactional producer with no transaction open is refused:
+        the producer is closed (what every producer says then), or no transaction is open."""
+        if self._channel.closed:
+            return self._channel.closed_error()
+        return outside_transaction(method)
+
     @enable_ki_protection
     async def send(
         self,
@@ -154,7 +159,7 @@ class Producer(Generic[K, V]):
         """
         if self._needs_transaction:
             await trio.lowlevel.checkpoint()
-            raise outside_transaction("send")
+            raise self._refused_outside_transaction("send")
         if self._encoder is not None:
             key, value, headers = await self._encoder.prepare(topic, key, value, headers)
         if (
@@ -199,7 +204,7 @@ class Producer(Generic[K, V]):
                 :meth:`transaction` is open (nothing accepted).
         """
         if self._needs_transaction:
-            raise outside_transaction("send_nowait")
+            raise self._refused_outside_transaction("send_nowait")
         if self._encoder is not None:
             key, value, headers = self._encoder.prepare_now(topic, key, value, headers)
         if (
@@ -247,7 +252,7 @@ class Producer(Generic[K, V]):
         """
         if self._needs_transaction:
             await trio.lowlevel.checkpoint()
-            raise outside_transaction("send_many")
+            raise self._refused_outside_transaction("send_many")
         check_topic(topic)
         encoder = self._encoder
         if encoder is not None:
@@ -288,7 +293,7 @@ class Producer(Generic[K, V]):
         """
         if self._needs_transaction:
             await trio.lowlevel.checkpoint()
-            raise outside_transaction("send_and_wait")
+            raise self._refused_outside_transaction("send_and_wait")
         if self._encoder is not None:
             key, value, headers = await self._encoder.prepare(topic, key, value, headers)
         if self._tracker.errors_only:
