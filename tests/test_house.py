@@ -20,14 +20,23 @@ def _module_name(path: Path) -> str:
 
 
 def arrows() -> dict[str, set[str]]:
-    """Each module of the package, and the package modules it imports (relative imports)."""
+    """Each module of the package, and the package modules it imports (relative and
+    absolute imports alike)."""
     modules = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
     result: dict[str, set[str]] = {}
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         targets: set[str] = set()
         for node in ast.walk(ast.parse(path.read_text())):
-            if not isinstance(node, ast.ImportFrom) or node.level == 0:
+            if isinstance(node, ast.Import):  # import trio_producer._x
+                targets.update(alias.name for alias in node.names)
+                continue
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level == 0:  # from trio_producer._x import y, from trio_producer import _x
+                if node.module is not None and node.module.startswith("trio_producer"):
+                    targets.add(node.module)
+                    targets.update(f"{node.module}.{alias.name}" for alias in node.names)
                 continue
             base = package.split(".")
             base = base[: len(base) - (node.level - 1)]

@@ -151,13 +151,19 @@ class ProducerState:
     #: messages (refused or purged by the abort), handed back with the exception that
     #: leaves ``transaction()`` instead of failing the producer.
     transaction_failures: list[DeliveryError] | None = None
-    phase: Phase = attrs.field(default=Phase.OPEN, init=False)
+    #: Written only by ``_move`` (read it as ``phase``).
+    _phase: Phase = attrs.field(default=Phase.OPEN, init=False)
+
+    @property
+    def phase(self) -> Phase:
+        """Where the producer is in its shutdown (moved only by the methods below)."""
+        return self._phase
 
     # ---- the moves (see the module's table) ---------------------------------------------
 
     def _move(self, new: Phase) -> None:
-        check_transition(PHASE_TRANSITIONS, "producer's phase", self.phase, new)
-        self.phase = new
+        check_transition(PHASE_TRANSITIONS, "producer's phase", self._phase, new)
+        self._phase = new
 
     def begin_drain(self) -> None:
         """OPEN → DRAINING: close the channel (sync); new sends raise ProducerClosedError."""
