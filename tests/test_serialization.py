@@ -508,6 +508,8 @@ async def test_ctrl_c_is_not_held_off_by_a_blocking_serializer(
     three accepted before it are in the topic. Before: an ``async def`` serializer (and
     confluent's async ones, and ThreadedSerializer's inline calls) ran KI-protected,
     since only the call that creates the coroutine was unprotected: 4 s."""
+    if kind == "registry-inline":
+        pytest.importorskip("confluent_kafka.schema_registry.avro")  # the extra
     proc = await trio.run_process(
         [sys.executable, str(BLOCKING_APP), kafka_bootstrap, kafka_topic, kind, method],
         capture_stdout=True,
