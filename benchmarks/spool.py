@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from trio_producer._spool import Spool, _record_bytes
+from trio_producer.spool._engine import Spool, _record_bytes
 
 Bench = Callable[[Path, int, int, int], float]
 

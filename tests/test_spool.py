@@ -1,4 +1,4 @@
-"""The durable spool's storage engine (trio_producer._spool): no broker, no Trio."""
+"""The durable spool's storage engine (trio_producer.spool._engine): no broker, no Trio."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from trio_producer._spool import (
+from trio_producer.spool._engine import (
     _HEAD,
     RECORD_OVERHEAD,
     Spool,
@@ -302,7 +302,7 @@ def test_a_second_open_in_this_process_is_refused(tmp_path: Path) -> None:
 
 HOLDER = """
 import sys
-from trio_producer._spool import Spool, SpoolLockedError
+from trio_producer.spool._engine import Spool, SpoolLockedError
 try:
     spool = Spool.open(sys.argv[1], max_bytes=1 << 20)
 except SpoolLockedError as exc:
@@ -450,7 +450,7 @@ def test_sync_and_maintain_in_another_thread(tmp_path: Path, policy: str) -> Non
 
 CHILD = """
 import sys
-from trio_producer._spool import Spool
+from trio_producer.spool._engine import Spool
 path, mode = sys.argv[1], sys.argv[2]
 spool = Spool.open(path, max_bytes=1 << 30, segment_bytes=64 << 10)
 print("open", spool.uuid.hex(), flush=True)
@@ -681,7 +681,7 @@ def test_a_repeated_confirmation_from_a_deleted_segment_is_ignored(tmp_path: Pat
 
 CHILD_VALUES = """
 import random, sys
-from trio_producer._spool import Spool
+from trio_producer.spool._engine import Spool
 path = sys.argv[1]
 rng = random.Random(sys.argv[2])
 spool = Spool.open(path, max_bytes=1 << 30, segment_bytes=64 << 10)
@@ -929,7 +929,7 @@ class DiskFull:
     """An injection seam: the spool's writes fail with ENOSPC while ``full`` is set."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        import trio_producer._spool as module
+        import trio_producer.spool._engine as module
 
         self.full = False
         self.calls = 0
@@ -1033,7 +1033,7 @@ def test_a_full_disk_under_the_ack_log_keeps_confirming_and_says_so(
 def test_a_short_ack_write_is_cut_so_later_batches_stay_readable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import trio_producer._spool as module
+    import trio_producer.spool._engine as module
 
     real_write = module._write
     short = [True]

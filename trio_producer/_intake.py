@@ -7,7 +7,7 @@ The producer validates a message and builds its queue item; the intake decides w
   :attr:`~Intake.acceptor`, which takes each message, *is* the channel: the in-memory
   send is one method call into the channel (``producer._acceptor.send_nowait``: the
   call the producer made before there was an intake, and as fast).
-* :class:`~trio_producer._spooled.SpoolIntake` -- accepted means written to the durable
+* :class:`~trio_producer.spool._intake.SpoolIntake` -- accepted means written to the durable
   spool (and, with room, to the channel too). It is its own acceptor.
 
 ``open_producer`` chooses one; nothing else in the producer knows which it has.

@@ -33,10 +33,10 @@ from ._hooks import (
 from ._intake import MemoryIntake
 from ._producer import _STOP_GRACE, CUT_SHORT_GRACE, Producer
 from ._serializing import Encoder
-from ._spooled import SpoolIntake, open_keeper, recovered_batches
 from ._undelivered import attach
 from ._worker import BatchChannel, run_worker
 from .serialization import Field, K, V
+from .spool._keeper import SpoolIntake, open_keeper, recovered_batches
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -47,9 +47,9 @@ if TYPE_CHECKING:
     from ._hooks import Instrumentation, KafkaStatistics, OAuthTokenProvider, ProducerInstruments
     from ._intake import Intake
     from ._message import KafkaErrorInfo
-    from ._spooled import SpoolKeeper
     from ._worker import Sink
     from .serialization import Serializer
+    from .spool._keeper import SpoolKeeper
 
 logger = logging.getLogger("trio_producer")
 

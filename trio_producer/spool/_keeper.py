@@ -2,7 +2,7 @@
 
 With ``spool_path`` set, :func:`open_producer` gives the producer a :class:`SpoolIntake`
 (see :mod:`trio_producer._intake`): every message is written to the spool
-(:mod:`trio_producer._spool`) in the same synchronous step that accepts it, so when
+(:mod:`trio_producer.spool._engine`) in the same synchronous step that accepts it, so when
 ``send`` returns the message survives ``kill -9`` of the process; the sync policy decides
 when it also survives a power cut. A delivery report confirms the message in the spool;
 what was not confirmed is sent again, first, by the next producer that opens the
@@ -26,18 +26,18 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
-from ._args import bulk_item
-from ._batch import Route
-from ._client import TrackedReport
-from ._exceptions import ProducerClosedError
-from ._spool import HEADER_OVERHEAD, RECORD_OVERHEAD, Spool, SpoolError, SpoolRecord
+from .._args import bulk_item
+from .._batch import Route
+from .._client import TrackedReport
+from .._exceptions import ProducerClosedError
+from ._engine import HEADER_OVERHEAD, RECORD_OVERHEAD, Spool, SpoolError, SpoolRecord
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
-    from ._batch import Pending
-    from ._producer import ProducerStatistics
-    from ._worker import BatchChannel
+    from .._batch import Pending
+    from .._producer import ProducerStatistics
+    from .._worker import BatchChannel
 
 logger = logging.getLogger("trio_producer")
 

@@ -70,7 +70,7 @@ from array import array
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias, cast
 
-from ._exceptions import TrioProducerError
+from .._exceptions import TrioProducerError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
