@@ -46,7 +46,7 @@ def _cases() -> dict[str, list[Any]]:
     import trio
 
     from trio_producer._args import make_item
-    from trio_producer.spool._engine import SpoolRecord
+    from trio_producer.spool._format import SpoolRecord
     from trio_producer.spool._keeper import pending_from_record
 
     keyed = [make_item("t", b"x" * 100, b"k%d" % i, None, None, None, None)[0] for i in range(N)]

@@ -17,7 +17,7 @@ from confluent_kafka import KafkaError
 from trio_producer._args import make_item
 from trio_producer._batch import Pending, Route
 from trio_producer._client import DeliveryReports, KafkaClient, SpooledRun, TrackedReport
-from trio_producer.spool._engine import SpoolRecord
+from trio_producer.spool._format import SpoolRecord
 from trio_producer.spool._keeper import pending_from_record
 
 

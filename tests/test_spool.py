@@ -12,23 +12,23 @@ import subprocess
 import sys
 import threading
 import time
+from array import array
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from trio_producer.spool import _format
 from trio_producer.spool._engine import (
-    _HEAD,
-    RECORD_OVERHEAD,
     Spool,
     SpoolDiskFullError,
     SpoolError,
     SpoolFullError,
     SpoolLockedError,
-    SpoolRecord,
-    _parse_record,
     _seg_name,
 )
+from trio_producer.spool._format import _HEAD, RECORD_OVERHEAD, SpoolRecord
+from trio_producer.spool._format import parse_record as _parse_record
 
 ROOT = Path(__file__).resolve().parent.parent
 SEG = 4096
@@ -1332,3 +1332,65 @@ def test_reopening_when_the_new_segment_cannot_be_renamed_recovers(
     assert spool.append("t", b"new") == 5  # the disk has room again
     spool.close()
     assert len(os.listdir("/proc/self/fd")) == fds
+
+
+# ---- the format: encoded and parsed in one module, the same bytes as before it moved there
+
+
+#: Bytes the spool wrote before its format moved into spool/_format.py (#23): a spool
+#: directory an earlier version left must stay readable, byte for byte.
+GOLDEN_RECORD_WITH_HEADERS = bytes.fromhex(
+    "1e0d5a7c4f0000000700000000000000a0f0190000000000030000000200000002000000060002006576"
+    "656e74736b31763105000300000074726163656162630500ffffffff656d7074791e95abf7"
+)
+GOLDEN_PLAIN_RECORD = bytes.fromhex(
+    "1e0d5a7c3300000008000000000000000000000000000000ffffffffffffffff010000000600000065"
+    "76656e747376d419b596"
+)
+
+
+def test_the_record_bytes_are_those_of_the_format_before_it_moved() -> None:
+    headers = [("trace", b"abc"), ("empty", None)]
+    assert (
+        _format.encode_record(7, b"events", b"v1", b"k1", headers, 3, 1_700_000)
+        == GOLDEN_RECORD_WITH_HEADERS
+    )
+    assert _format.encode_record(8, b"events", b"v", None, None, -1, 0) == GOLDEN_PLAIN_RECORD
+    assert _format.parse_record(GOLDEN_RECORD_WITH_HEADERS, 0, 79) == (
+        79,
+        7,
+        ("events", b"v1", b"k1", headers, 3, 1_700_000),
+    )
+
+
+def test_the_bulk_encoders_make_exactly_the_records_encode_record_makes() -> None:
+    values = [b"v", b"", b"x" * 300]
+    parts = _format.encode_values(8, b"events", values)
+    expected = [
+        _format.encode_record(8 + i, b"events", v, None, None, -1, 0) for i, v in enumerate(values)
+    ]
+    assert _format.pair_up(parts) == expected
+    assert b"".join(parts) == b"".join(expected)
+    assert expected[0] == GOLDEN_PLAIN_RECORD
+    topics: dict[str, bytes] = {}
+    records = [("events", v, None, None, -1, 0) for v in values]
+    assert _format.encode_records(8, records, topics) == expected
+    assert topics == {"events": b"events"}
+
+
+def test_segment_head_seal_acks_and_mark_bytes_are_those_of_before() -> None:
+    head = _format.segment_head(b"u" * 16, 5, 2)
+    assert head.hex() == (
+        "545053504f4f4c3101000000757575757575757575757575757575750500000000000000"
+        "020000000000000074cc22e6"
+    )
+    assert _format.parse_segment_head(head) == (b"u" * 16, 5, 2)
+    seal = _format.seal_bytes(head, 9)
+    assert seal.hex() == "090000000000000095383ab4"
+    full = bytearray(head + seal)
+    assert _format.read_seal(full) == 9
+    frame = _format.ack_frame(array("Q", [5, 6]))
+    assert frame.hex() == "02000000c49f8d5005000000000000000600000000000000"
+    assert _format.parse_ack_frames(frame + b"\x01\x00") == ([array("Q", [5, 6])], [], 24)
+    assert _format.handed_bytes(4).hex() == "040000000000000093d168e1"
+    assert _format.parse_handed(_format.handed_bytes(4)) == 4

@@ -30,7 +30,8 @@ from .._args import bulk_item
 from .._batch import Route
 from .._client import TrackedReport
 from .._exceptions import ProducerClosedError
-from ._engine import HEADER_OVERHEAD, RECORD_OVERHEAD, Spool, SpoolError, SpoolRecord
+from ._engine import Spool, SpoolError
+from ._format import HEADER_OVERHEAD, RECORD_OVERHEAD, SpoolRecord
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
