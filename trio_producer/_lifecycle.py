@@ -36,7 +36,8 @@ from ._serializing import Encoder
 from ._undelivered import attach
 from ._worker import BatchChannel, run_worker
 from .serialization import Field, K, V
-from .spool._keeper import SpoolIntake, open_keeper, recovered_batches
+from .spool._intake import SpoolIntake
+from .spool._keeper import open_keeper, recovered_batches
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
