@@ -783,14 +783,14 @@ def test_a_run_confirms_at_the_stop_only_what_it_can_tell_was_delivered() -> Non
     message of the run that a kept failure cannot be told apart from."""
     from confluent_kafka import KafkaError
 
-    from trio_producer._client import SpooledRun
-    from trio_producer._delivery import DeliveryTracker, Epoch
+    from trio_producer._delivery import Epoch
+    from trio_producer.spool._reports import Confirmations, SpooledRun
 
     def run_of(*payloads: tuple[bytes | None, bytes]) -> tuple[Epoch, SpooledRun]:
         epoch = Epoch()
         run = SpooledRun(epoch)
         for seq, (key, value) in enumerate(payloads):
-            item: Any = {"topic": "t", "value": value, "seq": seq}
+            item: Any = {"topic": "t", "value": value, "ticket": seq}
             if key is not None:
                 item["key"] = key
             run.items.append(item)
@@ -800,26 +800,20 @@ def test_a_run_confirms_at_the_stop_only_what_it_can_tell_was_delivered() -> Non
     purged = KafkaError(KafkaError._PURGE_QUEUE)
     payloads = [(None, b"a"), (None, b"b"), (None, b"a"), (b"k", b"c"), (None, b"c")]
 
-    class Client:
-        errors_only = False
-
-    tracker = DeliveryTracker(Client(), lambda error: None, lambda error: None)  # type: ignore[arg-type]
-
     def settle(failed: list[tuple[bytes | None, bytes]], *, stopping: bool) -> list[int]:
         epoch, run = run_of(*payloads)
-        tracker.stopping = False
+        confirmed: list[int] = []
+        confirmations = Confirmations(confirmed.extend)
         for _ in range(len(payloads) - len(failed) - 1):
             run(None, None)
-        confirmed: list[int] = []
-        tracker._settle_runs(epoch, confirmed)  # one report missing: not settled yet
+        confirmations.after_reports(epoch, (), False)  # one report missing: not settled yet
         assert confirmed == []
         assert epoch.runs == [run]
-        tracker.stopping = stopping
         if len(failed) < len(payloads):
             run(None, None)
         for key, value in failed:
             run(purged, _Report(value, key))
-        tracker._settle_runs(epoch, confirmed)
+        confirmations.after_reports(epoch, (), stopping)
         assert epoch.runs == []
         assert [f.error.message.value for f in epoch.failures] == [v for _, v in failed]
         return confirmed

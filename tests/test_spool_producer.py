@@ -517,7 +517,6 @@ def test_a_ctrl_c_while_the_spool_closes_still_closes_and_unlocks_it(tmp_path: P
     """Found by an attack (Ctrl-C at every traced line): a KeyboardInterrupt pending when
     the spool's close began in a thread (a shield stops cancellations, not Ctrl-C) left
     the spool open and locked by this very process."""
-    from trio_producer._lifecycle import _close_spool
     from trio_producer.spool._engine import Spool
     from trio_producer.spool._keeper import SpoolKeeper
 
@@ -531,7 +530,7 @@ def test_a_ctrl_c_while_the_spool_closes_still_closes_and_unlocks_it(tmp_path: P
         )
         keeper.spool.append("t", b"kept")
         signal.raise_signal(signal.SIGINT)  # protected here: delivered at the next checkpoint
-        await _close_spool(keeper)
+        await keeper.aclose()
 
     # (pytest may run with SIGINT ignored, as a background job: Trio then leaves it alone)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)

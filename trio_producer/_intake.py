@@ -74,10 +74,6 @@ class Intake(Protocol):
     def backlog(self) -> int:
         """Accepted messages that are not in memory yet (only in the spool)."""
 
-    def take_backlog(self) -> list[Pending]:
-        """Read the backlog back into memory and end it (for the exit, when the spool
-        can no longer keep it)."""
-
     def statistics(self, stats: ProducerStatistics) -> ProducerStatistics:
         """The producer's counters, with what this intake adds to them."""
 
@@ -126,9 +122,6 @@ class MemoryIntake:
 
     def backlog(self) -> int:
         return 0
-
-    def take_backlog(self) -> list[Pending]:
-        return []
 
     def statistics(self, stats: ProducerStatistics) -> ProducerStatistics:
         return stats

@@ -44,7 +44,7 @@ SEND_MANY_CHUNK = 1024
 #: spool, and costs no read-back from the spool; one that is away does not stop the call.
 SPILL_AFTER = 0.5
 _END = object()
-SPOOLED = Route.SPOOLED
+OWN_RUN = Route.OWN_RUN
 
 
 def _as_is(topic: str, pair: object) -> tuple[Pending, int]:
@@ -57,7 +57,8 @@ class SpoolIntake:
 
     Each message is written to the spool before it is accepted; a full spool is
     backpressure like a full queue. :meth:`sync` waits until everything accepted before
-    it is fsynced. It tops the channel's batch up from its backlog (``channel.refill``).
+    it is fsynced. It tops the channel's batch up from its backlog (:meth:`refill`, the
+    worker's source calls it).
     """
 
     def __init__(self, channel: BatchChannel, keeper: SpoolKeeper) -> None:
@@ -68,7 +69,6 @@ class SpoolIntake:
         #: order); the channel tops its batch up from the spool as the worker takes
         #: batches.
         self._backlog_from: int | None = None
-        channel.refill = self._refill
 
     def note_handing(self) -> None:
         """Before the worker hands a batch to librdkafka (the tracker's
@@ -96,7 +96,8 @@ class SpoolIntake:
         self._backlog_from = None
         return [pending_from_record(record, keeper.id_header) for record in records]
 
-    def _refill(self) -> None:
+    def refill(self) -> None:
+        """Top the channel's batch up from the backlog, as far as it has room."""
         start = self._backlog_from
         if start is None:
             return
@@ -356,7 +357,7 @@ class SpoolIntake:
         items: list[Pending]
         if keys is None and id_header is None:
             items = [
-                {"topic": topic, "value": value, "seq": seq, "route": SPOOLED}
+                {"topic": topic, "value": value, "ticket": seq, "route": OWN_RUN}
                 for value, seq in zip(values, seqs, strict=True)
             ]
         else:
@@ -372,8 +373,8 @@ class SpoolIntake:
                     item["callback"] = TrackedReport(headers, None, seq)
                     item["route"] = Route.SINGLE
                 else:
-                    item["seq"] = seq
-                    item["route"] = SPOOLED
+                    item["ticket"] = seq
+                    item["route"] = OWN_RUN
                 items.append(item)
         taken = self._channel.extend_nowait(topic, zip(items, sizes, strict=True), _as_is)
         if taken < len(items) and self._backlog_from is None:

@@ -116,8 +116,8 @@ class SpoolKeeper:
             item["headers"] = headers
             route = Route.SINGLE
         if route is Route.SHARED and waiter is None:
-            item["seq"] = seq  # confirmed by its run's shared report callback
-            item["route"] = Route.SPOOLED
+            item["ticket"] = seq  # confirmed by its run's shared report callback (SpooledRun)
+            item["route"] = Route.OWN_RUN
         else:
             item["callback"] = TrackedReport(headers, waiter, seq)
             item["route"] = Route.TRACKED if route is Route.SHARED else route
@@ -272,6 +272,18 @@ class SpoolKeeper:
             self._release_synced()
             self._room.unpark_all()
 
+    async def aclose(self) -> None:
+        """Close the spool (fsync, unlock) in a thread; bounded by the disk. A shield
+        stops a cancellation but not a Ctrl-C: if one arrives before the thread ran,
+        close here, synchronously (idempotent), then let it go on -- never leave the
+        spool locked."""
+        try:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self.spool.close)
+        except KeyboardInterrupt:
+            self.spool.close()
+            raise
+
 
 async def open_keeper(
     path: str, max_bytes: int, sync: str, sync_interval: float, id_header: str | None
@@ -318,8 +330,8 @@ def pending_from_record(record: SpoolRecord, id_header: str | None) -> Pending:
         item["callback"] = TrackedReport(headers or None, None, record.seq)
         item["route"] = Route.SINGLE
     else:
-        item["seq"] = record.seq
-        item["route"] = Route.SPOOLED
+        item["ticket"] = record.seq
+        item["route"] = Route.OWN_RUN
     return item
 
 
