@@ -31,11 +31,11 @@ if TYPE_CHECKING:
 
     from ._batch import Pending
     from ._client import Failure
+    from ._exceptions import DeliveryError
+    from ._message import KafkaErrorInfo
 
     #: ``DeliveryTracker.after_reports``: ``(epoch, failures handed over, stopping)``.
     AfterReports: TypeAlias = Callable[[DeliveryReports, Sequence[Failure], bool], None]
-    from ._exceptions import DeliveryError
-    from ._message import KafkaErrorInfo
 
 logger = logging.getLogger("trio_producer")
 

@@ -59,7 +59,7 @@ class Intake(Protocol):
         """Accept a ``send_and_wait`` message, whose delivery report sets ``waiter``.
 
         ``item`` comes with its :class:`~trio_producer._client.TrackedReport`; the
-        intake may replace it (the spool's carries the seq): the caller reads
+        intake may replace it (the spool's carries a ticket): the caller reads
         ``item["callback"]`` after this returns. Always a checkpoint."""
 
     async def accept_many(self, topic: str, messages: Iterable[object]) -> int:
