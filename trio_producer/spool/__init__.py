@@ -9,8 +9,11 @@ Modules:
 
 * ``_format``: the on-disk format (records, segment headers and seals, ack logs, the
   hand-off mark): encoded and parsed there and nowhere else.
-* ``_engine``: :class:`Spool`, the storage engine (sans-Trio): segments in shared file
-  mappings, appends, confirmations, sync and maintenance.
+* ``_engine``: ``Spool``, the storage engine (sans-Trio): segments in shared file
+  mappings, appends, confirmations, sync and maintenance; ``_segment`` holds one
+  segment's state.
+* ``_recovery``: what opening a spool directory finds (``Spool``'s base class): torn
+  tails, corruption, lost records, the recovered ones.
 * ``_keeper``: the keeper task (confirmations, fsync and maintenance in a thread) and
   the recovered messages.
 * ``_intake``: the intake that writes a message to the spool before accepting it.
