@@ -51,6 +51,7 @@ BASELINE = [
     "trio_drain",
     "trio_send_spool",
     "trio_many_spool",
+    "trio_spool_recovery",
 ]
 SUFFIX = "@baseline"
 HERE = Path(__file__).resolve().parent.parent

@@ -12,7 +12,7 @@ Cases (10,000 messages per batch, nanoseconds per message, median of ``--rounds`
 * ``plain``: topic and value.
 * ``keyed``: topic, value and key.
 * ``tracked 1%``: keyed, one in a hundred with its own report callback (``send_and_wait``).
-* ``spooled``: plain spooled messages, each with its seq.
+* ``spooled``: plain spooled messages, each with its seq (as its ticket).
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ def _cases() -> dict[str, list[Any]]:
     import trio
 
     from trio_producer._args import make_item
-    from trio_producer._spool import SpoolRecord
-    from trio_producer._spooled import pending_from_record
+    from trio_producer.spool._format import SpoolRecord
+    from trio_producer.spool._keeper import pending_from_record
 
     keyed = [make_item("t", b"x" * 100, b"k%d" % i, None, None, None, None)[0] for i in range(N)]
     tracked = [
@@ -76,6 +76,12 @@ def measure(rounds: int) -> dict[str, float]:
     except TypeError:  # a checkout from before the stand-in's seam (for --vs)
         client = KafkaClient.__new__(KafkaClient)
         client._producer = _Free({})
+    try:
+        from trio_producer.spool._reports import SpooledRun
+    except ImportError:  # a checkout from before the spool subpackage (for --vs)
+        pass
+    else:
+        client.run_reports = SpooledRun  # what the spool's entry point sets
     results: dict[str, float] = {}
     for name, items in _cases().items():
         times = []

@@ -32,7 +32,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from trio_producer._spool import Spool, _record_bytes
+from trio_producer.spool._engine import Spool
+from trio_producer.spool._format import encode_record
 
 Bench = Callable[[Path, int, int, int], float]
 
@@ -129,12 +130,12 @@ def write_log(batched: bool) -> Bench:
                 for _ in range(count // batch):
                     chunks = []
                     for _ in range(batch):
-                        chunks.append(_record_bytes(seq, b"events", value, None, None, -1, 0))
+                        chunks.append(encode_record(seq, b"events", value, None, None, -1, 0))
                         seq += 1
                     os.write(fd, b"".join(chunks))
             else:
                 for seq in range(count):
-                    os.write(fd, _record_bytes(seq, b"events", value, None, None, -1, 0))
+                    os.write(fd, encode_record(seq, b"events", value, None, None, -1, 0))
             return time.perf_counter() - t0
         finally:
             os.close(fd)

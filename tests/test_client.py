@@ -16,9 +16,10 @@ from confluent_kafka import KafkaError
 
 from trio_producer._args import make_item
 from trio_producer._batch import Pending, Route
-from trio_producer._client import DeliveryReports, KafkaClient, SpooledRun, TrackedReport
-from trio_producer._spool import SpoolRecord
-from trio_producer._spooled import pending_from_record
+from trio_producer._client import DeliveryReports, KafkaClient, TrackedReport
+from trio_producer.spool._format import SpoolRecord
+from trio_producer.spool._keeper import pending_from_record
+from trio_producer.spool._reports import SpooledRun
 
 
 class FakeConfluent:
@@ -150,6 +151,7 @@ def spooled(seq: int, value: bytes, **fields: Any) -> Pending:
 
 def test_spooled_messages_go_in_runs_of_their_own_with_a_run_callback() -> None:
     kafka, fake = client()
+    kafka.run_reports = SpooledRun  # what the spool's entry point sets
     reports = DeliveryReports()
     items = [
         plain(b"m0"),
@@ -160,8 +162,8 @@ def test_spooled_messages_go_in_runs_of_their_own_with_a_run_callback() -> None:
     ]
     assert [i.get("route") for i in items] == [
         None,
-        Route.SPOOLED,
-        Route.SPOOLED,
+        Route.OWN_RUN,
+        Route.OWN_RUN,
         None,
         Route.SINGLE,
     ]
@@ -175,10 +177,10 @@ def test_spooled_messages_go_in_runs_of_their_own_with_a_run_callback() -> None:
     run = fake.calls[1][3]
     assert isinstance(run, SpooledRun)
     assert reports.runs == [run]
-    assert [item["seq"] for item in run.items] == [1, 2]
+    assert [item["ticket"] for item in run.items] == [1, 2]
     own = fake.calls[3][7]
     assert isinstance(own, TrackedReport)
-    assert own.seq == 3
+    assert own.ticket == 3
 
 
 @pytest.mark.parametrize("room", [0, 1, 2, 3])

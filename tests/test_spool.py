@@ -1,4 +1,4 @@
-"""The durable spool's storage engine (trio_producer._spool): no broker, no Trio."""
+"""The durable spool's storage engine (trio_producer.spool._engine): no broker, no Trio."""
 
 from __future__ import annotations
 
@@ -12,23 +12,23 @@ import subprocess
 import sys
 import threading
 import time
+from array import array
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from trio_producer._spool import (
-    _HEAD,
-    RECORD_OVERHEAD,
+from trio_producer.spool import _format
+from trio_producer.spool._engine import (
     Spool,
     SpoolDiskFullError,
     SpoolError,
     SpoolFullError,
     SpoolLockedError,
-    SpoolRecord,
-    _parse_record,
     _seg_name,
 )
+from trio_producer.spool._format import _HEAD, RECORD_OVERHEAD, SpoolRecord
+from trio_producer.spool._format import parse_record as _parse_record
 
 ROOT = Path(__file__).resolve().parent.parent
 SEG = 4096
@@ -302,7 +302,7 @@ def test_a_second_open_in_this_process_is_refused(tmp_path: Path) -> None:
 
 HOLDER = """
 import sys
-from trio_producer._spool import Spool, SpoolLockedError
+from trio_producer.spool._engine import Spool, SpoolLockedError
 try:
     spool = Spool.open(sys.argv[1], max_bytes=1 << 20)
 except SpoolLockedError as exc:
@@ -450,7 +450,7 @@ def test_sync_and_maintain_in_another_thread(tmp_path: Path, policy: str) -> Non
 
 CHILD = """
 import sys
-from trio_producer._spool import Spool
+from trio_producer.spool._engine import Spool
 path, mode = sys.argv[1], sys.argv[2]
 spool = Spool.open(path, max_bytes=1 << 30, segment_bytes=64 << 10)
 print("open", spool.uuid.hex(), flush=True)
@@ -681,7 +681,7 @@ def test_a_repeated_confirmation_from_a_deleted_segment_is_ignored(tmp_path: Pat
 
 CHILD_VALUES = """
 import random, sys
-from trio_producer._spool import Spool
+from trio_producer.spool._engine import Spool
 path = sys.argv[1]
 rng = random.Random(sys.argv[2])
 spool = Spool.open(path, max_bytes=1 << 30, segment_bytes=64 << 10)
@@ -783,17 +783,14 @@ def test_a_run_confirms_at_the_stop_only_what_it_can_tell_was_delivered() -> Non
     message of the run that a kept failure cannot be told apart from."""
     from confluent_kafka import KafkaError
 
-    from trio_producer._batch import Batch
-    from trio_producer._client import SpooledRun
-    from trio_producer._delivery import DeliveryTracker, Epoch
-    from trio_producer._state import ProducerState
-    from trio_producer._worker import BatchChannel
+    from trio_producer._delivery import Epoch
+    from trio_producer.spool._reports import Confirmations, SpooledRun
 
     def run_of(*payloads: tuple[bytes | None, bytes]) -> tuple[Epoch, SpooledRun]:
         epoch = Epoch()
         run = SpooledRun(epoch)
         for seq, (key, value) in enumerate(payloads):
-            item: Any = {"topic": "t", "value": value, "seq": seq}
+            item: Any = {"topic": "t", "value": value, "ticket": seq}
             if key is not None:
                 item["key"] = key
             run.items.append(item)
@@ -803,26 +800,20 @@ def test_a_run_confirms_at_the_stop_only_what_it_can_tell_was_delivered() -> Non
     purged = KafkaError(KafkaError._PURGE_QUEUE)
     payloads = [(None, b"a"), (None, b"b"), (None, b"a"), (b"k", b"c"), (None, b"c")]
 
-    class Client:
-        errors_only = False
-
     def settle(failed: list[tuple[bytes | None, bytes]], *, stopping: bool) -> list[int]:
-        state = ProducerState(None, BatchChannel(Batch(1, 1, 1), 0.0))
-        tracker = DeliveryTracker(Client(), state)  # type: ignore[arg-type]
         epoch, run = run_of(*payloads)
+        confirmed: list[int] = []
+        confirmations = Confirmations(confirmed.extend)
         for _ in range(len(payloads) - len(failed) - 1):
             run(None, None)
-        confirmed: list[int] = []
-        tracker._settle_runs(epoch, confirmed)  # one report missing: not settled yet
+        confirmations.after_reports(epoch, (), False)  # one report missing: not settled yet
         assert confirmed == []
         assert epoch.runs == [run]
-        if stopping:
-            state.stop()  # the tasks have ended: the final reports
         if len(failed) < len(payloads):
             run(None, None)
         for key, value in failed:
             run(purged, _Report(value, key))
-        tracker._settle_runs(epoch, confirmed)
+        confirmations.after_reports(epoch, (), stopping)
         assert epoch.runs == []
         assert [f.error.message.value for f in epoch.failures] == [v for _, v in failed]
         return confirmed
@@ -932,7 +923,7 @@ class DiskFull:
     """An injection seam: the spool's writes fail with ENOSPC while ``full`` is set."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        import trio_producer._spool as module
+        import trio_producer.spool._engine as module
 
         self.full = False
         self.calls = 0
@@ -1036,7 +1027,7 @@ def test_a_full_disk_under_the_ack_log_keeps_confirming_and_says_so(
 def test_a_short_ack_write_is_cut_so_later_batches_stay_readable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import trio_producer._spool as module
+    import trio_producer.spool._engine as module
 
     real_write = module._write
     short = [True]
@@ -1335,3 +1326,65 @@ def test_reopening_when_the_new_segment_cannot_be_renamed_recovers(
     assert spool.append("t", b"new") == 5  # the disk has room again
     spool.close()
     assert len(os.listdir("/proc/self/fd")) == fds
+
+
+# ---- the format: encoded and parsed in one module, the same bytes as before it moved there
+
+
+#: Bytes the spool wrote before its format moved into spool/_format.py (#23): a spool
+#: directory an earlier version left must stay readable, byte for byte.
+GOLDEN_RECORD_WITH_HEADERS = bytes.fromhex(
+    "1e0d5a7c4f0000000700000000000000a0f0190000000000030000000200000002000000060002006576"
+    "656e74736b31763105000300000074726163656162630500ffffffff656d7074791e95abf7"
+)
+GOLDEN_PLAIN_RECORD = bytes.fromhex(
+    "1e0d5a7c3300000008000000000000000000000000000000ffffffffffffffff010000000600000065"
+    "76656e747376d419b596"
+)
+
+
+def test_the_record_bytes_are_those_of_the_format_before_it_moved() -> None:
+    headers = [("trace", b"abc"), ("empty", None)]
+    assert (
+        _format.encode_record(7, b"events", b"v1", b"k1", headers, 3, 1_700_000)
+        == GOLDEN_RECORD_WITH_HEADERS
+    )
+    assert _format.encode_record(8, b"events", b"v", None, None, -1, 0) == GOLDEN_PLAIN_RECORD
+    assert _format.parse_record(GOLDEN_RECORD_WITH_HEADERS, 0, 79) == (
+        79,
+        7,
+        ("events", b"v1", b"k1", headers, 3, 1_700_000),
+    )
+
+
+def test_the_bulk_encoders_make_exactly_the_records_encode_record_makes() -> None:
+    values = [b"v", b"", b"x" * 300]
+    parts = _format.encode_values(8, b"events", values)
+    expected = [
+        _format.encode_record(8 + i, b"events", v, None, None, -1, 0) for i, v in enumerate(values)
+    ]
+    assert _format.pair_up(parts) == expected
+    assert b"".join(parts) == b"".join(expected)
+    assert expected[0] == GOLDEN_PLAIN_RECORD
+    topics: dict[str, bytes] = {}
+    records = [("events", v, None, None, -1, 0) for v in values]
+    assert _format.encode_records(8, records, topics) == expected
+    assert topics == {"events": b"events"}
+
+
+def test_segment_head_seal_acks_and_mark_bytes_are_those_of_before() -> None:
+    head = _format.segment_head(b"u" * 16, 5, 2)
+    assert head.hex() == (
+        "545053504f4f4c3101000000757575757575757575757575757575750500000000000000"
+        "020000000000000074cc22e6"
+    )
+    assert _format.parse_segment_head(head) == (b"u" * 16, 5, 2)
+    seal = _format.seal_bytes(head, 9)
+    assert seal.hex() == "090000000000000095383ab4"
+    full = bytearray(head + seal)
+    assert _format.read_seal(full) == 9
+    frame = _format.ack_frame(array("Q", [5, 6]))
+    assert frame.hex() == "02000000c49f8d5005000000000000000600000000000000"
+    assert _format.parse_ack_frames(frame + b"\x01\x00") == ([array("Q", [5, 6])], [], 24)
+    assert _format.handed_bytes(4).hex() == "040000000000000093d168e1"
+    assert _format.parse_handed(_format.handed_bytes(4)) == 4

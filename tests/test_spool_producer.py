@@ -29,8 +29,8 @@ from trio_producer import (
     UndeliveredMessagesError,
     open_producer,
 )
-from trio_producer._spool import Spool, SpoolDiskFullError, SpoolLockedError
-from trio_producer._spooled import SpoolKeeper
+from trio_producer.spool._engine import Spool, SpoolDiskFullError, SpoolLockedError
+from trio_producer.spool._keeper import SpoolKeeper
 from trio_producer.testing import consume_all
 
 from .faultproxy import proxied_broker
@@ -517,9 +517,8 @@ def test_a_ctrl_c_while_the_spool_closes_still_closes_and_unlocks_it(tmp_path: P
     """Found by an attack (Ctrl-C at every traced line): a KeyboardInterrupt pending when
     the spool's close began in a thread (a shield stops cancellations, not Ctrl-C) left
     the spool open and locked by this very process."""
-    from trio_producer._lifecycle import _close_spool
-    from trio_producer._spool import Spool
-    from trio_producer._spooled import SpoolKeeper
+    from trio_producer.spool._engine import Spool
+    from trio_producer.spool._keeper import SpoolKeeper
 
     spool_dir = tmp_path / "spool"
 
@@ -531,7 +530,7 @@ def test_a_ctrl_c_while_the_spool_closes_still_closes_and_unlocks_it(tmp_path: P
         )
         keeper.spool.append("t", b"kept")
         signal.raise_signal(signal.SIGINT)  # protected here: delivered at the next checkpoint
-        await _close_spool(keeper)
+        await keeper.aclose()
 
     # (pytest may run with SIGINT ignored, as a background job: Trio then leaves it alone)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -848,7 +847,7 @@ async def test_no_room_for_the_spare_segment_is_retried_with_a_backoff_not_a_loo
     """Found by the attack on #22: maintenance_due stayed true after the keeper's
     maintain() failed to create the spare (ENOSPC), so the keeper ran it again at once:
     thousands of WARNINGs in two idle seconds."""
-    import trio_producer._spool as module
+    import trio_producer.spool._engine as module
 
     real_fallocate = module._fallocate
     tries: list[float] = []
@@ -899,7 +898,7 @@ async def test_a_full_disk_refuses_new_segments_at_the_call_and_delivery_goes_on
     """Found by the attack on #22: ENOSPC from the ack log's write, inside the delivery
     task, aborted the producer as an "internal error", cut the drain short and purged
     what was in flight while the broker was healthy."""
-    import trio_producer._spool as module
+    import trio_producer.spool._engine as module
 
     real_write, real_fallocate = module._write, module._fallocate
     full = [False]

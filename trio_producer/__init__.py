@@ -25,11 +25,11 @@ from ._message import RecordMetadata as RecordMetadata
 from ._producer import Producer as Producer
 from ._producer import SpooledProducer as SpooledProducer
 from ._signals import cancel_on_signals as cancel_on_signals
-from ._spool import SpoolDiskFullError as SpoolDiskFullError
-from ._spool import SpoolError as SpoolError
-from ._spool import SpoolLockedError as SpoolLockedError
 from ._undelivered import undelivered_failures as undelivered_failures
 from ._undelivered import undelivered_messages as undelivered_messages
+from .spool import SpoolDiskFullError as SpoolDiskFullError
+from .spool import SpoolError as SpoolError
+from .spool import SpoolLockedError as SpoolLockedError
 
 __version__ = "0.1.0"
 

@@ -41,9 +41,10 @@ class Route(enum.IntEnum):
     #: A plain message with its own report callback (a ``send_and_wait`` waiter):
     #: the batch call too, in a run with the shared ones; the callback is its own.
     TRACKED = 1
-    #: A plain spooled message carrying its ``seq``: the batch call, in a run of
-    #: spooled messages whose shared callback confirms them in the spool.
-    SPOOLED = 2
+    #: A plain message carrying a ``ticket`` from the intake that accepted it: the
+    #: batch call, in a run of such messages whose shared report callback the intake
+    #: makes (``KafkaClient.run_reports``; the durable spool's confirms them in it).
+    OWN_RUN = 2
     #: Headers, a partition or a timestamp (the batch call drops the first and ignores
     #: or refuses the others): ``produce()``, one by one, in order.
     SINGLE = 3
@@ -57,10 +58,11 @@ class Pending(TypedDict):
     keys mean the defaults: no key, the partitioner's choice, the time of producing.
     ``route`` (a :class:`Route`; absent means :attr:`Route.SHARED`) says how it goes to
     librdkafka; it is set where the message is built, by whoever adds what decides it
-    (``partition``, ``timestamp``, ``headers``, a ``callback``, a spool ``seq``). The
-    batch call ignores the keys it does not know (``route``, ``seq``): ``seq``, a
-    spooled message's place in the durable spool, rides along and the run's shared
-    report callback confirms it (see ``_client.SpooledRun``).
+    (``partition``, ``timestamp``, ``headers``, a ``callback``, a ``ticket``). The
+    batch call ignores the keys it does not know (``route``, ``ticket``): ``ticket``,
+    what the intake that accepted the message needs back once it is settled (the
+    durable spool: its place in the spool), rides along, opaque to everyone else; the
+    run's shared report callback, or the message's own ``TrackedReport``, hands it back.
     """
 
     topic: str
@@ -70,7 +72,7 @@ class Pending(TypedDict):
     timestamp: NotRequired[int]
     headers: NotRequired[list[tuple[str, bytes | None]]]
     callback: NotRequired[ReportCallback]
-    seq: NotRequired[int]
+    ticket: NotRequired[int]
     route: NotRequired[Route]
 
 

@@ -16,7 +16,7 @@ import logging
 import time
 import warnings
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, cast
 
 import confluent_kafka
 from confluent_kafka import KafkaError, KafkaException
@@ -47,7 +47,7 @@ NOT_PRODUCED = KafkaErrorInfo(
 _TIMESTAMP_NOT_AVAILABLE = confluent_kafka.TIMESTAMP_NOT_AVAILABLE
 _QUEUE_FULL = KafkaError._QUEUE_FULL
 
-SHARED, TRACKED, SPOOLED, SINGLE = Route.SHARED, Route.TRACKED, Route.SPOOLED, Route.SINGLE
+SHARED, TRACKED, OWN_RUN, SINGLE = Route.SHARED, Route.TRACKED, Route.OWN_RUN, Route.SINGLE
 
 
 def check_offsets(offsets: object, group_metadata: object) -> list[Any]:
@@ -183,18 +183,19 @@ class DeliveryReports:
     Called by librdkafka on the poll thread. Subclassed by the delivery task's epochs.
     """
 
-    __slots__ = ("completed", "confirmed", "delivered", "failures", "runs")
+    __slots__ = ("completed", "delivered", "failures", "runs", "tickets")
 
     def __init__(self) -> None:
         self.delivered = 0
         self.failures: list[Failure] = []
         #: Trackers with a waiter whose outcome arrived (the delivery task wakes them).
         self.completed: list[TrackedReport] = []
-        #: Spool sequence numbers of delivered spooled messages, to confirm in the spool.
-        self.confirmed: list[int] = []
-        #: Runs of spooled messages handed to librdkafka's batch call with their own
-        #: shared callback, not yet confirmed (the delivery task settles them).
-        self.runs: list[SpooledRun] = []
+        #: The tickets of delivered messages that carry one (``TrackedReport.ticket``),
+        #: for the intake's ``after_reports`` hook (poll thread appends, Trio takes).
+        self.tickets: list[int] = []
+        #: Run callbacks (:class:`RunReports`) handed to librdkafka's batch call that
+        #: the intake's ``after_reports`` hook has not settled yet.
+        self.runs: list[RunReports] = []
 
     def __call__(self, err: object, msg: Any) -> None:
         if err is None:
@@ -212,53 +213,21 @@ class DeliveryReports:
             self.failures.append(Failure(error, None))
 
 
-class SpooledRun:
-    """The report callback shared by a run of spooled messages handed to librdkafka's
-    batch call together (each carries its spool ``seq`` instead of a tracker of its own).
-
-    On the poll thread it only counts, like :class:`DeliveryReports`, and keeps its
-    failures. On the Trio thread, once every message of the run has a report, the
-    delivery task confirms the run in the spool (:meth:`confirmable`): every message
-    while the producer runs (delivered, or failed and handed back), but at the stop
-    only the delivered ones -- purged messages stay in the spool for the next producer.
-    A failure report does not say which message of the run it is; it is matched to the
-    run's messages by key and value, and when several messages of the run have that
-    same key and value, none of them is confirmed (at least once: an identical one that
-    was delivered may be sent again, never one that was not delivered dropped).
+class RunReports(Protocol):
+    """The shared report callback of a run of :attr:`~trio_producer._batch.Route.OWN_RUN`
+    messages handed to librdkafka's batch call together: made by the intake that
+    accepted them (``KafkaClient.run_reports``; the durable spool's is
+    ``spool._reports.SpooledRun``), called on the poll thread. It counts into the
+    :class:`DeliveryReports` it was made for, like that one; what else it does is the
+    intake's business (the delivery task's ``after_reports`` hook settles it).
 
     Attributes:
-        items: The run's messages, in the order they were produced.
-        delivered: How many were delivered (poll thread).
-        failures: Their failures, as they came (poll thread).
-        seen: How many of ``failures`` the delivery task has looked at.
-        kept: The failures that came while the producer was stopping.
+        items: The run's messages that librdkafka took, in order (set by ``produce``).
     """
 
-    __slots__ = ("delivered", "failures", "items", "kept", "reports", "seen")
+    items: list[Pending]
 
-    def __init__(self, reports: DeliveryReports) -> None:
-        self.reports = reports
-        self.items: list[Pending] = []
-        self.delivered = 0
-        self.failures: list[DeliveryError] = []
-        self.seen = 0
-        self.kept: list[DeliveryError] = []
-
-    def __call__(self, err: object, msg: Any) -> None:
-        if err is None:
-            self.delivered += 1
-            self.reports.delivered += 1
-        else:
-            error = failure_from_report(err, msg, None)
-            self.failures.append(error)
-            self.reports.failures.append(Failure(error, None))
-
-    def confirmable(self) -> list[int]:
-        """The seqs to confirm in the spool, once the run is settled (Trio thread)."""
-        if not self.kept:
-            return [item["seq"] for item in self.items]
-        kept = {(error.message.key, error.message.value) for error in self.kept}
-        return [item["seq"] for item in self.items if (item.get("key"), item["value"]) not in kept]
+    def __call__(self, err: object, msg: Any, /) -> None: ...
 
 
 class TrackedReport:
@@ -266,7 +235,9 @@ class TrackedReport:
 
     Used for ``send_and_wait`` (``waiter`` is the Event its caller waits on), for
     messages with headers (kept because librdkafka's reports do not carry them), and for
-    spooled messages (``seq``: their place in the durable spool, ``-1`` otherwise).
+    messages with a ``ticket`` (``-1``: none): opaque here, handed to the intake's
+    ``after_reports`` hook through :attr:`DeliveryReports.tickets` once delivered, and
+    with the failure otherwise.
 
     Attributes:
         failure: The converted failure, once it came.
@@ -275,17 +246,17 @@ class TrackedReport:
             a fire-and-forget one. Set and read on the Trio thread only.
     """
 
-    __slots__ = ("abandoned", "failure", "headers", "metadata", "reports", "seq", "waiter")
+    __slots__ = ("abandoned", "failure", "headers", "metadata", "reports", "ticket", "waiter")
 
     def __init__(
         self,
         headers: list[tuple[str, bytes | None]] | None,
         waiter: trio.Event | None,
-        seq: int = -1,
+        ticket: int = -1,
     ) -> None:
         self.headers = headers
         self.waiter = waiter
-        self.seq = seq
+        self.ticket = ticket
         self.abandoned = False
         self.reports: DeliveryReports | None = None
         self.failure: DeliveryError | None = None
@@ -297,8 +268,8 @@ class TrackedReport:
         if err is None:
             if self.waiter is not None:
                 self.metadata = metadata_from_report(msg)
-            if self.seq >= 0:
-                reports.confirmed.append(self.seq)
+            if self.ticket >= 0:
+                reports.tickets.append(self.ticket)
             reports.delivered += 1
             if self.waiter is not None:
                 reports.completed.append(self)
@@ -359,6 +330,9 @@ class KafkaClient:
         self._transactional = bool(props.get("transactional.id"))
         #: librdkafka reports failures only (``delivery.report.only.error``).
         self.errors_only = props.get("delivery.report.only.error") is True
+        #: Makes the shared report callback of a run of own-run messages (the intake
+        #: that gives messages that route sets it: the durable spool).
+        self.run_reports: Callable[[DeliveryReports], RunReports] = _no_run_reports
 
     def outstanding(self) -> int:
         """Messages librdkafka holds: queued, in flight, or with a report not yet served
@@ -408,13 +382,13 @@ class KafkaClient:
 
         Each message's route (:class:`~trio_producer._batch.Route`, decided when it was
         accepted) says how: runs of shared and tracked messages for one topic go through
-        librdkafka's batch call in one go, runs of spooled ones likewise with a
-        :class:`SpooledRun` callback; a single-route message (headers, a partition or a
-        timestamp) goes through ``produce()``. Nothing else about a message decides its
-        route. A full librdkafka queue stops the loop there: nothing is dropped, the
-        caller waits for delivery reports and calls again from the returned index (order
-        is kept). A message librdkafka refuses at once (too large, unknown partition,
-        ...) is failed like a failed delivery and the loop goes on.
+        librdkafka's batch call in one go, runs of own-run ones likewise with a callback of
+        their own (:attr:`run_reports` makes it); a single-route message (headers, a
+        partition or a timestamp) goes through ``produce()``. Nothing else about a message
+        decides its route. A full librdkafka queue stops the loop there: nothing is dropped,
+        the caller waits for delivery reports and calls again from the returned index (order
+        is kept). A message librdkafka refuses at once (too large, unknown partition, ...)
+        is failed like a failed delivery and the loop goes on.
         """
         produce_batch = self._producer.produce_batch
         n = len(items)
@@ -430,9 +404,9 @@ class KafkaClient:
             if route is TRACKED:
                 cast("TrackedReport", first["callback"]).reports = reports
             topic = first["topic"]
-            spooled = route is SPOOLED
+            own_run = route is OWN_RUN
             # The run: the next messages for this topic that the same batch call takes
-            # (shared and tracked ones together; spooled ones in runs of their own).
+            # (shared and tracked ones together; own-run ones in runs of their own).
             j = i + 1
             while j < n:
                 item = items[j]
@@ -440,15 +414,16 @@ class KafkaClient:
                     break
                 if "route" in item:
                     route = item["route"]
-                    if route is SINGLE or (route is SPOOLED) is not spooled:
+                    if route is SINGLE or (route is OWN_RUN) is not own_run:
                         break
                     if route is TRACKED:
                         cast("TrackedReport", item["callback"]).reports = reports
-                elif spooled:
+                elif own_run:
                     break
                 j += 1
             run = items if i == 0 and j == n else items[i:j]
-            group: DeliveryReports | SpooledRun = SpooledRun(reports) if spooled else reports
+            own: RunReports | None = self.run_reports(reports) if own_run else None
+            group = reports if own is None else own
             try:
                 queued = produce_batch(topic, cast("list[dict[str, Any]]", run), on_delivery=group)
             except (KafkaException, TypeError, ValueError) as exc:
@@ -460,9 +435,9 @@ class KafkaClient:
                 i = j
                 continue
             if queued == len(run):
-                if isinstance(group, SpooledRun):
-                    group.items = run
-                    reports.runs.append(group)
+                if own is not None:
+                    own.items = run
+                    reports.runs.append(own)
                 i = j
                 continue
             queued_items: list[Pending] = []
@@ -470,7 +445,7 @@ class KafkaClient:
             for k, item in enumerate(run):
                 err = cast("dict[str, Any]", item).pop("_error", None)
                 if err is None:
-                    if spooled:
+                    if own is not None:
                         queued_items.append(item)
                     continue
                 if err.code() == _QUEUE_FULL:
@@ -481,9 +456,9 @@ class KafkaClient:
                     break
                 reports.fail_now(item, error_info(err))
             if queued_items:
-                assert isinstance(group, SpooledRun)
-                group.items = queued_items
-                reports.runs.append(group)
+                assert own is not None
+                own.items = queued_items
+                reports.runs.append(own)
             if stop < len(run):
                 return i + stop
             i = j
@@ -582,12 +557,16 @@ class KafkaClient:
 
 
 def _own_callback(item: Pending) -> ReportCallback | None:
-    """The message's own report callback; a spooled message that has none (its run's
-    shared callback would have served it) gets a tracker of its seq."""
+    """The message's own report callback; an own-run message that has none (its run's
+    shared callback would have served it) gets a tracker of its ticket."""
     callback = item.get("callback")
-    if callback is None and item.get("route") is SPOOLED:
-        return TrackedReport(None, None, item["seq"])
+    if callback is None and item.get("route") is OWN_RUN:
+        return TrackedReport(None, None, item["ticket"])
     return callback
+
+
+def _no_run_reports(reports: DeliveryReports) -> RunReports:
+    raise AssertionError("an own-run message, and no intake that makes their run callbacks")
 
 
 def _call_error(exc: BaseException) -> KafkaErrorInfo:

@@ -26,11 +26,16 @@ from ._exceptions import ProducerClosedError
 from ._hooks import Hooks
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
+    from typing import TypeAlias
 
     from ._batch import Pending
+    from ._client import Failure
     from ._message import KafkaErrorInfo
     from ._state import ProducerState
+
+    #: ``DeliveryTracker.after_reports``: ``(epoch, failures handed over, stopping)``.
+    AfterReports: TypeAlias = Callable[[DeliveryReports, Sequence[Failure], bool], None]
 
 logger = logging.getLogger("trio_producer")
 
@@ -102,11 +107,14 @@ class DeliveryTracker:
         self._state = state
         self._route_failure = state.route_failure
         self._on_fatal = state.on_fatal
-        #: With a durable spool: called with the spool seqs of messages that were
-        #: delivered, or failed and were handed back while the producer ran.
-        self.on_confirmed: Callable[[list[int]], None] | None = None
-        #: With a durable spool: called before each hand-off to librdkafka (the spool
-        #: records that nothing newer was handed over: ``Spool.note_handed``).
+        #: Set by an intake that needs the outcomes of what it accepted (the durable
+        #: spool): called on the Trio thread after each pass over an epoch's reports,
+        #: with the epoch, the failures this pass handed over, and whether the producer
+        #: is stopping. It takes what is its own (``tickets``, ``runs``) out of the
+        #: epoch; an epoch with ``runs`` left is not retired.
+        self.after_reports: AfterReports | None = None
+        #: Set by an intake that needs to know: called before each hand-off to
+        #: librdkafka (the durable spool records that nothing newer was handed over).
         self.before_produce: Callable[[], None] | None = None
         #: Statistics, connection state, OAuth expiry: handed over after each
         #: poll (open_producer sets its own).
@@ -320,9 +328,7 @@ class DeliveryTracker:
                     assert tracked.waiter is not None
                     tracked.waiter.set()
             failures = epoch.failures
-            # Always a fresh list: failed seqs appended below must not stay behind in
-            # epoch.confirmed, to be confirmed again at the next poll.
-            confirmed, epoch.confirmed = epoch.confirmed, []
+            routed = epoch.routed
             while epoch.routed < len(failures):
                 failure = failures[epoch.routed]
                 epoch.routed += 1
@@ -330,33 +336,13 @@ class DeliveryTracker:
                     # A timeout while no broker answered: say so, not only _MSG_TIMED_OUT.
                     failure.error.cluster_unreachable = self.hooks.connectivity.describe()
                 owner = failure.tracked
-                if owner is not None and owner.seq >= 0 and not self.stopping:
-                    # Handed back while running: out of the spool. (At the stop, purged
-                    # spooled messages stay in the spool for the next producer.)
-                    confirmed.append(owner.seq)
                 if owner is not None and owner.has_waiter:
                     continue  # its send_and_wait caller owns it (see Producer.send_and_wait)
                 self._route_failure(failure.error)
-            if epoch.runs:
-                self._settle_runs(epoch, confirmed)
-            if confirmed and self.on_confirmed is not None:
-                self.on_confirmed(confirmed)
+            if self.after_reports is not None:
+                self.after_reports(epoch, failures[routed : epoch.routed], self.stopping)
         self._retire()
         self._progress.unpark_all()
-
-    def _settle_runs(self, epoch: Epoch, confirmed: list[int]) -> None:
-        """Confirm the runs of spooled messages whose every report came (Trio thread)."""
-        open_runs = []
-        for run in epoch.runs:
-            failed = len(run.failures)  # (the poll thread may append meanwhile)
-            if self.stopping and run.seen < failed:
-                run.kept.extend(run.failures[run.seen : failed])
-            run.seen = failed
-            if run.delivered + failed >= len(run.items):
-                confirmed.extend(run.confirmable())
-            else:
-                open_runs.append(run)
-        epoch.runs = open_runs
 
     def _retire(self) -> None:
         epochs = self.epochs

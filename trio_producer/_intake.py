@@ -7,7 +7,7 @@ The producer validates a message and builds its queue item; the intake decides w
   :attr:`~Intake.acceptor`, which takes each message, *is* the channel: the in-memory
   send is one method call into the channel (``producer._acceptor.send_nowait``: the
   call the producer made before there was an intake, and as fast).
-* :class:`~trio_producer._spooled.SpoolIntake` -- accepted means written to the durable
+* :class:`~trio_producer.spool._intake.SpoolIntake` -- accepted means written to the durable
   spool (and, with room, to the channel too). It is its own acceptor.
 
 ``open_producer`` chooses one; nothing else in the producer knows which it has.
@@ -59,7 +59,7 @@ class Intake(Protocol):
         """Accept a ``send_and_wait`` message, whose delivery report sets ``waiter``.
 
         ``item`` comes with its :class:`~trio_producer._client.TrackedReport`; the
-        intake may replace it (the spool's carries the seq): the caller reads
+        intake may replace it (the spool's carries a ticket): the caller reads
         ``item["callback"]`` after this returns. Always a checkpoint."""
 
     async def accept_many(self, topic: str, messages: Iterable[object]) -> int:
@@ -73,10 +73,6 @@ class Intake(Protocol):
 
     def backlog(self) -> int:
         """Accepted messages that are not in memory yet (only in the spool)."""
-
-    def take_backlog(self) -> list[Pending]:
-        """Read the backlog back into memory and end it (for the exit, when the spool
-        can no longer keep it)."""
 
     def statistics(self, stats: ProducerStatistics) -> ProducerStatistics:
         """The producer's counters, with what this intake adds to them."""
@@ -126,9 +122,6 @@ class MemoryIntake:
 
     def backlog(self) -> int:
         return 0
-
-    def take_backlog(self) -> list[Pending]:
-        return []
 
     def statistics(self, stats: ProducerStatistics) -> ProducerStatistics:
         return stats

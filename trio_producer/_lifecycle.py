@@ -32,14 +32,14 @@ from ._hooks import (
 from ._intake import MemoryIntake
 from ._producer import Producer
 from ._serializing import Encoder
-from ._spooled import SpoolIntake, open_keeper, recovered_batches
 from ._state import CUT_SHORT_GRACE, STOP_GRACE, ProducerState
 from ._undelivered import attach
 from ._worker import BatchChannel, run_worker
 from .serialization import Field, K, V
+from .spool import SpoolParts, open_spooled
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+    from collections.abc import AsyncIterator, Awaitable, Callable
     from contextlib import AbstractAsyncContextManager
     from typing import Unpack
 
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
     from ._hooks import KafkaStatistics, OAuthTokenProvider
     from ._instruments import Instrumentation, ProducerInstruments
     from ._intake import Intake
-    from ._spooled import SpoolKeeper
     from ._worker import Sink
     from .serialization import Serializer
 
@@ -188,7 +187,7 @@ async def open_producer(
     await trio.lowlevel.checkpoint_if_cancelled()
     client = await _open_client(cfg, on_statistics, oauth_token)
     instruments: ProducerInstruments | None = None
-    keeper: SpoolKeeper | None = None
+    spooled: SpoolParts | None = None
     try:
         channel = BatchChannel(
             Batch(cfg.batch_max_messages, cfg.batch_max_bytes, cfg.queue_capacity), cfg.linger
@@ -199,23 +198,8 @@ async def open_producer(
             cfg.bootstrap_servers, on_statistics=on_statistics, oauth=client.oauth
         )
         if cfg.spool_path is not None:
-            if client.transactional:
-                raise ConfigError(
-                    "spool_path cannot be combined with transactions (transactional.id): "
-                    "messages the spool sends again after a crash would not belong to "
-                    "any transaction"
-                )
-            keeper = await open_keeper(
-                cfg.spool_path,
-                cfg.spool_max_bytes,
-                cfg.spool_sync,
-                cfg.spool_sync_interval,
-                cfg.spool_id_header,
-            )
-            spool_intake = SpoolIntake(channel, keeper)
-            intake: Intake = spool_intake
-            tracker.on_confirmed = keeper.confirm
-            tracker.before_produce = spool_intake.note_handing
+            spooled = await open_spooled(cfg, client, channel, tracker)
+            intake: Intake = spooled.intake
         else:
             intake = MemoryIntake(channel)
         encoder = None
@@ -233,7 +217,7 @@ async def open_producer(
         _signals.register(producer)
         try:
             sink = _sink(tracker, instruments)
-            async with _running(intake, state, channel, sink, tracker, cfg, keeper) as ending:
+            async with _running(intake, state, channel, sink, tracker, cfg, spooled) as ending:
                 yield producer
             raise_ = _finish(ending(), state, producer)
         finally:
@@ -243,26 +227,14 @@ async def open_producer(
             raise raise_
     finally:
         try:
-            if keeper is not None:
-                await _close_spool(keeper)
+            if spooled is not None:
+                await spooled.aclose()
         finally:
             try:
                 if instruments is not None:
                     instruments.close()
             finally:
                 client.close()
-
-
-async def _close_spool(keeper: SpoolKeeper) -> None:
-    """Close the spool (fsync, unlock) in a thread; bounded by the disk. A shield stops
-    a cancellation but not a Ctrl-C: if one arrives before the thread ran, close here,
-    synchronously (idempotent), then let it go on -- never leave the spool locked."""
-    try:
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(keeper.spool.close)
-    except KeyboardInterrupt:
-        keeper.spool.close()
-        raise
 
 
 async def _open_client(
@@ -309,7 +281,7 @@ async def _running(
     sink: Sink,
     tracker: DeliveryTracker,
     cfg: ProducerConfig,
-    keeper: SpoolKeeper | None,
+    spooled: SpoolParts | None,
 ) -> AsyncIterator[Callable[[], Ending]]:
     """Run the background tasks around the body; on the way out, drain, stop, collect.
 
@@ -333,24 +305,16 @@ async def _running(
             # (KeyboardInterrupt included) can skip that and leave the nursery waiting.
             worker_scope = trio.CancelScope(shield=True)
             delivery_scope = trio.CancelScope(shield=True)
-            keeper_scope = trio.CancelScope(shield=True)
+            spool_scope = trio.CancelScope(shield=True)
             worker_done = trio.Event()
-            first: Iterable[list[Pending]] = ()
-            if keeper is not None:
-                first = recovered_batches(keeper)
-                nursery.start_soon(_background, keeper_scope, None, keeper.run, state)
+            if spooled is not None:
+                nursery.start_soon(_background, spool_scope, None, spooled.run, state)
             nursery.start_soon(_background, delivery_scope, None, tracker.run, state)
             nursery.start_soon(
                 _background,
                 worker_scope,
                 worker_done,
-                partial(
-                    run_worker,
-                    channel,
-                    sink,
-                    first=first,
-                    on_handed=keeper.recovered_handed if keeper is not None else None,
-                ),
+                partial(run_worker, channel, sink),
                 state,
             )
             try:
@@ -371,7 +335,7 @@ async def _running(
             finally:
                 worker_scope.cancel(reason="trio_producer: producer closed")
                 delivery_scope.cancel(reason="trio_producer: producer closed")
-                keeper_scope.cancel(reason="trio_producer: producer closed")
+                spool_scope.cancel(reason="trio_producer: producer closed")
     except BaseException as exc:  # a bug in a background task, or KeyboardInterrupt
         internal = exc
     # Only now, with no task left that uses the client: purge, collect.
@@ -382,21 +346,10 @@ async def _running(
     tracker.process()
     for item in channel.unsent():
         _hand_back_unsent(item, state)
-    spool_path = keeper.spool.path.as_posix() if keeper is not None else None
-    if keeper is not None and not keeper.spool.directory_intact():
-        # Removed (or replaced) while the producer ran: the spool cannot keep what was
-        # not delivered for a next run. Hand it all back instead, read from the
-        # mappings that outlive the files.
-        backlog = keeper.take_unhanded_recovered() + intake.take_backlog()
-        logger.error(
-            "the spool directory %r was removed while the producer ran: the %d "
-            "undelivered message(s) it held are handed back, not kept",
-            spool_path,
-            len(backlog) + len(state.failures),
-        )
-        for item in backlog:
-            _hand_back_unsent(item, state)
-        spool_path = None
+    spool_path = None
+    if spooled is not None:
+        # Where what was not delivered is kept; the spool hands back what it cannot keep.
+        spool_path = spooled.at_exit(partial(_hand_back_unsent, state=state), len(state.failures))
     channel.stop()
     tracker.stop()
     ending = Ending(

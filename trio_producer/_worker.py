@@ -54,6 +54,22 @@ class Sink(Protocol):
         """Return when ``produce`` may take more (a checkpoint)."""
 
 
+class Source(Protocol):
+    """Where the worker's messages come from besides what is accepted into the channel's
+    batch: kept elsewhere (the durable spool: what an earlier process left, and what it
+    alone keeps while the batch is full -- store and forward)."""
+
+    def earlier(self) -> Iterable[list[Pending]]:
+        """Batches to hand to the sink before anything the channel holds, in order. Each
+        is handed on whole, never cut (librdkafka's reports refer to it)."""
+
+    def handed(self, pos: int) -> None:
+        """The current :meth:`earlier` batch was handed to the sink up to ``pos``."""
+
+    def refill(self) -> None:
+        """Top the channel's batch up (sync; called whenever it may have room)."""
+
+
 class BatchChannel:
     """A closeable, bounded, batching channel with one receiver (the worker)."""
 
@@ -62,9 +78,9 @@ class BatchChannel:
         self.linger = linger
         self.closed = False
         self.closed_reason = "the producer is closed"
-        #: Called (sync) whenever the batch may have room, to top it up from a backlog
-        #: kept elsewhere (the durable spool's store and forward); ``None`` without one.
-        self.refill: Callable[[], object] | None = None
+        #: Where messages kept elsewhere come from (see :class:`Source`); ``None``
+        #: without (the intake sets it: the durable spool's).
+        self.source: Source | None = None
         #: The channel was closed because the producer failed (see ProducerClosedError).
         self.closed_by_failure = False
         #: The worker has stopped for good: waiters for progress are released.
@@ -225,7 +241,7 @@ class BatchChannel:
     async def receive_batch(self) -> tuple[list[Pending], str] | None:
         """Wait for the next batch and why it leaves; ``None`` once closed *and* empty."""
         batch = self.batch
-        refill = self.refill
+        refill = self.source.refill if self.source is not None else None
         while not batch.items:
             if refill is not None:
                 refill()
@@ -276,8 +292,6 @@ async def run_worker(
     channel: BatchChannel,
     sink: Sink,
     *,
-    first: Iterable[list[Pending]] = (),
-    on_handed: Callable[[int], None] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The receive loop: batch → sink, until the channel is closed and empty.
@@ -291,19 +305,8 @@ async def run_worker(
     other batch.
     """
     task_status.started()
-    for items in first:
-        # Messages an earlier process left in the durable spool: before anything new.
-        # What is not produced when it stops stays in the spool -- or, if the spool
-        # directory is gone, is handed back: ``on_handed`` learns how far it got.
-        # (The chunk itself is not cut: librdkafka's reports refer to it.)
-        pos = 0
-        while True:
-            pos = sink.produce(items, pos)
-            if on_handed is not None:
-                on_handed(pos)
-            if pos >= len(items):
-                break
-            await sink.wait_for_space()
+    if channel.source is not None:
+        await _produce_earlier(channel.source, sink)
     while True:
         got = await channel.receive_batch()
         if got is None:
@@ -320,3 +323,18 @@ async def run_worker(
         channel.in_hand = []
         channel.in_hand_pos = 0
         channel.mark_produced(len(items))
+
+
+@trio.lowlevel.enable_ki_protection
+async def _produce_earlier(source: Source, sink: Sink) -> None:
+    """Messages kept elsewhere (an earlier process left them in the durable spool):
+    before anything new. The source learns how far each batch got (what is not produced
+    when the producer stops is the source's to keep, or to hand back)."""
+    for items in source.earlier():
+        pos = 0
+        while True:
+            pos = sink.produce(items, pos)
+            source.handed(pos)
+            if pos >= len(items):
+                break
+            await sink.wait_for_space()

@@ -20,17 +20,10 @@ are in the kernel's page cache when it returns, so they survive ``kill -9`` of t
 process; ``sync`` (``fsync``) makes them survive a power loss. The unwritten rest of a
 segment reads as zeros, which is how recovery finds its end.
 
-Record framing (little-endian)::
-
-    u32 magic | u32 length (whole record) | u64 seq | i64 timestamp | i32 partition
-    | i32 key length (-1: None) | i32 value length (-1: None) | u16 topic length
-    | u16 header count | topic | key | value | headers... | u32 crc32 (of all before it)
-
-    header: u16 name length | i32 value length (-1: None) | name | value
-
-Segment header: ``_SEG_HEAD`` and its crc32 (48 bytes), then the seal (``_SEAL``: the
-end seq, one past the last record, with a crc32 chained from the header's), written when
-the segment stops taking records: at a rotation, at ``close``, when recovery keeps it.
+The bytes themselves (records, the segment header and its seal, ack log frames, the
+hand-off mark) are defined in :mod:`._format`, and encoded and parsed only there. A
+segment's header carries a seal once the segment stops taking records: at a rotation, at
+``close``, when recovery keeps it.
 
 Recovery reads records until the zeros. A record whose checksum fails, followed by valid
 ones, is corrupt: skipped, counted, logged at ERROR. Invalid bytes with nothing valid
@@ -62,15 +55,32 @@ import fcntl
 import logging
 import mmap
 import os
-import struct
 import threading
 import uuid as uuid_module
-import zlib
 from array import array
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
 
-from ._exceptions import TrioProducerError
+from .._exceptions import TrioProducerError
+from ._format import (
+    MAGIC_BYTES,
+    RECORD_OVERHEAD,
+    SEAL_AT,
+    SEGMENT_HEADER_SIZE,
+    SpoolRecord,
+    ack_frame,
+    encode_record,
+    encode_records,
+    encode_values,
+    handed_bytes,
+    pair_up,
+    parse_record,
+    record_length_at,
+    seal_bytes,
+    segment_head,
+)
+from ._recovery import Recovery, SpoolRecovery
+from ._segment import _seg_name, _Segment
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -95,34 +105,6 @@ DEFAULT_ID_HEADER = "trio-producer-id"
 
 SyncPolicy: TypeAlias = Literal["never", "interval", "always"]
 _SYNC_POLICIES = ("never", "interval", "always")
-
-#: Headers as the spool stores them.
-HeaderList: TypeAlias = list[tuple[str, bytes | None]]
-
-_MAGIC = 0x7C5A_0D1E
-_MAGIC_BYTES = _MAGIC.to_bytes(4, "little")
-_HEAD = struct.Struct("<IIQqiiiHH")
-_HDR_ITEM = struct.Struct("<Hi")
-_U32 = struct.Struct("<I")
-_pack_head = _HEAD.pack
-#: Per topic length: the head and the topic packed in one call (``append_values``).
-_HEADS: dict[int, Any] = {}
-_pack_u32 = _U32.pack
-_crc32 = zlib.crc32
-#: Bytes a record takes besides its topic, key, value and headers.
-RECORD_OVERHEAD = _HEAD.size + 4
-#: Bytes each header takes besides its name and value.
-HEADER_OVERHEAD = _HDR_ITEM.size
-
-_SEG_MAGIC = b"TPSPOOL1"
-_SEG_HEAD = struct.Struct("<8sHH16sQQ")  # magic, version, flags, uuid, first seq, index
-_SEG_HEADER_SIZE = 64
-#: The seal, after the header's crc: the end seq (one past the last record), and a crc32
-#: of it chained from the header's. Written when the segment stops taking records.
-_SEAL_AT = _SEG_HEAD.size + 4
-_SEAL = struct.Struct("<QI")
-_ACK_FRAME = struct.Struct("<II")  # count, crc32 of the packed seqs
-_HANDED = struct.Struct("<qI")  # the hand-off mark, crc32 of it
 
 _MIN_SEGMENT = 4096
 #: The system calls that can meet a full disk, by name: a seam for tests that make the
@@ -178,221 +160,6 @@ def _describe(exc: OSError, path: Path) -> str:
     return f"{what} ({str(path)!r}): {exc}"
 
 
-class SpoolRecord(NamedTuple):
-    """One spooled message, as recovery hands it back.
-
-    Attributes:
-        seq: Its sequence number in this spool (what ``confirm`` takes).
-        id: Its stable id, 24 bytes: the 16-byte uuid of the process run that spooled
-            it, then ``seq`` as 8 big-endian bytes. The same after every recovery.
-        topic: The topic.
-        value: The value, or ``None``.
-        key: The key, or ``None``.
-        headers: ``(name, value)`` pairs, or ``None`` when it had none.
-        partition: The partition, or ``-1`` for "let the partitioner choose".
-        timestamp: Milliseconds since the epoch, or ``0`` for "now".
-    """
-
-    seq: int
-    id: bytes
-    topic: str
-    value: bytes | None
-    key: bytes | None
-    headers: HeaderList | None
-    partition: int
-    timestamp: int
-
-
-class SpoolRecovery(NamedTuple):
-    """What opening a spool found.
-
-    Attributes:
-        recovered: Unconfirmed records handed back in ``Spool.recovered``.
-        segments: Segment files read.
-        torn_tails: Segments that ended in a partly written record (a crash
-            mid-append); each was cut off after its last whole record.
-        torn_tail_bytes: Bytes cut off those tails.
-        corrupt_records: Records skipped because their checksum did not match (lost;
-            logged at ERROR).
-        corrupt_bytes: Bytes skipped with them.
-        corrupt_acks: Ack batches skipped (their messages count as unconfirmed: sent
-            again, never lost).
-        duplicates_possible: How many of the recovered records may already be in Kafka
-            (delivered but not confirmed when the earlier process ended): those at or
-            below the hand-off mark (``HANDED``: before handing records to Kafka, the
-            producer records that none above a seq was handed, see
-            ``Spool.note_handed``). Every recovered record when the mark is unknown.
-    """
-
-    recovered: int = 0
-    segments: int = 0
-    torn_tails: int = 0
-    torn_tail_bytes: int = 0
-    corrupt_records: int = 0
-    corrupt_bytes: int = 0
-    corrupt_acks: int = 0
-    duplicates_possible: int = 0
-
-
-class _Segment:
-    """One segment file and its confirmations."""
-
-    __slots__ = (
-        "ack_bytes",
-        "ack_fd",
-        "count",
-        "done",
-        "fd",
-        "first_seq",
-        "index",
-        "mm",
-        "ndone",
-        "path",
-        "sealed",
-        "size",
-        "uuid",
-        "view",
-    )
-
-    def __init__(self, path: Path, index: int, first_seq: int, uuid: bytes, size: int) -> None:
-        self.path = path
-        self.index = index
-        self.first_seq = first_seq
-        self.uuid = uuid
-        #: Bytes the file takes on disk (what ``max_bytes`` counts).
-        self.size = size
-        self.fd = -1
-        self.mm: mmap.mmap | None = None
-        self.ack_fd = -1
-        self.ack_bytes = 0
-        #: One byte per seq from ``first_seq``: 1 once confirmed (or never to be).
-        self.done = bytearray()
-        self.ndone = 0
-        #: Records in the segment; known once it is sealed.
-        self.count = -1
-        self.sealed = False
-        #: A read-only mapping for ``read_from`` (segments of this run); closed only by
-        #: dropping it (a reader may still hold it).
-        self.view: mmap.mmap | None = None
-
-    @property
-    def ack_path(self) -> Path:
-        return self.path.with_suffix(".ack")
-
-
-def _seg_name(index: int) -> str:
-    return f"{index:016d}.seg"
-
-
-def _header_first_seq(seg_path: Path) -> int | None:
-    """The first seq a segment file's header names, or ``None`` if unreadable."""
-    try:
-        with seg_path.open("rb") as f:
-            head = f.read(_SEG_HEAD.size + 4)
-    except OSError:
-        return None
-    if len(head) < _SEG_HEAD.size + 4 or head[:8] != _SEG_MAGIC:
-        return None
-    if zlib.crc32(head[: _SEG_HEAD.size]) != _U32.unpack_from(head, _SEG_HEAD.size)[0]:
-        return None
-    return int(_SEG_HEAD.unpack_from(head, 0)[4])
-
-
-def _seal_bytes(head_crc: int, end: int) -> bytes:
-    packed = struct.pack("<Q", end)
-    return packed + _U32.pack(zlib.crc32(packed, head_crc))
-
-
-def _read_seal(head: Any) -> int | None:
-    """The end seq a segment's seal names, or ``None`` (not sealed, or damaged); the
-    header must be valid."""
-    head_crc = _U32.unpack_from(head, _SEG_HEAD.size)[0]
-    end, crc = _SEAL.unpack_from(head, _SEAL_AT)
-    if zlib.crc32(bytes(head[_SEAL_AT : _SEAL_AT + 8]), head_crc) != crc:
-        return None
-    return int(end)
-
-
-def _encode_headers(headers: Sequence[tuple[str, bytes | None]]) -> bytes:
-    parts: list[bytes] = []
-    for name, value in headers:
-        nb = name.encode()
-        if value is None:
-            parts.append(_HDR_ITEM.pack(len(nb), -1))
-            parts.append(nb)
-        else:
-            parts.append(_HDR_ITEM.pack(len(nb), len(value)))
-            parts.append(nb)
-            parts.append(value)
-    return b"".join(parts)
-
-
-def _record_bytes(
-    seq: int,
-    tb: bytes,
-    value: bytes | None,
-    key: bytes | None,
-    headers: Sequence[tuple[str, bytes | None]] | None,
-    partition: int,
-    timestamp: int,
-) -> bytes:
-    """The framed record (the slow general path; ``Spool.append`` inlines the common one)."""
-    kl = -1 if key is None else len(key)
-    vl = -1 if value is None else len(value)
-    hb = _encode_headers(headers) if headers else b""
-    nh = len(headers) if headers else 0
-    length = RECORD_OVERHEAD + len(tb) + (kl if kl > 0 else 0) + (vl if vl > 0 else 0) + len(hb)
-    rec = b"".join(
-        (
-            _HEAD.pack(_MAGIC, length, seq, timestamp, partition, kl, vl, len(tb), nh),
-            tb,
-            key or b"",
-            value or b"",
-            hb,
-        )
-    )
-    return rec + _U32.pack(zlib.crc32(rec))
-
-
-def _parse_record(buf: Any, pos: int, end: int) -> tuple[int, int, Any] | None:
-    """``(length, seq, fields)`` of a valid record at ``pos``, else ``None``."""
-    if pos + RECORD_OVERHEAD > end:
-        return None
-    magic, length, seq, ts, part, kl, vl, tl, nh = _HEAD.unpack_from(buf, pos)
-    if magic != _MAGIC or length < RECORD_OVERHEAD or pos + length > end:
-        return None
-    stop = pos + length - 4
-    if zlib.crc32(buf[pos:stop]) != _U32.unpack_from(buf, stop)[0]:
-        return None
-    p = pos + _HEAD.size
-    topic = bytes(buf[p : p + tl]).decode()
-    p += tl
-    key = None
-    if kl >= 0:
-        key = bytes(buf[p : p + kl])
-        p += kl
-    value = None
-    if vl >= 0:
-        value = bytes(buf[p : p + vl])
-        p += vl
-    headers: HeaderList | None = None
-    if nh:
-        headers = []
-        for _ in range(nh):
-            nl, hl = _HDR_ITEM.unpack_from(buf, p)
-            p += _HDR_ITEM.size
-            name = bytes(buf[p : p + nl]).decode()
-            p += nl
-            if hl < 0:
-                headers.append((name, None))
-            else:
-                headers.append((name, bytes(buf[p : p + hl])))
-                p += hl
-    if p != stop:
-        return None
-    return length, seq, (topic, value, key, headers, part, ts)
-
-
 class _Reader:
     """Where ``Spool.read_from`` continues: a read-only mapping of one segment."""
 
@@ -413,7 +180,7 @@ class _Reader:
         self.buf = None  # type: ignore[assignment]
 
 
-class Spool:
+class Spool(Recovery):
     """An append-only, CRC-framed segment log of messages waiting for confirmation.
 
     Open it with :meth:`Spool.open`. Not thread-safe beyond the rule in the module
@@ -552,6 +319,7 @@ class Spool:
         spool._lock_id = (st.st_dev, st.st_ino)
         try:
             spool._recover()
+            spool._open_handed()
             try:
                 fresh = spool._new_segment_file(spool.segment_bytes)
                 try:
@@ -598,305 +366,6 @@ class Spool:
             os.ftruncate(fd, 0)  # a full disk: the pid stays unknown, the lock holds
         self._lock_fd = fd
 
-    def _recover(self) -> None:
-        for tmp in self.path.glob("spare-*.tmp"):
-            tmp.unlink()
-        found = SpoolRecovery()
-        max_seq = -1
-        paths: dict[int, Path] = {}
-        for seg_path in self.path.glob("*.seg"):
-            try:
-                paths[int(seg_path.stem)] = seg_path
-            except ValueError:
-                continue
-        orphans: dict[int, Path] = {}
-        for ack in self.path.glob("*.ack"):
-            try:
-                index = int(ack.stem)
-            except ValueError:
-                continue
-            if index not in paths:
-                orphans[index] = ack
-        max_index = max(paths, default=-1)
-        # The hand-off mark: evidence of what the newest segment held (every seq at or
-        # below it was accepted).
-        mark = self._read_handed()
-        handed = mark if mark is not None else -1
-        prev_index, prev_end = -2, None  # the segment before, and its end seq
-        for index in sorted({*paths, *orphans}):
-            if index in orphans:
-                # The segment file is gone, its ack log is not: its records were accepted
-                # (confirmed ones are in the log); the rest are lost, up to the next
-                # segment that exists.
-                after = [paths[i] for i in sorted(paths) if i > index]
-                following = next((f for f in map(_header_first_seq, after) if f is not None), None)
-                found, top = self._report_missing(
-                    found, orphans[index], prev_end if prev_index == index - 1 else None, following
-                )
-                max_seq = max(max_seq, top)
-                prev_index, prev_end = index, top + 1 if top >= 0 else None
-                continue
-            seg_path = paths[index]
-            found = found._replace(segments=found.segments + 1)
-            # Only the newest segment can end in a torn write: one that was rotated has a
-            # seal in its header (see _seal_segment), and one that a later segment
-            # follows was sealed too (a crash may have come before its seal was written).
-            # The next segment's header says where its records must end.
-            successor = paths.get(index + 1)
-            next_first = _header_first_seq(successor) if successor is not None else None
-            seg, records, found, top = self._recover_segment(
-                seg_path,
-                index,
-                found,
-                newest=index == max_index,
-                next_first=next_first,
-                prev_end=prev_end if prev_index == index - 1 else None,
-                handed=handed,
-            )
-            max_seq = max(max_seq, top)
-            prev_index, prev_end = index, top + 1 if top >= 0 else None
-            if seg is None:
-                seg_path.unlink()
-                seg_path.with_suffix(".ack").unlink(missing_ok=True)
-                self._dir_dirty = True
-                continue
-            self.recovered.extend(records)
-            self._segments.append(seg)
-            self._firsts.append(seg.first_seq)
-            self._fg_allocated += seg.size
-        for ack in orphans.values():
-            ack.unlink()  # counted above
-            self._dir_dirty = True
-        # New seqs start past every seq the spool ever gave out that it can still tell.
-        self._seq = self._run_first_seq = max(max_seq, handed) + 1
-        self._next_index = max(max_index, *orphans, -1) + 1
-        n = len(self.recovered)
-        if mark == -1 and n and not (self.path / "HANDED").exists():
-            mark = None  # records but no mark: it could not be written
-        if mark is None:  # unknown (an older spool, or the mark could not be written)
-            duplicates = n
-        else:
-            duplicates = sum(1 for r in self.recovered if r.seq <= mark)
-            self._handed = mark
-        self.recovery = found._replace(recovered=n, duplicates_possible=duplicates)
-        self._open_handed()
-        if n or found.torn_tails or found.corrupt_records:
-            logger.info(
-                "spool %s: recovered %d unconfirmed message(s) from %d segment(s) "
-                "(torn tails: %d, %d bytes; corrupt records: %d)",
-                self.path,
-                n,
-                found.segments,
-                found.torn_tails,
-                found.torn_tail_bytes,
-                found.corrupt_records,
-            )
-
-    def _report_missing(
-        self, found: SpoolRecovery, ack_path: Path, start: int | None, following: int | None
-    ) -> tuple[SpoolRecovery, int]:
-        """Count and log (ERROR) the records of a segment file that is gone while its ack
-        log remains: its seqs run from ``start`` (the previous segment's end; else its
-        first confirmed seq) up to the next segment's first seq (else its last confirmed
-        one). Returns the counters and the highest seq it held (-1: unknown)."""
-        acked, bad = self._read_acks(ack_path)
-        found = found._replace(corrupt_acks=found.corrupt_acks + bad)
-        lo = start if start is not None else min(acked, default=None)
-        hi = following if following is not None else max(acked, default=-2) + 1
-        if lo is None or hi <= lo:
-            return found, max(acked, default=-1)
-        lost = sum(1 for seq in range(lo, hi) if seq not in acked)
-        if lost:
-            logger.error(
-                "spool %s: segment %s is missing (its ack log remains): seqs %d..%d missing, "
-                "%d unconfirmed record(s) lost",
-                self.path,
-                ack_path.with_suffix(".seg").name,
-                lo,
-                hi - 1,
-                lost,
-            )
-            found = found._replace(corrupt_records=found.corrupt_records + lost)
-        return found, hi - 1
-
-    def _recover_segment(
-        self,
-        seg_path: Path,
-        index: int,
-        found: SpoolRecovery,
-        *,
-        newest: bool,
-        next_first: int | None,
-        prev_end: int | None,
-        handed: int,
-    ) -> tuple[_Segment | None, list[SpoolRecord], SpoolRecovery, int]:
-        data = seg_path.read_bytes()
-        size = len(data)
-        top = -1
-        seal: int | None = None
-        if size >= _SEG_HEADER_SIZE and data[:8] == _SEG_MAGIC:
-            fields = _SEG_HEAD.unpack_from(data, 0)
-            head_ok = (
-                zlib.crc32(data[: _SEG_HEAD.size]) == _U32.unpack_from(data, _SEG_HEAD.size)[0]
-            )
-        else:
-            head_ok = False
-        if not head_ok:
-            if not data.strip(b"\0"):
-                return None, [], found, top  # a segment created but never written
-            logger.error(
-                "spool %s: segment %s has a corrupt header; its records get new ids",
-                self.path,
-                seg_path.name,
-            )
-            seg_uuid = uuid_module.uuid4().bytes
-            first_seq = -1
-        else:
-            _, _, _, seg_uuid, first_seq, _ = fields
-            top = first_seq - 1
-            seal = _read_seal(data)
-        # Where the records must end (one past the last seq), when that is known: the
-        # seal, or the next segment's first seq.
-        end = seal if seal is not None else next_first
-        sealed = end is not None or not newest
-        # Confirmations: evidence too (each seq in the log was accepted in this segment).
-        acked, bad_acks = self._read_acks(seg_path.with_suffix(".ack"))
-        if bad_acks:
-            found = found._replace(corrupt_acks=found.corrupt_acks + bad_acks)
-        # The newest, unsealed segment: every seq up to this one was accepted into it.
-        proven = -1 if sealed else max(handed, max(acked, default=-1))
-        data_end = len(data.rstrip(b"\0"))
-        # Scan the records.
-        entries: list[tuple[int, Any]] = []
-        pos = _SEG_HEADER_SIZE
-        if first_seq >= 0:
-            prev_seq: int | None = first_seq - 1
-        elif prev_end is not None:
-            prev_seq = prev_end - 1  # the header is gone: the previous segment's end
-        else:
-            prev_seq = None
-        cut_at = -1
-        tail_reported = False
-        stop: int | None
-        while pos < data_end:
-            parsed = _parse_record(data, pos, size)
-            if parsed is not None:
-                length, seq, rec = parsed
-                entries.append((seq, rec))
-                prev_seq = seq
-                pos += length
-                continue
-            if not sealed:
-                this = None if prev_seq is None else prev_seq + 1
-                if self._cut_short(data, pos):
-                    # The file ends inside a record: a preallocated file does not shrink
-                    # through a crash, so this is damage: the record, and every seq
-                    # proven accepted after it, is lost.
-                    upto = max(proven, this if this is not None else -1)
-                    found = self._report_lost(
-                        found, seg_path, pos, size - pos, prev_seq, upto + 1, cut_short=True
-                    )
-                    top = max(top, upto)
-                    tail_reported = True
-                    break
-                accepted = this is not None and this <= proven
-                # A zero magic is an uncommitted write (append_many writes its first
-                # magic last): everything from here on was never accepted -- unless the
-                # hand-off mark or the ack log prove the record accepted.
-                uncommitted = not accepted and data[pos : pos + 4] == b"\0\0\0\0"
-                nxt = None if uncommitted else self._resync(data, pos + 1, data_end, size)
-                if nxt is None and not accepted:
-                    found = found._replace(
-                        torn_tails=found.torn_tails + 1,
-                        torn_tail_bytes=found.torn_tail_bytes + data_end - pos,
-                    )
-                    cut_at = pos
-                    break
-            else:
-                nxt = self._resync(data, pos + 1, data_end, size)
-            if nxt is None:
-                # Damage up to the end: accepted records lost.
-                stop = end if sealed else proven + 1
-                found = self._report_lost(found, seg_path, pos, data_end - pos, prev_seq, stop)
-                if stop is not None:
-                    top = max(top, stop - 1)
-                tail_reported = True
-                break
-            next_seq = _HEAD.unpack_from(data, nxt)[2]
-            found = self._report_lost(found, seg_path, pos, nxt - pos, prev_seq, next_seq)
-            pos = nxt
-        stop = end if sealed else proven + 1
-        if not tail_reported and prev_seq is not None and stop is not None and stop > prev_seq + 1:
-            # Records missing after the last whole one (zeroed: lost on the way to the
-            # disk, or damaged, or the file cut short) although they were accepted.
-            found = self._report_lost(found, seg_path, data_end, 0, prev_seq, stop)
-            top = max(top, stop - 1)
-        if cut_at >= 0:
-            # Cut the torn tail so a later recovery does not count it again.
-            fd = os.open(seg_path, os.O_RDWR)
-            try:
-                os.pwrite(fd, bytes(min(size, data_end) - cut_at), cut_at)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        if entries:
-            top = max(top, max(seq for seq, _ in entries))
-            if first_seq < 0:
-                first_seq = min(seq for seq, _ in entries)
-        pending = [(seq, rec) for seq, rec in entries if seq not in acked]
-        if not pending:
-            return None, [], found, top
-        if head_ok and seal is None:
-            # Sealed now: a later segment (this run's) follows, and may be deleted before
-            # this one; the seal keeps this one's end known (damage at it is corruption).
-            self._seal_file(seg_path, data, top + 1)
-        seg = _Segment(seg_path, index, first_seq, seg_uuid, size)
-        span = top - first_seq + 1
-        seg.done = bytearray(b"\x01") * span
-        for seq, _ in pending:
-            seg.done[seq - first_seq] = 0
-        seg.count = span
-        seg.ndone = span - len(pending)
-        seg.sealed = True
-        seg.ack_bytes = (
-            seg_path.with_suffix(".ack").stat().st_size
-            if seg_path.with_suffix(".ack").exists()
-            else 0
-        )
-        records = [
-            SpoolRecord(seq, seg_uuid + seq.to_bytes(8, "big"), *rec) for seq, rec in pending
-        ]
-        return seg, records, found, top
-
-    @staticmethod
-    def _cut_short(data: bytes, pos: int) -> bool:
-        """Whether the file ends inside a record starting at ``pos`` (it was truncated:
-        nothing was ever written past a segment's end)."""
-        size = len(data)
-        if pos + RECORD_OVERHEAD > size:
-            return bool(data[pos:].strip(b"\0"))
-        magic, length = struct.unpack_from("<II", data, pos)
-        return bool(magic == _MAGIC and pos + length > size)
-
-    def _seal_file(self, seg_path: Path, head: bytes, end: int) -> None:
-        """Write the seal into a recovered segment's header (see :meth:`_seal_segment`)."""
-        seal = _seal_bytes(_U32.unpack_from(head, _SEG_HEAD.size)[0], end)
-        try:
-            fd = os.open(seg_path, os.O_RDWR | os.O_CLOEXEC)
-            try:
-                os.pwrite(fd, seal, _SEAL_AT)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            logger.warning(
-                "spool %s: cannot seal segment %s (%s): damage at its end would be taken "
-                "for a torn write once it is the newest file",
-                self.path,
-                seg_path.name,
-                exc,
-            )
-
     @staticmethod
     def _seal_segment(seg: _Segment, end: int) -> None:
         """Write the seal into a segment's header (in its mapping): it takes no more
@@ -905,69 +374,8 @@ class Spool:
         mm = seg.mm
         if mm is None:
             return
-        mm[_SEAL_AT : _SEAL_AT + _SEAL.size] = _seal_bytes(
-            _U32.unpack_from(mm, _SEG_HEAD.size)[0], end
-        )
-
-    def _report_lost(
-        self,
-        found: SpoolRecovery,
-        seg_path: Path,
-        pos: int,
-        nbytes: int,
-        prev_seq: int | None,
-        next_seq: int | None,
-        *,
-        cut_short: bool = False,
-    ) -> SpoolRecovery:
-        """Count and log (ERROR) records lost to damage between ``prev_seq`` and
-        ``next_seq`` (exclusive; ``None``: unknown, then at least one is counted).
-        ``cut_short``: the file ends early, records after ``next_seq`` may be lost too."""
-        if prev_seq is not None and next_seq is not None:
-            lost = max(next_seq - prev_seq - 1, 0)
-            seqs = f"seqs {prev_seq + 1}..{next_seq - 1} lost" if lost else "no seq lost"
-            if cut_short:
-                seqs += " (at least: the file ends inside a record)"
-        else:
-            lost = 1
-            seqs = "seqs unknown lost (at least 1)"
-        logger.error(
-            "spool %s: segment %s: %d corrupt record(s) skipped at offset %d "
-            "(%d bytes, checksum mismatch or zeroed); %s, the rest recovered",
-            self.path,
-            seg_path.name,
-            lost,
-            pos,
-            nbytes,
-            seqs,
-        )
-        return found._replace(
-            corrupt_records=found.corrupt_records + lost,
-            corrupt_bytes=found.corrupt_bytes + nbytes,
-        )
-
-    @staticmethod
-    def _resync(data: bytes, start: int, data_end: int, size: int) -> int | None:
-        """The offset of the next valid record at or after ``start``, or ``None``."""
-        pos = data.find(_MAGIC_BYTES, start, data_end)
-        while pos >= 0:
-            if _parse_record(data, pos, size) is not None:
-                return pos
-            pos = data.find(_MAGIC_BYTES, pos + 1, data_end)
-        return None
-
-    def _read_handed(self) -> int | None:
-        """The hand-off mark an earlier process left, or ``None`` when unknown."""
-        try:
-            data = (self.path / "HANDED").read_bytes()
-        except FileNotFoundError:
-            return None if self.recovered else -1
-        if len(data) != _HANDED.size:
-            return None
-        mark, crc = _HANDED.unpack(data)
-        if zlib.crc32(data[:8]) != crc:
-            return None
-        return int(mark)
+        seal = seal_bytes(mm, end)
+        mm[SEAL_AT : SEAL_AT + len(seal)] = seal
 
     def _open_handed(self) -> None:
         """Open the hand-off mark's file and write the mark carried over (a full disk:
@@ -982,9 +390,9 @@ class Spool:
         self._write_handed(self._handed)
 
     def _write_handed(self, mark: int) -> None:
-        packed = struct.pack("<q", mark)
+        data = handed_bytes(mark)
         try:
-            if os.pwrite(self._handed_fd, packed + _U32.pack(zlib.crc32(packed)), 0) != 12:
+            if os.pwrite(self._handed_fd, data, 0) != len(data):
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         except OSError:
             # Unknown from now on: the next recovery counts every record.
@@ -1003,39 +411,6 @@ class Spool:
             self._handed = upto
             if self._handed_fd >= 0:
                 self._write_handed(upto)
-
-    def _read_acks(self, ack_path: Path) -> tuple[set[int], int]:
-        try:
-            data = ack_path.read_bytes()
-        except FileNotFoundError:
-            return set(), 0
-        acked: set[int] = set()
-        bad = 0
-        pos = 0
-        while pos + _ACK_FRAME.size <= len(data):
-            count, crc = _ACK_FRAME.unpack_from(data, pos)
-            stop = pos + _ACK_FRAME.size + 8 * count
-            if count == 0 or stop > len(data):
-                break  # a torn last batch: those seqs are sent again
-            body = data[pos + _ACK_FRAME.size : stop]
-            if zlib.crc32(body) == crc:
-                acked.update(array("Q", body))
-            else:
-                bad += 1
-                logger.warning(
-                    "spool %s: %s: a corrupt ack batch at offset %d: %d message(s) will be "
-                    "sent again",
-                    self.path,
-                    ack_path.name,
-                    pos,
-                    count,
-                )
-            pos = stop
-        if pos < len(data):
-            # A torn last batch (or an unreadable count): cut it, so that new batches
-            # appended after it can be read. Its seqs count as unconfirmed.
-            os.truncate(ack_path, pos)
-        return acked, bad
 
     # ------------------------------------------------------------------ segments
 
@@ -1058,10 +433,10 @@ class Spool:
     def _start_segment(self, seg: _Segment, size: int) -> None:
         """Make a spare file the active segment (owning thread)."""
         index = self._next_index
-        head = _SEG_HEAD.pack(_SEG_MAGIC, 1, 0, self.uuid, self._seq, index)
+        head = segment_head(self.uuid, self._seq, index)
         mm = seg.mm
         assert mm is not None
-        mm[: len(head) + 4] = head + _U32.pack(zlib.crc32(head))
+        mm[: len(head)] = head
         # A read-only view for read_from, made while the file is open in this thread:
         # store and forward reads back through it even if the directory goes away.
         view = mmap.mmap(seg.fd, size, access=mmap.ACCESS_READ)
@@ -1078,7 +453,7 @@ class Spool:
         self._fg_allocated += size
         self._seg = seg
         self._mm = mm
-        self._pos = _SEG_HEADER_SIZE
+        self._pos = SEGMENT_HEADER_SIZE
         self._limit = size
 
     def _take_spare(self) -> _Segment | None:
@@ -1096,10 +471,10 @@ class Spool:
     def _check_fits(self, need: int) -> None:
         if self._closed:
             raise SpoolError(f"spool {str(self.path)!r} is closed")
-        if need > self.segment_bytes - _SEG_HEADER_SIZE:
+        if need > self.segment_bytes - SEGMENT_HEADER_SIZE:
             raise SpoolError(
                 f"a record of {need} bytes does not fit in a spool segment of "
-                f"{self.segment_bytes} bytes (segment_bytes - {_SEG_HEADER_SIZE})"
+                f"{self.segment_bytes} bytes (segment_bytes - {SEGMENT_HEADER_SIZE})"
             )
 
     def _full_error(self, extra: str = "") -> SpoolFullError:
@@ -1210,38 +585,7 @@ class Spool:
         if tb is None:
             tb = self._topics[topic] = topic.encode()
         seq = self._seq
-        if headers:
-            rec = _record_bytes(seq, tb, value, key, headers, partition, timestamp)
-        else:
-            if key is None:
-                kl = -1
-                key = b""
-            else:
-                kl = len(key)
-            if value is None:
-                vl = -1
-                value = b""
-            else:
-                vl = len(value)
-            rec = b"".join(
-                (
-                    _pack_head(
-                        _MAGIC,
-                        RECORD_OVERHEAD + len(tb) + len(key) + len(value),
-                        seq,
-                        timestamp,
-                        partition,
-                        kl,
-                        vl,
-                        len(tb),
-                        0,
-                    ),
-                    tb,
-                    key,
-                    value,
-                )
-            )
-            rec += _pack_u32(_crc32(rec))
+        rec = encode_record(seq, tb, value, key, headers, partition, timestamp)
         pos = self._pos
         end = pos + len(rec)
         if end > self._limit:
@@ -1273,56 +617,14 @@ class Spool:
                 batch, the records written before stay; the producer never spools a
                 batch across segments.)
         """
-        first = seq = self._seq
-        topics = self._topics
-        pack = _pack_head
-        crc32 = _crc32
-        pack_crc = _pack_u32
-        chunks: list[bytes] = []
-        for r in records:
-            topic, value, key, headers = r[0], r[1], r[2], r[3]
-            tb = topics.get(topic)
-            if tb is None:
-                tb = topics[topic] = topic.encode()
-            if headers:
-                chunks.append(_record_bytes(seq, tb, value, key, headers, r[4], r[5]))
-            else:
-                if key is None:
-                    kl = -1
-                    key = b""
-                else:
-                    kl = len(key)
-                if value is None:
-                    vl = -1
-                    value = b""
-                else:
-                    vl = len(value)
-                rec = b"".join(
-                    (
-                        pack(
-                            _MAGIC,
-                            RECORD_OVERHEAD + len(tb) + len(key) + len(value),
-                            seq,
-                            r[5],
-                            r[4],
-                            kl,
-                            vl,
-                            len(tb),
-                            0,
-                        ),
-                        tb,
-                        key,
-                        value,
-                    )
-                )
-                chunks.append(rec + pack_crc(crc32(rec)))
-            seq += 1
+        first = self._seq
+        chunks = encode_records(first, records, self._topics)
         data = b"".join(chunks)
         if not self._write_batch(data):
             if not chunks:
                 return first
             self._append_across(chunks)
-        self._seq = seq
+        self._seq = first + len(chunks)
         return first
 
     def append_values(
@@ -1350,28 +652,13 @@ class Spool:
         tb = self._topics.get(topic)
         if tb is None:
             tb = self._topics[topic] = topic.encode()
-        tl = len(tb)
-        head = _HEADS.get(tl)
-        if head is None:
-            head = _HEADS[tl] = struct.Struct(f"{_HEAD.format}{tl}s").pack
         first = self._seq
-        base = RECORD_OVERHEAD + tl
-        # No keys, no headers, timestamp 0, partition -1: the head and topic in one pack.
-        recs = [
-            head(_MAGIC, base + len(v), seq, 0, -1, -1, len(v), tl, 0, tb) + v
-            for seq, v in zip(range(first, first + len(plain)), plain, strict=True)
-        ]
-        crc32 = _crc32
-        pack_crc = _pack_u32
-        crcs = [pack_crc(crc32(r)) for r in recs]
-        parts: list[bytes] = [b""] * (2 * len(recs))
-        parts[::2] = recs
-        parts[1::2] = crcs
+        parts = encode_values(first, tb, plain)
         if not self._write_batch(b"".join(parts)):
-            if not recs:
+            if not parts:
                 return first
-            self._append_across([r + c for r, c in zip(recs, crcs, strict=True)])
-        self._seq = first + len(recs)
+            self._append_across(pair_up(parts))
+        self._seq = first + len(parts) // 2
         return first
 
     def _write_batch(self, data: bytes) -> bool:
@@ -1386,7 +673,7 @@ class Spool:
             return False
         mm = self._mm
         mm[pos + 4 : end] = memoryview(data)[4:]
-        mm[pos : pos + 4] = _MAGIC_BYTES
+        mm[pos : pos + 4] = MAGIC_BYTES
         self._pos = end
         return True
 
@@ -1394,7 +681,7 @@ class Spool:
         """``append_many``'s path when the batch crosses into new segments."""
         # Plan, and create the new segment files, before writing anything: all or nothing.
         room = self._limit - self._pos
-        seg_room = self.segment_bytes - _SEG_HEADER_SIZE
+        seg_room = self.segment_bytes - SEGMENT_HEADER_SIZE
         new_segments = 0
         for c in chunks:
             self._check_fits(len(c))
@@ -1441,7 +728,7 @@ class Spool:
         pos = self._pos
         end = pos + len(data)
         self._mm[pos + 4 : end] = memoryview(data)[4:]
-        self._mm[pos : pos + 4] = _MAGIC_BYTES
+        self._mm[pos : pos + 4] = MAGIC_BYTES
         self._pos = end
 
     # ------------------------------------------------------------------ confirming
@@ -1470,7 +757,7 @@ class Spool:
             cursor = self._reader = self._open_reader(seq)
         while len(out) < limit and cursor.seq < self._seq:
             end = self._pos if cursor.seg is self._seg else cursor.size
-            parsed = _parse_record(cursor.buf, cursor.pos, end)
+            parsed = parse_record(cursor.buf, cursor.pos, end)
             if parsed is None:
                 # The end of a sealed segment: the next one starts at cursor.seq.
                 cursor.close()
@@ -1493,9 +780,9 @@ class Spool:
         if buf is None:  # pragma: no cover - every segment of this run has a view
             raise SpoolError(f"spool segment {seg.path.name} has no view to read")
         size = len(buf)
-        pos = _SEG_HEADER_SIZE
+        pos = SEGMENT_HEADER_SIZE
         for _ in range(seq - seg.first_seq):  # skip to seq by the records' lengths
-            pos += _U32.unpack_from(buf, pos + 4)[0]
+            pos += record_length_at(buf, pos)
         return _Reader(seg, buf, size, pos, seq, seg.uuid)
 
     def confirm(self, seq: int) -> None:
@@ -1590,8 +877,7 @@ class Spool:
     def _append_acks(self, seg: _Segment, acks: array[int]) -> bool:
         """One frame of confirmations to the segment's ack log; False (logged at ERROR
         once per episode) when the disk refuses it: then nothing of it is in the log."""
-        body = acks.tobytes()
-        frame = _ACK_FRAME.pack(len(acks), zlib.crc32(body)) + body
+        frame = ack_frame(acks)
         try:
             if seg.ack_fd < 0:
                 seg.ack_fd = os.open(
