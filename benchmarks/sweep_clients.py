@@ -4,6 +4,10 @@ Prints one JSON object on stdout. ``JSON`` is the point: ``bootstrap``, ``topic`
 (``throughput``, ``memory``, ``latency`` or ``soak``), ``count``, ``size``, ``tasks``,
 ``keyed``, ``compression`` and, for ``latency``, ``seconds`` per load level.
 
+With ``tasks``, the senders are long-lived: every task is started and waiting before the
+clock starts, then each sends its share (``count / tasks``). ``spawn`` (true) is the older
+measure: the tasks are started inside the clock, so spawning them is measured too.
+
 Every client produces the same values (``payload(size)``: letters from a 16-letter
 alphabet, so compression has something to do) with the same settings (``PROPS`` of
 ``clients.py``: no idempotence, ``acks=1``, 5 ms linger), and warms up with one confirmed
@@ -134,8 +138,15 @@ def trio_throughput(p: dict[str, Any], many: bool = False) -> dict[str, Any]:
                         marks(i)
             else:
                 send = producer.send
+                gate, ready = trio.Event(), trio.Event()
+                waiting = [0]
 
                 async def task(first: int, n: int) -> None:
+                    if not p.get("spawn"):
+                        waiting[0] += 1
+                        if waiting[0] == p["tasks"]:
+                            ready.set()
+                        await gate.wait()
                     for key in keys[first : first + n]:
                         await send(topic, value, key=key)
 
@@ -144,6 +155,10 @@ def trio_throughput(p: dict[str, Any], many: bool = False) -> dict[str, Any]:
                     for n in split(p["count"], p["tasks"]):
                         nursery.start_soon(task, first, n)
                         first += n
+                    if not p.get("spawn"):  # every task started and waiting: go
+                        await ready.wait()
+                        start = time.perf_counter()
+                        gate.set()
         return time.perf_counter() - start
 
     return figures(p, trio.run(main), rss_marks_mb=marks.mb)
@@ -174,14 +189,26 @@ def aio_throughput(p: dict[str, Any]) -> dict[str, Any]:
                 marks(i)
             await producer.flush()
         else:
+            gate, ready = asyncio.Event(), asyncio.Event()
+            waiting = [0]
 
             async def task(first: int, n: int) -> list[Any]:
+                if not p.get("spawn"):
+                    waiting[0] += 1
+                    if waiting[0] == p["tasks"]:
+                        ready.set()
+                    await gate.wait()
                 produce = producer.produce
                 return [await produce(topic, value, key=key) for key in keys[first : first + n]]
 
             bounds = itertools.accumulate(split(p["count"], p["tasks"]), initial=0)
             starts = list(bounds)
-            batches = await asyncio.gather(*(task(a, b - a) for a, b in itertools.pairwise(starts)))
+            tasks = [asyncio.ensure_future(task(a, b - a)) for a, b in itertools.pairwise(starts)]
+            if not p.get("spawn"):  # every task started and waiting: go
+                await ready.wait()
+                start = time.perf_counter()
+                gate.set()
+            batches = await asyncio.gather(*tasks)
             await producer.flush()
             await asyncio.gather(*(f for batch in batches for f in batch))
         seconds = time.perf_counter() - start
@@ -211,13 +238,25 @@ def aiokafka_throughput(p: dict[str, Any]) -> dict[str, Any]:
                 marks(i)
             await producer.flush()
         else:
+            gate, ready = asyncio.Event(), asyncio.Event()
+            waiting = [0]
 
             async def task(first: int, n: int) -> list[Any]:
+                if not p.get("spawn"):
+                    waiting[0] += 1
+                    if waiting[0] == p["tasks"]:
+                        ready.set()
+                    await gate.wait()
                 send = producer.send
                 return [await send(topic, value, key=key) for key in keys[first : first + n]]
 
             starts = list(itertools.accumulate(split(p["count"], p["tasks"]), initial=0))
-            batches = await asyncio.gather(*(task(a, b - a) for a, b in itertools.pairwise(starts)))
+            tasks = [asyncio.ensure_future(task(a, b - a)) for a, b in itertools.pairwise(starts)]
+            if not p.get("spawn"):  # every task started and waiting: go
+                await ready.wait()
+                start = time.perf_counter()
+                gate.set()
+            batches = await asyncio.gather(*tasks)
             await producer.flush()
             await asyncio.gather(*(f for batch in batches for f in batch))
         seconds = time.perf_counter() - start

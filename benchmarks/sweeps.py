@@ -79,7 +79,14 @@ def sweep_points(name: str, smoke: bool, scale: float) -> list[dict[str, Any]]:
         counts = [1, 10, 100, 1_000, 10_000]
         if smoke:
             counts = [1, 1_000]
-        return [base | {"tasks": t, "count": max(t, n(100_000))} for t in counts]
+        # Long-lived senders: started before the clock, at least 50 messages each. And
+        # the older point, labelled: 10,000 tasks spawned inside the clock, ~10 each.
+        points = [base | {"tasks": t, "count": max(n(100_000), t * n(50))} for t in counts]
+        spawned = counts[-1]
+        return [
+            *points,
+            base | {"tasks": spawned, "count": max(spawned, n(100_000)), "spawn": True},
+        ]
     if name == "partitions":
         grid = [(p, c) for c in ("none", "lz4", "zstd") for p in (1, 12, 96)]
         if smoke:
@@ -118,6 +125,8 @@ def point_label(sweep: str, point: dict[str, Any]) -> str:
     if sweep == "size":
         return human_size(point["size"])
     if sweep == "tasks":
+        if point.get("spawn"):
+            return f"{point['tasks']:,} spawned, {point['count'] // point['tasks']} each"
         return f"{point['tasks']:,} tasks"
     if sweep == "partitions":
         return f"{point['partitions']} partitions, {point['compression']}"
@@ -495,9 +504,32 @@ def _plot_size(plt: Any, clients: list[str], points: list[dict[str, Any]]) -> tu
 
 def _plot_tasks(plt: Any, clients: list[str], points: list[dict[str, Any]]) -> tuple[Any, str]:
     fig, ax = plt.subplots(figsize=(8, 5))
+    spawned = [pt for pt in points if pt["point"].get("spawn")]
+    points = [pt for pt in points if not pt["point"].get("spawn")]
     xs = [pt["point"]["tasks"] for pt in points]
     for c in clients:
         _line(ax, c, xs, [pt["median"][c].get("rate", NAN) for pt in points])
+        # The older point (tasks spawned inside the clock): a hollow marker beside it.
+        for pt in spawned:
+            rate = pt["median"][c].get("rate", NAN)
+            ax.plot(
+                [pt["point"]["tasks"] * 1.15],
+                [rate],
+                marker="o",
+                mfc="none",
+                color=STYLE.get(c, ("black", c))[0],
+                linestyle="none",
+            )
+    if spawned:
+        ax.plot(
+            [],
+            [],
+            marker="o",
+            mfc="none",
+            color="gray",
+            linestyle="none",
+            label=f"hollow: {spawned[0]['label']} (spawned in the clock)",
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks(xs, [f"{x:,}" for x in xs])

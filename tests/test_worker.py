@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+from types import FunctionType, SimpleNamespace
 
 import pytest
 import trio
@@ -208,6 +208,35 @@ async def test_parked_sends_are_admitted_in_order_and_a_cancelled_one_is_not() -
         assert outcomes == {4: "accepted", 5: "cancelled", 6: "accepted"}
         channel.close()
     assert sink.values == [b"0", b"1", b"2", b"3", b"4", b"6"]
+
+
+async def test_a_parked_send_keeps_no_exception_or_closure_alive() -> None:
+    """What a parked send holds while it waits is what the garbage collector walks when
+    thousands are parked (the tasks sweep at 10,000 tasks): no ``WouldBlock`` being
+    handled (with its traceback and the frames it keeps), no closure per send."""
+    import gc
+
+    channel = make(capacity=1)
+    refused: list[int] = []
+
+    async def sender(i: int) -> None:
+        with pytest.raises(ProducerClosedError):
+            await channel.send(item(i), 1)
+        refused.append(i)
+
+    async with trio.open_nursery() as nursery:
+        channel.send_nowait(item(0), 1)  # full; no worker takes it
+        for i in range(1, 4):
+            nursery.start_soon(sender, i)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(channel._parked) == 3
+        gc.collect()  # what earlier tests left
+        alive = gc.get_objects()
+        assert [o for o in alive if isinstance(o, (trio.WouldBlock, OverflowError))] == []
+        closures = [o for o in alive if isinstance(o, FunctionType) and o.__closure__]
+        assert [f for f in closures if f.__module__ == "trio_producer._worker"] == []
+        channel.close()
+    assert sorted(refused) == [1, 2, 3]
 
 
 async def test_send_is_a_checkpoint_and_send_nowait_is_not() -> None:

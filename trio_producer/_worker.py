@@ -70,6 +70,28 @@ class Source(Protocol):
         """Top the channel's batch up (sync; called whenever it may have room)."""
 
 
+class _Parked:
+    """A send waiting in line with its message."""
+
+    __slots__ = ("item", "line", "size", "task")
+
+    def __init__(
+        self,
+        line: OrderedDict[trio.lowlevel.Task, _Parked],
+        task: trio.lowlevel.Task,
+        item: Pending,
+        size: int,
+    ) -> None:
+        self.line = line
+        self.task = task
+        self.item = item
+        self.size = size
+
+    def abort(self, _: object) -> trio.lowlevel.Abort:
+        del self.line[self.task]
+        return trio.lowlevel.Abort.SUCCEEDED
+
+
 class BatchChannel:
     """A closeable, bounded, batching channel with one receiver (the worker)."""
 
@@ -89,7 +111,7 @@ class BatchChannel:
         self._space_lot = trio.lowlevel.ParkingLot()
         self._progress_lot = trio.lowlevel.ParkingLot()
         #: Sends parked with their message while the queue is full, oldest first.
-        self._parked: OrderedDict[trio.lowlevel.Task, tuple[Pending, int]] = OrderedDict()
+        self._parked: OrderedDict[trio.lowlevel.Task, _Parked] = OrderedDict()
         self._flush_requested = False
         #: Messages the worker has fully handed to the sink.
         self.produced = 0
@@ -149,29 +171,23 @@ class BatchChannel:
         not accepted; if it returns, it was.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        try:
-            self.send_nowait(item, size)
-        except ProducerClosedError:
+        if self.closed:
             await trio.lowlevel.cancel_shielded_checkpoint()  # a checkpoint on every path
-            raise
-        except trio.WouldBlock:
-            await self._park(item, size)
-        else:
+            raise self.closed_error()
+        batch = self.batch
+        if batch.has_room():
+            if batch.append(item, size):
+                self._wake_worker()
             await trio.lowlevel.cancel_shielded_checkpoint()
-
-    async def _park(self, item: Pending, size: int) -> None:
-        """Wait in line with the message until the worker admits it (it is then
-        accepted) or the channel closes (it is not; ``ProducerClosedError``). Cancelled
-        while waiting: taken out of the line, not accepted."""
-        parked = self._parked
-        task = trio.lowlevel.current_task()
-        parked[task] = (item, size)
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            del parked[task]
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        if not await trio.lowlevel.wait_task_rescheduled(abort):
+            return
+        # Full: wait in line with the message until the worker admits it (then it is
+        # accepted) or the channel closes (it is not). Cancelled while waiting: taken
+        # out of the line, not accepted. What a parked send keeps alive is kept small
+        # (no exception being handled, no closure): with thousands of sends parked at
+        # once, that is what the garbage collector walks (docs/benchmarks.rst).
+        ticket = _Parked(self._parked, trio.lowlevel.current_task(), item, size)
+        self._parked[ticket.task] = ticket
+        if not await trio.lowlevel.wait_task_rescheduled(ticket.abort):
             # Closed. If the caller was cancelled meanwhile (the producer failed and
             # cancelled the block), that cancellation -- not a secondary
             # ProducerClosedError -- is the answer.
@@ -184,9 +200,9 @@ class BatchChannel:
         parked = self._parked
         batch = self.batch
         while parked and batch.has_room():
-            task, (item, size) = parked.popitem(last=False)
-            batch.append(item, size)
-            trio.lowlevel.reschedule(task, outcome.Value(True))
+            _, ticket = parked.popitem(last=False)
+            batch.append(ticket.item, ticket.size)
+            trio.lowlevel.reschedule(ticket.task, outcome.Value(True))
 
     @trio.lowlevel.enable_ki_protection  # (a parked send popped must be rescheduled)
     def close(self, reason: str | None = None, *, failed: bool = False) -> None:
