@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trio_producer._batch import Batch, Pending
+from trio_producer._batch import Batch, Pending, Route, route_for
 
 from .helpers import item
 
@@ -133,3 +135,24 @@ def test_extend_appends_exactly_what_it_took(elements: list[object], capacity: i
         expected.append((key, value.encode() if isinstance(value, str) else value))
     assert [(m.get("key"), m["value"]) for m in batch.items] == expected
     assert batch.nbytes == sum(len(v or b"") + len(k or b"") for k, v in expected)
+
+
+@pytest.mark.parametrize(
+    ("fields", "own_callback", "own_run", "route"),
+    [
+        ({}, False, False, Route.SHARED),
+        ({"key": b"k"}, False, False, Route.SHARED),
+        ({"key": b"k"}, True, False, Route.TRACKED),
+        ({}, False, True, Route.OWN_RUN),
+        ({}, True, True, Route.TRACKED),
+        ({"headers": [("h", b"1")]}, False, True, Route.SINGLE),
+        ({"partition": 0}, True, False, Route.SINGLE),
+        ({"timestamp": 1}, False, False, Route.SINGLE),
+        ({"trace": b"x"}, False, False, Route.SHARED),  # a field the batch call carries
+    ],
+)
+def test_route_for_is_the_one_rule(
+    fields: dict[str, object], own_callback: bool, own_run: bool, route: Route
+) -> None:
+    item = cast("Pending", {"topic": "t", "value": b"v", **fields})
+    assert route_for(item, own_callback=own_callback, own_run=own_run) is route

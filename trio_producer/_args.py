@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, TypeAlias
 
-from ._batch import Route
+from ._batch import Route, route_for
 from ._client import TrackedReport
 from ._topics import check_topic
 
@@ -134,8 +134,7 @@ def make_item(
         item["headers"] = pairs
     if pairs is not None or waiter is not None:
         item["callback"] = TrackedReport(pairs, waiter)
-    if partition is not None or timestamp is not None or pairs is not None:
-        item["route"] = Route.SINGLE  # what librdkafka's batch call cannot carry
-    elif waiter is not None:
-        item["route"] = Route.TRACKED
+    route = route_for(item, own_callback=waiter is not None)
+    if route is not Route.SHARED:  # (the common route is the absence of the key)
+        item["route"] = route
     return item, size

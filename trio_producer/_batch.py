@@ -76,6 +76,23 @@ class Pending(TypedDict):
     route: NotRequired[Route]
 
 
+def route_for(item: Pending, *, own_callback: bool, own_run: bool = False) -> Route:
+    """The route of a message being built: the one place the rule is written.
+
+    librdkafka's batch call cannot carry headers, a per-message partition or a timestamp
+    (it drops, ignores or refuses them): such a message is :attr:`Route.SINGLE`. Else
+    one with its own report callback is :attr:`Route.TRACKED`, one of a run with its own
+    shared callback (``own_run``: the spool's) :attr:`Route.OWN_RUN`, the rest
+    :attr:`Route.SHARED`. Called where the message is built, once; nothing later looks at
+    its fields to route it.
+    """
+    if "headers" in item or "partition" in item or "timestamp" in item:
+        return Route.SINGLE
+    if own_callback:
+        return Route.TRACKED
+    return Route.OWN_RUN if own_run else Route.SHARED
+
+
 #: Why a batch was handed on; the keys of ``ProducerStatistics.batches``.
 TRIGGERS = ("messages", "bytes", "linger", "flush", "drain")
 

@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 
     from ._batch import Pending
     from ._client import Failure
-    from ._message import KafkaErrorInfo
     from ._state import ProducerState
 
     #: ``DeliveryTracker.after_reports``: ``(epoch, failures handed over, stopping)``.
@@ -139,7 +138,6 @@ class DeliveryTracker:
         self._paused = 0
         self._polling = False
         self._poll_done = trio.lowlevel.ParkingLot()
-        self.fatal: KafkaErrorInfo | None = None
 
     @property
     def stopping(self) -> bool:
@@ -233,7 +231,7 @@ class DeliveryTracker:
 
     async def wait_settled(self) -> None:
         """Wait until nothing is in flight (or librdkafka reported a fatal error)."""
-        while self.in_flight and self.fatal is None:
+        while self.in_flight and self._state.fatal is None:
             self._activity.unpark_all()
             await self._progress.park()
 
@@ -298,8 +296,7 @@ class DeliveryTracker:
             for error in errors:
                 # (a retriable _AUTHENTICATION: an OAuth refresh failed, the token is valid)
                 if error.fatal or (error.name in AUTHENTICATION_ERRORS and not error.retriable):
-                    if self.fatal is None:
-                        self.fatal = error
+                    if self._state.fatal is None:
                         logger.error("the producer fails: %s", error)
                         self._on_fatal(error)
                 else:

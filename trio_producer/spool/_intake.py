@@ -16,7 +16,7 @@ import attrs
 import trio
 
 from .._args import bulk_item
-from .._batch import Route
+from .._batch import Route, route_for
 from .._client import TrackedReport
 from .._exceptions import ProducerClosedError
 from ._engine import SpoolError
@@ -369,12 +369,12 @@ class SpoolIntake:
                 if key is not None:
                     item["key"] = key
                 if id_header is not None:
-                    headers = item["headers"] = [(id_header, id_of(seq))]
-                    item["callback"] = TrackedReport(headers, None, seq)
-                    item["route"] = Route.SINGLE
-                else:
+                    item["headers"] = [(id_header, id_of(seq))]
+                item["route"] = route = route_for(item, own_callback=False, own_run=True)
+                if route is OWN_RUN:
                     item["ticket"] = seq
-                    item["route"] = OWN_RUN
+                else:
+                    item["callback"] = TrackedReport(item.get("headers"), None, seq)
                 items.append(item)
         taken = self._channel.extend_nowait(topic, zip(items, sizes, strict=True), _as_is)
         if taken < len(items) and self._backlog_from is None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from .._batch import Route
+from .._batch import Route, route_for
 from .._client import TrackedReport
 from ._engine import Spool, SpoolError
 from ._format import HEADER_OVERHEAD, RECORD_OVERHEAD, SpoolRecord
@@ -97,7 +97,7 @@ class SpoolKeeper:
             SpoolFullError: No room: nothing was written.
         """
         spool = self.spool
-        if len(item) == 2:  # only a topic and a value: the common case, a shorter call
+        if "route" not in item and "key" not in item:  # a topic and a value: a shorter call
             headers = None
             seq = spool.append(item["topic"], item["value"])
         else:
@@ -110,17 +110,14 @@ class SpoolKeeper:
                 item.get("partition", -1),
                 item.get("timestamp", 0),
             )
-        route = item.get("route", Route.SHARED)
         if self.id_header is not None:
             headers = [*(headers or ()), (self.id_header, spool.id_of(seq))]
             item["headers"] = headers
-            route = Route.SINGLE
-        if route is Route.SHARED and waiter is None:
+        item["route"] = route = route_for(item, own_callback=waiter is not None, own_run=True)
+        if route is Route.OWN_RUN:
             item["ticket"] = seq  # confirmed by its run's shared report callback (SpooledRun)
-            item["route"] = Route.OWN_RUN
         else:
             item["callback"] = TrackedReport(headers, waiter, seq)
-            item["route"] = Route.TRACKED if route is Route.SHARED else route
         if not seq & 255 and spool.maintenance_due:  # a rotation: prepare the next spare
             self._wake.unpark_all()
         return seq
@@ -326,12 +323,11 @@ def pending_from_record(record: SpoolRecord, id_header: str | None) -> Pending:
         headers.append((id_header, record.id))
     if headers:
         item["headers"] = headers
-    if headers or record.partition >= 0 or record.timestamp > 0:
-        item["callback"] = TrackedReport(headers or None, None, record.seq)
-        item["route"] = Route.SINGLE
-    else:
+    item["route"] = route = route_for(item, own_callback=False, own_run=True)
+    if route is Route.OWN_RUN:
         item["ticket"] = record.seq
-        item["route"] = Route.OWN_RUN
+    else:
+        item["callback"] = TrackedReport(headers or None, None, record.seq)
     return item
 
 
