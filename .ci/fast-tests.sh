@@ -13,5 +13,6 @@ python --version
 python -m pip install --quiet --upgrade pip
 python -m pip install --quiet -e '.[test]'
 python -m pytest -q -p no:cacheprovider \
-    tests/test_batch.py tests/test_config.py tests/test_worker.py tests/test_exit.py \
-    tests/test_producer.py tests/test_promise.py tests/test_spool.py tests/test_serialization.py
+    tests/unit/test_batch.py tests/unit/test_config.py tests/unit/test_worker.py \
+    tests/unit/test_exit.py tests/broker/test_producer.py tests/broker/test_promise.py \
+    tests/unit/test_spool.py tests/broker/test_serialization.py

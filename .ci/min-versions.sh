@@ -47,5 +47,5 @@ python -m pip list --format=freeze | grep -iE '^(trio|attrs|outcome|confluent-ka
 # test_producer.py talks to the embedded broker: the oldest librdkafka binding we declare
 # must serve the fast path (produce_batch) too.
 python -m pytest -q -p no:cacheprovider \
-    tests/test_batch.py tests/test_config.py tests/test_worker.py tests/test_exit.py \
-    tests/test_producer.py
+    tests/unit/test_batch.py tests/unit/test_config.py tests/unit/test_worker.py \
+    tests/unit/test_exit.py tests/broker/test_producer.py

@@ -31,9 +31,10 @@ tree=$(echo "$work"/src/*/)
 # What the sdist must carry (the test suite, its helpers and data, the docs, the changelog).
 missing=0
 for f in LICENSE CHANGELOG.md README.md pyproject.toml MANIFEST.in \
-    tests/conftest.py tests/faultproxy.py tests/apache_kafka.py tests/apache-kafka/pom.xml \
-    tests/apps/produce_until_signal.py tests/test_batch.py docs/conf.py docs/index.rst \
-    docs/examples/test_example.py benchmarks/__main__.py trio_producer/py.typed; do
+    tests/conftest.py tests/harness/faultproxy.py tests/harness/apache_kafka.py \
+    tests/harness/apache-kafka/pom.xml tests/harness/apps/produce_until_signal.py \
+    tests/unit/test_batch.py docs/conf.py docs/index.rst docs/examples/test_example.py \
+    benchmarks/__main__.py trio_producer/py.typed; do
     [ -e "$tree/$f" ] || { echo "sdist.sh: $f is missing from the sdist" >&2; missing=1; }
 done
 [ "$missing" = 0 ]
@@ -53,4 +54,5 @@ assert "site-packages" in where.parts, f"the tests would import {where}"
 print("testing the installed", where)
 PY
 python -m pytest -q -p no:cacheprovider \
-    tests/test_batch.py tests/test_config.py tests/test_worker.py tests/test_exit.py
+    tests/unit/test_batch.py tests/unit/test_config.py tests/unit/test_worker.py \
+    tests/unit/test_exit.py

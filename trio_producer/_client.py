@@ -305,7 +305,7 @@ class KafkaClient:
         producer_class: Callable[[dict[str, Any]], Any] | None = None,
     ) -> None:
         """``producer_class`` stands in for ``confluent_kafka.Producer`` (for unit tests of
-        the routing against a fake; see tests/test_client.py)."""
+        the routing against a fake; see tests/unit/test_client.py)."""
         #: Errors reported by librdkafka's error_cb, appended on the poll thread.
         self.errors: list[KafkaErrorInfo] = []
         #: The latest statistics JSON (stats_cb, poll thread); see take_statistics.

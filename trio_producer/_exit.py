@@ -3,7 +3,7 @@
 Inputs are what happened while the producer was open and while it closed; the output
 is the one exception to raise (or ``None``) and what to attach to it. Nothing here
 awaits or touches Kafka, so every combination can be checked by a plain unit test
-(tests/test_exit.py).
+(tests/unit/test_exit.py).
 
 The rules, in order:
 

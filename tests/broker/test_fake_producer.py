@@ -1,0 +1,385 @@
+"""The fake producer (trio_producer.testing.open_fake_producer): application tests, no broker."""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import trio
+import trio.testing
+
+from trio_producer import (
+    DeliveryError,
+    KafkaErrorInfo,
+    Message,
+    Producer,
+    ProducerClosedError,
+    RecordMetadata,
+    UndeliveredMessagesError,
+    open_producer,
+    undelivered_messages,
+)
+from trio_producer.serialization import json_serializer, string_serializer
+from trio_producer.testing import ConsumedRecord, FakeProducer, open_fake_producer
+
+from ..harness.typecheck import mypy_strict
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+# -- an application, typed against the real Producer --------------------------------
+
+
+async def publish_orders(producer: Producer[str, object], orders: list[dict[str, Any]]) -> None:
+    """What an application does: one message per order, keyed by customer."""
+    for order in orders:
+        await producer.send("orders", order, key=order["customer"])
+
+
+ORDERS = [
+    {"id": 1, "customer": "ann", "total": 10},
+    {"id": 2, "customer": "bob", "total": 2_000_000},
+    {"id": 3, "customer": "ann", "total": 5},
+]
+
+
+def json_fake(**options: Any) -> Any:
+    return open_fake_producer(
+        key_serializer=string_serializer, value_serializer=json_serializer, **options
+    )
+
+
+def too_big(message: Message) -> str | None:
+    assert message.value is not None
+    return "MSG_SIZE_TOO_LARGE" if b'"total":2000000' in message.value else None
+
+
+async def test_records_what_the_application_sent() -> None:
+    async with json_fake() as fake:
+        await publish_orders(fake, ORDERS)
+    assert fake.sent == [
+        Message("orders", b'{"id":1,"customer":"ann","total":10}', key=b"ann"),
+        Message("orders", b'{"id":2,"customer":"bob","total":2000000}', key=b"bob"),
+        Message("orders", b'{"id":3,"customer":"ann","total":5}', key=b"ann"),
+    ]
+    assert fake.delivered == [
+        ConsumedRecord("orders", 0, i, m.key, m.value, None, None) for i, m in enumerate(fake.sent)
+    ]
+    assert fake.values("orders") == [m.value for m in fake.sent]
+    assert fake.keys() == [b"ann", b"bob", b"ann"]
+    assert fake.values("other") == []
+    stats = fake.statistics()
+    assert (stats.queued, stats.in_flight, stats.delivered, stats.failed) == (0, 0, 3, 0)
+
+
+async def test_a_failed_message_fails_the_producer_with_that_message() -> None:
+    reached_end = False
+    with pytest.raises(DeliveryError) as info:
+        async with json_fake(fail=too_big) as fake:
+            await publish_orders(fake, ORDERS[:2])
+            await trio.sleep(30)  # the failure cancels the block, as the real one does
+            reached_end = True
+    assert not reached_end
+    bad = fake.sent[1]
+    assert info.value.message == bad
+    assert str(info.value) == (
+        "delivery to 'orders' failed: MSG_SIZE_TOO_LARGE: Broker: Message size too large"
+    )
+    assert info.value.possibly_delivered is False
+    assert undelivered_messages(info.value) == (bad,)
+    assert fake.sent == [
+        Message("orders", b'{"id":1,"customer":"ann","total":10}', key=b"ann"),
+        bad,
+    ]
+    assert fake.values() == [fake.sent[0].value]
+    with pytest.raises(
+        ProducerClosedError,
+        match=r"^the producer failed: a delivery failed: delivery to 'orders' failed: MSG_SIZE",
+    ):
+        fake.send_nowait("orders", {}, key="late")
+
+
+async def test_failures_go_to_on_delivery_error_and_the_producer_goes_on() -> None:
+    seen: list[DeliveryError] = []
+    error = KafkaErrorInfo(code=29, name="TOPIC_AUTHORIZATION_FAILED", reason="denied")
+
+    def deny_bob(message: Message) -> KafkaErrorInfo | None:
+        return error if message.key == b"bob" else None
+
+    async with json_fake(fail=deny_bob, on_delivery_error=seen.append) as fake:
+        await publish_orders(fake, ORDERS)
+        await publish_orders(fake, ORDERS[:2])
+    assert [(e.message, e.error) for e in seen] == [(fake.sent[1], error), (fake.sent[4], error)]
+    assert fake.failed == seen
+    assert fake.keys("orders") == [b"ann", b"ann", b"ann"]
+    assert fake.statistics().failed == 2
+
+
+async def test_unreachable_hands_back_exactly_the_undelivered_messages(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    start = trio.current_time()
+    with pytest.raises(UndeliveredMessagesError) as info:
+        async with open_fake_producer(close_timeout=5.0) as fake:
+            await fake.send("t", b"before")
+            await fake.flush()
+            fake.unreachable = True
+            await fake.send("t", b"lost-1")
+            fake.send_nowait("t", b"lost-2", key=b"k", headers={"h": "v"})
+            await trio.sleep(1)
+            assert fake.statistics().in_flight == 2
+            assert not fake.cluster_reachable
+    assert trio.current_time() - start == pytest.approx(6.0)  # 1 s + close_timeout
+    lost = [Message("t", b"lost-1"), Message("t", b"lost-2", key=b"k", headers=[("h", b"v")])]
+    assert list(info.value.messages) == lost
+    assert undelivered_messages(info.value) == tuple(lost)
+    assert str(info.value) == (
+        "2 accepted message(s) were not delivered: _PURGE_QUEUE x2; the Kafka cluster at fake "
+        "was unreachable (FakeProducer.unreachable)"
+    )
+    assert fake.values() == [b"before"]
+
+
+async def test_reachable_again_delivers_what_waited(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_fake_producer(unreachable=True) as fake, trio.open_nursery() as nursery:
+        nursery.start_soon(fake.send_and_wait, "t", b"waits")
+        await trio.sleep(10)
+        assert fake.delivered == []
+        fake.unreachable = False
+        await fake.flush()
+        assert fake.values() == [b"waits"]
+
+
+async def test_the_body_exception_wins_with_the_undelivered_attached(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with pytest.raises(ValueError, match=r"^the application failed") as info:
+        async with open_fake_producer(close_timeout=1.0) as fake:
+            fake.unreachable = True
+            await fake.send("t", b"lost")
+            raise ValueError("the application failed")
+    assert undelivered_messages(info.value) == (Message("t", b"lost"),)
+    assert [f.message for f in fake.undelivered] == [Message("t", b"lost")]
+    assert info.value.__notes__ == [
+        "trio_producer: 1 accepted message(s) were not delivered; they are in Producer.undelivered"
+    ]
+
+
+async def test_send_and_wait_returns_offsets_per_topic_partition() -> None:
+    async with open_fake_producer(
+        partitions=2, fail=lambda m: "_MSG_TIMED_OUT" if m.value == b"x" else None
+    ) as fake:
+        metas = [
+            await fake.send_and_wait("a", b"1", key=b"k1"),
+            await fake.send_and_wait("a", b"2", key=b"k4"),
+            await fake.send_and_wait("a", b"3", key=b"k1"),
+            await fake.send_and_wait("b", b"4", partition=1, timestamp=1_700_000_000_000),
+        ]
+        with pytest.raises(DeliveryError) as info:
+            await fake.send_and_wait("a", b"x", key=b"k1")
+        assert info.value.possibly_delivered is True
+        after = await fake.send_and_wait("a", b"5", key=b"k1")
+    # crc32(b"k1") % 2 == 1, crc32(b"k4") % 2 == 0
+    assert metas == [
+        RecordMetadata("a", 1, 0, None),
+        RecordMetadata("a", 0, 0, None),
+        RecordMetadata("a", 1, 1, None),
+        RecordMetadata("b", 1, 0, 1_700_000_000_000),
+    ]
+    assert after == RecordMetadata("a", 1, 2, None)  # a failure takes no offset
+
+
+async def test_send_nowait_raises_wouldblock_at_capacity() -> None:
+    async with open_fake_producer(queue_capacity=2) as fake:
+        fake.send_nowait("t", b"1")
+        fake.send_nowait("t", b"2")
+        with pytest.raises(trio.WouldBlock):
+            fake.send_nowait("t", b"3")
+        assert fake.statistics().queued == 2
+        await trio.testing.wait_all_tasks_blocked()  # the delivery task takes them
+        assert fake.statistics().queued == 0
+        fake.send_nowait("t", b"3")
+        assert await fake.send_many("t", [b"4", (b"k", "5"), None]) == 3
+    assert fake.values() == [b"1", b"2", b"3", b"4", b"5", None]
+    assert fake.keys() == [None, None, None, None, b"k", None]
+
+
+async def test_send_waits_for_room_and_cancelled_means_not_accepted() -> None:
+    async with open_fake_producer(queue_capacity=1) as fake:
+        fake.send_nowait("t", b"1")
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            with pytest.raises(trio.Cancelled):
+                await fake.send("t", b"never")
+        await fake.send("t", b"2")  # waits for the delivery task
+    assert fake.values() == [b"1", b"2"]
+
+
+async def test_same_argument_errors_as_the_real_producer() -> None:
+    async with open_fake_producer() as fake:
+        with pytest.raises(ValueError, match=r"^topic 'a b' is not a valid Kafka topic name"):
+            await fake.send("a b", b"v")
+        with pytest.raises(TypeError, match=r"^value must be bytes, bytearray, memoryview, str"):
+            fake.send_nowait("t", 7)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"^partition must be an int >= 0 or None, not -1$"):
+            await fake.send_and_wait("t", b"v", partition=-1)
+        with pytest.raises(TypeError, match=r"^send_many takes values or \(key, value\) pairs"):
+            await fake.send_many("t", [(b"a", b"b", b"c")])  # type: ignore[list-item]
+    assert fake.sent == []
+
+
+async def test_serializer_errors_accept_nothing() -> None:
+    from trio_producer import SerializationError
+
+    async with json_fake() as fake:
+        with pytest.raises(SerializationError, match=r"^value_serializer failed for a message"):
+            await fake.send("orders", {1j}, key="k")
+        with pytest.raises(SerializationError, match=r"^key_serializer failed"):
+            fake.send_nowait("orders", {}, key=7)  # type: ignore[arg-type]
+    assert fake.sent == []
+
+
+async def test_async_methods_always_checkpoint() -> None:
+    async with open_fake_producer() as fake:
+        with trio.testing.assert_checkpoints():
+            await fake.send("t", b"1")
+        with trio.testing.assert_checkpoints():
+            await fake.send_many("t", [])
+        with trio.testing.assert_checkpoints():
+            await fake.send_and_wait("t", b"2")
+        with trio.testing.assert_checkpoints():
+            await fake.flush()
+        with trio.testing.assert_no_checkpoints():
+            fake.send_nowait("t", b"3")
+            fake.statistics()
+
+
+async def test_abort_hands_back_what_is_in_flight(autojump_clock: trio.testing.MockClock) -> None:
+    with pytest.raises(UndeliveredMessagesError) as info:
+        async with open_fake_producer(unreachable=True) as fake:
+            await fake.send("t", b"lost")
+            fake.abort("enough")
+            await trio.sleep(30)
+    assert trio.current_time() == pytest.approx(0.0)  # no close_timeout wait
+    assert str(info.value) == (
+        "1 accepted message(s) were not delivered (the drain was cut short: enough): "
+        "_PURGE_QUEUE x1; the Kafka cluster at fake was unreachable (FakeProducer.unreachable)"
+    )
+
+
+def test_the_fake_overrides_every_public_name_of_producer() -> None:
+    """A method added to Producer must be added to the fake, not inherited: the inherited
+    one would reach for a channel and a client the fake does not have."""
+    public = {name for name in dir(Producer) if not name.startswith("_")}
+    assert public == {
+        "abort",
+        "backlog",
+        "cluster_reachable",
+        "flush",
+        "kafka_statistics",
+        "send",
+        "send_and_wait",
+        "send_many",
+        "send_nowait",
+        "send_offsets",
+        "statistics",
+        "sync",
+        "transaction",
+    }
+    assert sorted(n for n in public if n not in vars(FakeProducer)) == []
+    for name in ("send", "send_nowait", "send_and_wait", "send_many"):
+        real = inspect.signature(getattr(Producer, name))
+        assert inspect.signature(getattr(FakeProducer, name)) == real, name
+
+
+def test_application_code_typed_against_producer_accepts_the_fake(tmp_path: Path) -> None:
+    source = """
+from trio_producer import Producer
+from trio_producer.serialization import json_serializer, string_serializer
+from trio_producer.testing import open_fake_producer
+
+async def publish(producer: Producer[str, object]) -> None:
+    await producer.send("orders", {"id": 1}, key="ann")
+
+async def raw(producer: Producer) -> None:
+    await producer.send("t", b"v")
+
+async def test() -> None:
+    async with open_fake_producer(
+        key_serializer=string_serializer, value_serializer=json_serializer
+    ) as fake:
+        await publish(fake)
+        reveal_type(fake)
+    async with open_fake_producer() as plain:
+        await raw(plain)
+        await publish(plain)
+"""
+    proc = mypy_strict(source, tmp_path)
+    out = proc.stdout
+    assert 'Revealed type is "trio_producer.testing._fake.FakeProducer[str, object]"' in out, out
+    # a raw producer is not a Producer[str, object]: the fake is typed like the real one
+    assert (
+        'Argument 1 to "publish" has incompatible type "FakeProducer[bytes | str, bytes | str]"'
+        in out
+    ), out
+    assert "Found 1 error in 1 file" in out, out
+
+
+# -- the same scenario against the fake and against the real producer ---------------
+
+
+async def unknown_partition_scenario(producer: Producer, topic: str) -> None:
+    await producer.send(topic, b"ok-1")
+    await producer.send(topic, b"bad", partition=7)
+    await trio.sleep(30)  # the failure cancels the block
+    raise AssertionError("not cancelled")
+
+
+@pytest.mark.broker
+async def test_parity_with_the_real_producer(kafka_bootstrap: str, kafka_topic: str) -> None:
+    outcomes = []
+    for opening in (
+        open_fake_producer(),
+        open_producer(bootstrap_servers=kafka_bootstrap, linger=0),
+    ):
+        with pytest.raises(DeliveryError) as info:
+            async with opening as producer:
+                await unknown_partition_scenario(producer, kafka_topic)
+        with pytest.raises(ProducerClosedError) as closed:
+            producer.send_nowait(kafka_topic, b"late")
+        # librdkafka words it two ways: "Local: Unknown partition" in a delivery report,
+        # "Unable to produce message: Local: Unknown partition" when produce() already
+        # knew the topic's partitions. The fake says the first.
+        text = str(info.value).replace("Unable to produce message: ", "")
+        outcomes.append(
+            (
+                type(info.value),
+                text,
+                (info.value.error.code, info.value.error.name),
+                info.value.message,
+                undelivered_messages(info.value),
+                str(closed.value).replace("Unable to produce message: ", ""),
+                closed.value.producer_failed,
+            )
+        )
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][1] == (
+        f"delivery to '{kafka_topic}[7]' failed: _UNKNOWN_PARTITION: Local: Unknown partition"
+    )
+
+
+async def test_a_cancelled_block_still_hands_back_what_was_not_delivered(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.move_on_after(1):
+        with pytest.raises(UndeliveredMessagesError) as info:
+            async with open_fake_producer(unreachable=True, close_timeout=2.0) as fake:
+                await fake.send("t", b"lost")
+                waiter = trio.CancelScope()
+                with waiter:
+                    await fake.send_and_wait("t", b"abandoned")
+    assert trio.current_time() == pytest.approx(3.0)  # cancelled at 1 s, drain of 2 s
+    assert info.value.messages == (Message("t", b"lost"), Message("t", b"abandoned"))
+    assert isinstance(info.value.__context__, trio.Cancelled)
