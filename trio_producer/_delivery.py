@@ -23,7 +23,6 @@ import trio
 
 from ._client import DeliveryReports, KafkaClient
 from ._exceptions import ProducerClosedError
-from ._hooks import Hooks
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -31,6 +30,7 @@ if TYPE_CHECKING:
 
     from ._batch import Pending
     from ._client import Failure
+    from ._hooks import Hooks
     from ._state import ProducerState
 
     #: ``DeliveryTracker.after_reports``: ``(epoch, failures handed over, stopping)``.
@@ -99,26 +99,34 @@ class DeliveryTracker:
             that no ``send_and_wait`` caller is waiting for, its ``on_fatal`` a fatal
             librdkafka error (both on the Trio thread); its phase says whether the
             producer is stopping.
+        hooks: Statistics, connection state, OAuth expiry: handed over after each poll.
+        after_reports: For an intake that needs the outcomes of what it accepted (the
+            durable spool): called on the Trio thread after each pass over an epoch's
+            reports, with the epoch, the failures this pass handed over, and whether the
+            producer is stopping. It takes what is its own (``tickets``, ``runs``) out of
+            the epoch; an epoch with ``runs`` left is not retired.
+        before_produce: For an intake that needs to know: called before each hand-off
+            to librdkafka (the durable spool records that nothing newer was handed over).
     """
 
-    def __init__(self, client: KafkaClient, state: ProducerState) -> None:
+    def __init__(
+        self,
+        client: KafkaClient,
+        state: ProducerState,
+        hooks: Hooks,
+        *,
+        after_reports: AfterReports | None = None,
+        before_produce: Callable[[], None] | None = None,
+    ) -> None:
         self.client = client
         self._state = state
         self._route_failure = state.route_failure
         self._on_fatal = state.on_fatal
-        #: Set by an intake that needs the outcomes of what it accepted (the durable
-        #: spool): called on the Trio thread after each pass over an epoch's reports,
-        #: with the epoch, the failures this pass handed over, and whether the producer
-        #: is stopping. It takes what is its own (``tickets``, ``runs``) out of the
-        #: epoch; an epoch with ``runs`` left is not retired.
-        self.after_reports: AfterReports | None = None
-        #: Set by an intake that needs to know: called before each hand-off to
-        #: librdkafka (the durable spool records that nothing newer was handed over).
-        self.before_produce: Callable[[], None] | None = None
-        #: Statistics, connection state, OAuth expiry: handed over after each
-        #: poll (open_producer sets its own).
-        self.hooks = Hooks("the bootstrap servers")
-        #: Told after each poll (telemetry: ``trio_producer.otel``); open_producer sets it.
+        self.after_reports = after_reports
+        self.before_produce = before_produce
+        self.hooks = hooks
+        #: Told after each poll: the telemetry, which observes the finished producer and
+        #: so is the one part attached after construction (open_producer sets it).
         self.observer: PollObserver | None = None
         self.epochs: deque[Epoch] = deque([Epoch()])
         #: librdkafka reports failures only: a delivery is known from its absence, once

@@ -193,15 +193,20 @@ async def open_producer(
             Batch(cfg.batch_max_messages, cfg.batch_max_bytes, cfg.queue_capacity), cfg.linger
         )
         state = ProducerState(hook, channel)
-        tracker = DeliveryTracker(client, state)
-        tracker.hooks = Hooks(
-            cfg.bootstrap_servers, on_statistics=on_statistics, oauth=client.oauth
-        )
+        hooks = Hooks(cfg.bootstrap_servers, on_statistics=on_statistics, oauth=client.oauth)
         if cfg.spool_path is not None:
-            spooled = await open_spooled(cfg, client, channel, tracker)
+            spooled = await open_spooled(cfg, client, channel)
             intake: Intake = spooled.intake
+            tracker = DeliveryTracker(
+                client,
+                state,
+                hooks,
+                after_reports=spooled.after_reports,
+                before_produce=spooled.before_produce,
+            )
         else:
             intake = MemoryIntake(channel)
+            tracker = DeliveryTracker(client, state, hooks)
         encoder = None
         if key_field is not None or value_field is not None:
             encoder = Encoder(channel, key_field, value_field)

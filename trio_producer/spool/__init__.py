@@ -40,7 +40,6 @@ if TYPE_CHECKING:
     from .._batch import Pending
     from .._client import KafkaClient
     from .._config import ProducerConfig
-    from .._delivery import DeliveryTracker
     from .._worker import BatchChannel
 
 __all__ = ["SpoolDiskFullError", "SpoolError", "SpoolLockedError", "SpoolParts", "open_spooled"]
@@ -49,11 +48,12 @@ logger = logging.getLogger("trio_producer")
 
 
 async def open_spooled(
-    cfg: ProducerConfig, client: KafkaClient, channel: BatchChannel, tracker: DeliveryTracker
+    cfg: ProducerConfig, client: KafkaClient, channel: BatchChannel
 ) -> SpoolParts:
     """Open (lock, recover) the spool at ``cfg.spool_path`` and wire it into the core: the
     intake, the worker's source (recovered messages, store and forward), the client's
-    run callbacks and the delivery task's hooks. The caller runs :meth:`SpoolParts.run`
+    run callbacks; the delivery task's hooks are in the parts (``after_reports``,
+    ``before_produce``), for its constructor. The caller runs :meth:`SpoolParts.run`
     as a background task, asks :meth:`SpoolParts.at_exit` at the exit, and always
     awaits :meth:`SpoolParts.aclose`.
 
@@ -79,8 +79,6 @@ async def open_spooled(
     intake = SpoolIntake(channel, keeper)
     channel.source = _SpoolSource(keeper, intake)
     client.run_reports = SpooledRun
-    tracker.after_reports = Confirmations(keeper.confirm).after_reports
-    tracker.before_produce = intake.note_handing
     return SpoolParts(keeper, intake)
 
 
@@ -90,12 +88,18 @@ class SpoolParts:
     Attributes:
         intake: The producer's intake (an :class:`~trio_producer._intake.Intake`).
         path: The spool directory.
+        after_reports: The delivery task's hook after each pass over a report batch.
+        before_produce: The delivery task's hook before each hand-off to librdkafka.
     """
 
     def __init__(self, keeper: SpoolKeeper, intake: SpoolIntake) -> None:
         self._keeper = keeper
         self.intake = intake
         self.path = keeper.spool.path.as_posix()
+        #: The delivery task's hooks (see ``DeliveryTracker``): the confirmation rules,
+        #: and the hand-off mark written before each hand-off to librdkafka.
+        self.after_reports = Confirmations(keeper.confirm).after_reports
+        self.before_produce = intake.note_handing
 
     async def run(self) -> None:
         """The keeper: confirmations to disk, fsync and maintenance (a background task,
