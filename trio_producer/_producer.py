@@ -239,7 +239,10 @@ class Producer(Generic[K, V]):
         Elements are taken from ``messages`` only when there is room for them, and each
         is accepted as it is taken. So if this raises -- cancelled while waiting for
         room, or a bad element -- pass an iterator, and exactly the elements it consumed
-        before the failure were accepted (a bad element is consumed but not accepted).
+        before the failure were accepted. The element the failure is about was consumed
+        but not accepted: a bad element, one whose serializer failed, or, with an async
+        serializer, the one being serialized when a cancellation or Ctrl-C came (a note
+        on the exception says how many were accepted).
 
         Returns:
             How many messages were accepted.

@@ -21,11 +21,12 @@ from trio_producer import (
     undelivered_messages,
 )
 from trio_producer.serialization import json_serializer, string_serializer
-from trio_producer.testing import ConsumedRecord, FakeProducer, open_fake_producer
+from trio_producer.testing import ConsumedRecord, FakeProducer, free_port, open_fake_producer
 
 from ..harness.typecheck import mypy_strict
 
 if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
     from pathlib import Path
 
 
@@ -383,3 +384,44 @@ async def test_a_cancelled_block_still_hands_back_what_was_not_delivered(
     assert trio.current_time() == pytest.approx(3.0)  # cancelled at 1 s, drain of 2 s
     assert info.value.messages == (Message("t", b"lost"), Message("t", b"abandoned"))
     assert isinstance(info.value.__context__, trio.Cancelled)
+
+
+@pytest.mark.parametrize("which", ["fake", "real"])
+async def test_a_flush_waiting_in_another_task_raises_when_the_close_hands_back_its_messages(
+    which: str,
+) -> None:
+    """Found by an attack: the fake's flush returned although the message sent before it
+    was handed back by the exit; the real one raises ProducerClosedError."""
+
+    def opener() -> AbstractAsyncContextManager[Producer[Any, Any]]:
+        if which == "fake":
+            return open_fake_producer(unreachable=True, close_timeout=0.5)
+        return open_producer(bootstrap_servers=f"127.0.0.1:{free_port()}", close_timeout=0.5)
+
+    ready = trio.Event()
+    holder: list[Producer[Any, Any]] = []
+    outcome: dict[str, object] = {}
+
+    async def owner() -> None:
+        with pytest.raises(UndeliveredMessagesError) as info:
+            async with opener() as producer:
+                holder.append(producer)
+                producer.send_nowait("t", b"a")
+                ready.set()
+                await trio.sleep(0.3)
+        outcome["handed back"] = [m.value for m in undelivered_messages(info.value)]
+
+    async def flusher() -> None:
+        await ready.wait()
+        with pytest.raises(ProducerClosedError) as info:
+            await holder[0].flush()
+        outcome["flush"] = str(info.value)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(owner)
+        nursery.start_soon(flusher)
+    assert outcome == {
+        "handed back": [b"a"],
+        "flush": "the producer closed before every message sent before flush() was "
+        "confirmed; the undelivered ones are handed back by open_producer",
+    }

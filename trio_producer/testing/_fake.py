@@ -117,6 +117,8 @@ class FakeProducer(Producer[K, V]):
         self._round_robin: dict[str, int] = {}
         self._accepted = 0
         self._settled = 0
+        #: How many messages were settled before the close's purge (the rest it purged).
+        self._purged_from = 0
         self._work = trio.Event()
         self._room = trio.lowlevel.ParkingLot()
         self._progress = trio.lowlevel.ParkingLot()
@@ -271,6 +273,13 @@ class FakeProducer(Producer[K, V]):
             if self._stopped:
                 raise self._closed_error()
             await self._progress.park()
+        if self._stopped and target > self._purged_from:
+            # Settled by the close's purge, not delivered: handed back by the exit.
+            raise ProducerClosedError(
+                "the producer closed before every message sent before flush() was "
+                "confirmed; the undelivered ones are handed back by open_producer",
+                producer_failed=True,
+            )
 
     def abort(self, reason: str = "Producer.abort() was called") -> None:
         """As :meth:`Producer.abort`: the block is cancelled, what is not delivered yet
@@ -480,6 +489,7 @@ class FakeProducer(Producer[K, V]):
     def _purge(self) -> None:
         """After the drain: what is still queued or in flight fails (``_PURGE_QUEUE``)."""
         self._stopped = True
+        self._purged_from = self._settled
         left = [*self._in_flight, *self._queue]
         self._in_flight.clear()
         self._queue.clear()
