@@ -66,6 +66,23 @@ def raw(bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any]:
     return result(count, seconds)
 
 
+class Counter:
+    """A delivery callback that counts (the raw loops with callbacks, here and in the
+    sweeps)."""
+
+    __slots__ = ("delivered", "failed")
+
+    def __init__(self) -> None:
+        self.delivered = 0
+        self.failed = 0
+
+    def __call__(self, err: Any, msg: Any) -> None:
+        if err is None:
+            self.delivered += 1
+        else:
+            self.failed += 1
+
+
 def raw_dr(bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any]:
     """Raw loop that also learns the fate of every message: a delivery callback per
     message, served by a poll thread. The floor for any producer that keeps the
@@ -73,19 +90,6 @@ def raw_dr(bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any]:
     import threading
 
     import confluent_kafka
-
-    class Counter:
-        __slots__ = ("delivered", "failed")
-
-        def __init__(self) -> None:
-            self.delivered = 0
-            self.failed = 0
-
-        def __call__(self, err: Any, msg: Any) -> None:
-            if err is None:
-                self.delivered += 1
-            else:
-                self.failed += 1
 
     counter = Counter()
     producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, **PROPS})

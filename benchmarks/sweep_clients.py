@@ -23,6 +23,7 @@ poll thread).
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import os
@@ -33,7 +34,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from clients import PROPS, rss_now_mb, rss_peak_mb
+from clients import PROPS, Counter, rss_now_mb, rss_peak_mb
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -168,6 +169,34 @@ def trio_many_throughput(p: dict[str, Any]) -> dict[str, Any]:
     return trio_throughput(p, many=True)
 
 
+async def _asyncio_fan_out(
+    p: dict[str, Any], keys: list[bytes | None], send: Callable[..., Any], start: float
+) -> tuple[float, list[Any]]:
+    """The asyncio peers' senders: ``keys`` split over ``p["tasks"]`` tasks, each awaiting
+    ``send(key=key)`` per key. Long-lived tasks (not ``p["spawn"]``) all start and wait on
+    one gate, and the clock restarts when they are let go. Returns the clock's start and
+    what each ``send`` returned (the delivery futures), in order."""
+    gate, ready = asyncio.Event(), asyncio.Event()
+    waiting = [0]
+
+    async def task(first: int, n: int) -> list[Any]:
+        if not p.get("spawn"):
+            waiting[0] += 1
+            if waiting[0] == p["tasks"]:
+                ready.set()
+            await gate.wait()
+        return [await send(key=key) for key in keys[first : first + n]]
+
+    starts = list(itertools.accumulate(split(p["count"], p["tasks"]), initial=0))
+    tasks = [asyncio.ensure_future(task(a, b - a)) for a, b in itertools.pairwise(starts)]
+    if not p.get("spawn"):  # every task started and waiting: go
+        await ready.wait()
+        start = time.perf_counter()
+        gate.set()
+    batches = await asyncio.gather(*tasks)
+    return start, [f for batch in batches for f in batch]
+
+
 def aio_throughput(p: dict[str, Any]) -> dict[str, Any]:
     from confluent_kafka.aio import AIOProducer
 
@@ -189,28 +218,10 @@ def aio_throughput(p: dict[str, Any]) -> dict[str, Any]:
                 marks(i)
             await producer.flush()
         else:
-            gate, ready = asyncio.Event(), asyncio.Event()
-            waiting = [0]
-
-            async def task(first: int, n: int) -> list[Any]:
-                if not p.get("spawn"):
-                    waiting[0] += 1
-                    if waiting[0] == p["tasks"]:
-                        ready.set()
-                    await gate.wait()
-                produce = producer.produce
-                return [await produce(topic, value, key=key) for key in keys[first : first + n]]
-
-            bounds = itertools.accumulate(split(p["count"], p["tasks"]), initial=0)
-            starts = list(bounds)
-            tasks = [asyncio.ensure_future(task(a, b - a)) for a, b in itertools.pairwise(starts)]
-            if not p.get("spawn"):  # every task started and waiting: go
-                await ready.wait()
-                start = time.perf_counter()
-                gate.set()
-            batches = await asyncio.gather(*tasks)
+            send = functools.partial(producer.produce, topic, value)
+            start, futures = await _asyncio_fan_out(p, keys, send, start)
             await producer.flush()
-            await asyncio.gather(*(f for batch in batches for f in batch))
+            await asyncio.gather(*futures)
         seconds = time.perf_counter() - start
         await producer.close()
         return seconds
@@ -238,27 +249,10 @@ def aiokafka_throughput(p: dict[str, Any]) -> dict[str, Any]:
                 marks(i)
             await producer.flush()
         else:
-            gate, ready = asyncio.Event(), asyncio.Event()
-            waiting = [0]
-
-            async def task(first: int, n: int) -> list[Any]:
-                if not p.get("spawn"):
-                    waiting[0] += 1
-                    if waiting[0] == p["tasks"]:
-                        ready.set()
-                    await gate.wait()
-                send = producer.send
-                return [await send(topic, value, key=key) for key in keys[first : first + n]]
-
-            starts = list(itertools.accumulate(split(p["count"], p["tasks"]), initial=0))
-            tasks = [asyncio.ensure_future(task(a, b - a)) for a, b in itertools.pairwise(starts)]
-            if not p.get("spawn"):  # every task started and waiting: go
-                await ready.wait()
-                start = time.perf_counter()
-                gate.set()
-            batches = await asyncio.gather(*tasks)
+            send = functools.partial(producer.send, topic, value)
+            start, futures = await _asyncio_fan_out(p, keys, send, start)
             await producer.flush()
-            await asyncio.gather(*(f for batch in batches for f in batch))
+            await asyncio.gather(*futures)
         seconds = time.perf_counter() - start
         await producer.stop()
         return seconds
@@ -299,22 +293,6 @@ def raw_throughput(p: dict[str, Any]) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     assert left == 0, left
     return figures(p, seconds, rss_marks_mb=marks.mb)
-
-
-class Counter:
-    """A delivery callback that counts (raw_dr)."""
-
-    __slots__ = ("delivered", "failed")
-
-    def __init__(self) -> None:
-        self.delivered = 0
-        self.failed = 0
-
-    def __call__(self, err: Any, msg: Any) -> None:
-        if err is None:
-            self.delivered += 1
-        else:
-            self.failed += 1
 
 
 class Poller:
