@@ -246,3 +246,88 @@ def consume_all(
         return out
     finally:
         consumer.close()
+
+
+# ---- the exactly-once spool's progress topic (used by the producer itself) ----------------
+
+
+def ensure_compacted_topic(conf: Mapping[str, Any], topic: str, *, timeout: float) -> None:
+    """Create ``topic`` with one partition and ``cleanup.policy=compact`` unless it exists
+    (its replication factor: the number of brokers, at most 3). Blocking.
+
+    ``conf``: the client properties to connect with (the producer's, without its
+    producer-only ones).
+    """
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+    admin = AdminClient({**conf, "logger": librdkafka_logger})  # type: ignore[dict-item]
+    metadata = admin.list_topics(timeout=timeout)
+    if topic in metadata.topics and metadata.topics[topic].error is None:
+        return
+    replicas = max(1, min(3, len(metadata.brokers)))
+    new = NewTopic(
+        topic, num_partitions=1, replication_factor=replicas, config={"cleanup.policy": "compact"}
+    )
+    future = admin.create_topics([new], operation_timeout=timeout, request_timeout=timeout)[topic]
+    try:
+        future.result(timeout)
+    except KafkaException as exc:
+        if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            raise ConsumeError(
+                f"could not create the progress topic {topic!r}: {exc.args[0].str()}"
+            ) from None
+
+
+def read_last_committed(
+    conf: Mapping[str, Any], topic: str, key: bytes, *, timeout: float
+) -> bytes | None:
+    """The value of the newest committed record with ``key`` in partition 0 of ``topic``
+    (read with ``isolation.level=read_committed`` up to the end the partition had when
+    the call began), or ``None`` when there is none. Blocking, bounded by ``timeout``.
+
+    The end is waited for: records of other producers' open transactions hold the read
+    back (the last stable offset) until those commit or abort.
+
+    Raises:
+        ConsumeError: librdkafka's error, or the end was not reached within ``timeout``.
+    """
+    consumer = confluent_kafka.Consumer(
+        {
+            **conf,
+            "group.id": "trio-producer-exactly-once",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+            "fetch.wait.max.ms": 20,
+            "logger": librdkafka_logger,
+        }
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        partition = confluent_kafka.TopicPartition(topic, 0)
+        low, high = consumer.get_watermark_offsets(partition, timeout=timeout)
+        if high <= low:
+            return None
+        partition.offset = low
+        consumer.assign([partition])
+        last: bytes | None = None
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ConsumeError(
+                    f"the progress topic {topic!r} was not read to its end (offset {high}) "
+                    f"within {timeout:.0f} s: a transaction of another producer may hold it"
+                )
+            for m in consumer.consume(1000, min(left, 0.05)):
+                error = m.error()
+                if error is None:
+                    if m.key() == key:
+                        last = m.value()
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    if (m.offset() or 0) >= high:
+                        return last
+                else:
+                    raise ConsumeError(f"reading the progress topic {topic!r}: {error.str()}")
+    finally:
+        consumer.close()

@@ -11,6 +11,7 @@ from typing import Any, Literal, Required, TypeAlias, TypedDict
 import attrs
 
 from ._exceptions import ConfigError
+from ._topics import check_topic
 
 LibrdkafkaValue: TypeAlias = str | int | float | bool
 
@@ -137,6 +138,18 @@ def _check_id_header(_inst: object, _attr: Any, value: Any) -> None:
         raise ConfigError(f"spool_id_header must be a non-empty str or None, not {value!r}")
 
 
+def _check_exactly_once(_inst: object, _attr: object, value: object) -> None:
+    if type(value) is not bool:
+        raise ConfigError(f"exactly_once must be True or False, not {value!r}")
+
+
+def _check_progress_topic(_inst: object, _attr: Any, value: Any) -> None:
+    try:
+        check_topic(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"exactly_once_topic: {exc}") from None
+
+
 def _check_delivery_reports(_inst: object, _attr: object, value: object) -> None:
     if value not in ("all", "errors"):
         raise ConfigError(f"delivery_reports must be 'all' or 'errors', not {value!r}")
@@ -237,6 +250,18 @@ class ProducerConfig:
             message's sequence number), so that consumers can drop the duplicates a
             crash can cause; ``None`` (the default) for none. Messages with headers
             take librdkafka's slower one-by-one path.
+        exactly_once: With ``spool_path`` and ``librdkafka={"transactional.id": ...}``:
+            exactly once across crashes. The producer runs the transactions itself:
+            each carries spooled messages and the spool position they reach (a record
+            in ``exactly_once_topic``), and a message leaves the spool only once its
+            transaction committed; after a crash the next producer with the same
+            ``transactional.id`` and spool sends again exactly what was not committed.
+            Consumers read with ``isolation.level=read_committed``. See the Durability
+            page, "Exactly once across crashes".
+        exactly_once_topic: The compacted topic that holds each spool's committed
+            position (created with one partition if missing).
+        commit_interval: With ``exactly_once``: how long a transaction gathers messages
+            before it commits (seconds); longer is faster, shorter delivers sooner.
         delivery_reports: ``"all"`` (the default): a delivery report for every
             message, which counts each delivery and gives :meth:`~Producer.send_and_wait`
             its result. ``"errors"``: librdkafka reports only failures (its
@@ -289,6 +314,13 @@ class ProducerConfig:
     spool_id_header: str | None = attrs.field(
         kw_only=True, default=None, validator=_check_id_header
     )
+    exactly_once: bool = attrs.field(kw_only=True, default=False, validator=_check_exactly_once)
+    exactly_once_topic: str = attrs.field(
+        kw_only=True, default="trio-producer-progress", validator=_check_progress_topic
+    )
+    commit_interval: float = attrs.field(
+        kw_only=True, default=0.1, validator=_seconds("commit_interval", allow_zero=True)
+    )
     delivery_reports: Literal["all", "errors"] = attrs.field(
         kw_only=True, default="all", validator=_check_delivery_reports
     )
@@ -298,6 +330,8 @@ class ProducerConfig:
 
     def __attrs_post_init__(self) -> None:
         _check_acks(self.librdkafka)
+        if self.exactly_once:
+            self._check_exactly_once()
         if self.delivery_reports == "errors":
             if self.spool_path is not None:
                 raise ConfigError(
@@ -315,6 +349,30 @@ class ProducerConfig:
                 raise ConfigError(
                     f"pass either delivery_timeout or librdkafka property {both[0]!r}, not both"
                 )
+
+    def _check_exactly_once(self) -> None:
+        """What ``exactly_once=True`` cannot keep its promise without."""
+        if self.spool_path is None:
+            raise ConfigError(
+                "exactly_once=True needs spool_path: the spool's positions are what each "
+                "transaction commits (spool_path='/var/lib/myapp/spool')"
+            )
+        if not self.librdkafka.get("transactional.id"):
+            raise ConfigError(
+                "exactly_once=True needs librdkafka={'transactional.id': ...}: a stable id "
+                "per spool directory, so that the next producer fences a crashed one and "
+                "aborts what it left open"
+            )
+        if self.delivery_reports == "errors":
+            raise ConfigError(
+                "delivery_reports='errors' cannot be combined with exactly_once: a commit "
+                "must account for every message"
+            )
+        if self.librdkafka.get("enable.idempotence") is False:
+            raise ConfigError(
+                "exactly_once=True needs an idempotent producer: remove "
+                "librdkafka={'enable.idempotence': False}"
+            )
 
     def librdkafka_config(self) -> dict[str, LibrdkafkaValue]:
         """The librdkafka properties this config stands for (defaults, then overrides)."""
@@ -352,6 +410,9 @@ class ProducerFields(TypedDict, total=False):
     spool_sync: str
     spool_sync_interval: float
     spool_id_header: str | None
+    exactly_once: bool
+    exactly_once_topic: str
+    commit_interval: float
     delivery_reports: Literal["all", "errors"]
     librdkafka: Mapping[str, LibrdkafkaValue]
 

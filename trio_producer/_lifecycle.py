@@ -195,7 +195,7 @@ async def open_producer(
         state = ProducerState(hook, channel)
         hooks = Hooks(cfg.bootstrap_servers, on_statistics=on_statistics, oauth=client.oauth)
         if cfg.spool_path is not None:
-            spooled = await open_spooled(cfg, client, channel)
+            spooled = await open_spooled(cfg, client, channel, state)
             intake: Intake = spooled.intake
             tracker = DeliveryTracker(
                 client,
@@ -211,12 +211,18 @@ async def open_producer(
         if key_field is not None or value_field is not None:
             encoder = Encoder(channel, key_field, value_field)
         producer: Producer[Any, Any] = Producer(
-            channel, tracker, state, intake, encoder, cfg.transaction_timeout
+            channel,
+            tracker,
+            state,
+            intake,
+            encoder,
+            cfg.transaction_timeout,
+            managed_transactions=cfg.exactly_once,
         )
         if telemetry is not None:
             instruments = telemetry.attach(producer)
             tracker.observer = instruments
-        if client.transactional:
+        if client.transactional and not cfg.exactly_once:  # (exactly once: open_spooled)
             # Blocking and not cancellable: bounded by its own timeout.
             await trio.to_thread.run_sync(client.init_transactions, cfg.transaction_timeout)
         _signals.register(producer)
@@ -313,7 +319,8 @@ async def _running(
             spool_scope = trio.CancelScope(shield=True)
             worker_done = trio.Event()
             if spooled is not None:
-                nursery.start_soon(_background, spool_scope, None, spooled.run, state)
+                run_spool = partial(spooled.run, tracker.run_exclusive)
+                nursery.start_soon(_background, spool_scope, None, run_spool, state)
             nursery.start_soon(_background, delivery_scope, None, tracker.run, state)
             nursery.start_soon(
                 _background,
@@ -335,7 +342,7 @@ async def _running(
                 finally:
                     state.body_scope = None
                 interrupt = await _drain(
-                    state, channel, tracker, worker_done, worker_scope, cfg, body_exc
+                    state, channel, tracker, worker_done, worker_scope, cfg, body_exc, spooled
                 )
             finally:
                 worker_scope.cancel(reason="trio_producer: producer closed")
@@ -379,6 +386,7 @@ async def _drain(
     worker_scope: trio.CancelScope,
     cfg: ProducerConfig,
     body: BaseException | None = None,
+    spooled: SpoolParts | None = None,
 ) -> KeyboardInterrupt | None:
     """Steps 1-3 of the shutdown: close, let the worker drain, wait for the reports.
 
@@ -418,6 +426,8 @@ async def _drain(
                         drain_scope.cancel()
             await worker_done.wait()
             await tracker.wait_settled()
+            if spooled is not None:
+                await spooled.drain()  # exactly once: the last commit
     except KeyboardInterrupt as ki:
         interrupt = ki
     finally:

@@ -83,6 +83,8 @@ class Producer(Generic[K, V]):
         intake: Intake,
         encoder: Encoder | None,
         transaction_timeout: float = 30.0,
+        *,
+        managed_transactions: bool = False,
     ) -> None:
         self._channel = channel
         self._tracker = tracker
@@ -107,7 +109,12 @@ class Producer(Generic[K, V]):
 
         #: The transaction state and logic (see ``_transaction``).
         self._transactions = Transactions(
-            tracker, channel, state, set_needs_transaction, transaction_timeout
+            tracker,
+            channel,
+            state,
+            set_needs_transaction,
+            transaction_timeout,
+            managed=managed_transactions,
         )
         #: One :class:`DeliveryError` per accepted message that was not delivered, set
         #: when the block is left with an exception that is not the producer's own

@@ -8,6 +8,7 @@ aiokafka's ``TransactionState.is_transition_valid``); any other move raises
 Transitions (from → the states it may move to)::
 
     NONE            → (none)
+    MANAGED         → (none)
     READY           → IN_TRANSACTION
     IN_TRANSACTION  → COMMITTING, ABORTING
     COMMITTING      → READY, ABORTING
@@ -18,6 +19,12 @@ What each state means:
 ``NONE``
     No ``transactional.id``: sends are accepted; ``transaction()`` raises
     ``ConfigError``; ``send_offsets()`` is refused (no transaction is open).
+``MANAGED``
+    ``exactly_once``: the durable spool runs the transactions itself (see
+    ``spool._exactly_once``), from its own task. Sends are accepted at any time (into
+    the spool); ``transaction()`` and ``send_offsets()`` are refused with
+    ``ConfigError``: the application's own transactions could not be made atomic with
+    the spool's position.
 ``READY``
     Between transactions: every send is refused with ``TransactionError`` (nothing is
     accepted); ``transaction()`` begins one; ``send_offsets()`` is refused.
@@ -79,6 +86,7 @@ class TransactionState(enum.Enum):
     """A producer's transaction state (see the module's docstring)."""
 
     NONE = "no transactional.id"
+    MANAGED = "managed by the exactly-once spool"
     READY = "ready"
     IN_TRANSACTION = "in a transaction"
     COMMITTING = "committing"
@@ -88,6 +96,7 @@ class TransactionState(enum.Enum):
 #: The allowed moves: the module's table, as data.
 TRANSACTION_TRANSITIONS: Mapping[TransactionState, frozenset[TransactionState]] = {
     TransactionState.NONE: frozenset(),
+    TransactionState.MANAGED: frozenset(),
     TransactionState.READY: frozenset({TransactionState.IN_TRANSACTION}),
     TransactionState.IN_TRANSACTION: frozenset(
         {TransactionState.COMMITTING, TransactionState.ABORTING}
@@ -112,6 +121,7 @@ class Transactions:
         needs_transaction: Called with ``state is READY`` at each move (the producer
             keeps it for the one-attribute check of its send methods).
         timeout: ``transaction_timeout``, in seconds.
+        managed: The exactly-once spool runs the transactions (state ``MANAGED``).
     """
 
     def __init__(
@@ -121,14 +131,19 @@ class Transactions:
         state: ProducerState,
         needs_transaction: Callable[[bool], None],
         timeout: float,
+        *,
+        managed: bool = False,
     ) -> None:
         self._tracker = tracker
         self._channel = channel
         self._producer_state = state
         self._needs_transaction = needs_transaction
         self._timeout = timeout
-        transactional = tracker.client.transactional
-        self.state = TransactionState.READY if transactional else TransactionState.NONE
+        transactional = tracker.client.transactional and not managed
+        if managed:
+            self.state = TransactionState.MANAGED
+        else:
+            self.state = TransactionState.READY if transactional else TransactionState.NONE
         needs_transaction(transactional)
         #: librdkafka runs one transactional call at a time (another one fails with
         #: _CONFLICT or _PREV_IN_PROGRESS and wedges the transaction): this orders them.
@@ -148,6 +163,8 @@ class Transactions:
         the block succeeds, else abort."""
         client = self._tracker.client
         await trio.lowlevel.checkpoint()
+        if self.state is TransactionState.MANAGED:
+            raise _managed("transaction()")
         if self.state is TransactionState.NONE:
             raise ConfigError(
                 "transaction() needs the librdkafka property 'transactional.id' "
@@ -183,6 +200,8 @@ class Transactions:
         """``Producer.send_offsets``."""
         await trio.lowlevel.checkpoint_if_cancelled()
         checked = check_offsets(offsets, group_metadata)
+        if self.state is TransactionState.MANAGED:
+            raise _managed("send_offsets()")
         if self._channel.closed:
             raise self._channel.closed_error()
         self._check_joinable()
@@ -284,3 +303,12 @@ class Transactions:
         channel = self._channel
         await channel.wait_produced(channel.request_flush())
         await self._tracker.wait_for_earlier()
+
+
+def _managed(call: str) -> ConfigError:
+    return ConfigError(
+        f"{call} is not available with exactly_once=True: the spool runs the transactions "
+        "itself (each commits its messages with the spool's position); send without "
+        "transaction(). For consume-transform-produce with send_offsets(), open a "
+        "producer without a spool: its transactions are exactly once already"
+    )

@@ -52,6 +52,7 @@ def test_the_transaction_table_is_the_one_at_the_top_of_its_module() -> None:
     s = TransactionState
     assert TRANSACTION_TRANSITIONS == {
         s.NONE: set(),
+        s.MANAGED: set(),
         s.READY: {s.IN_TRANSACTION},
         s.IN_TRANSACTION: {s.COMMITTING, s.ABORTING},
         s.COMMITTING: {s.READY, s.ABORTING},

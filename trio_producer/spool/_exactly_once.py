@@ -1,0 +1,703 @@
+"""Exactly once across crashes (``exactly_once=True``): the spool's position committed in
+the same Kafka transaction as its messages.
+
+The spool's sequence numbers are the source offsets (as Kafka Connect's exactly-once
+source connectors do it, KIP-618). Accepting a message writes it to the spool only
+(:class:`ExactlyOnceIntake`); the :class:`Committer`, a background task, reads the
+spool in order and runs the transactions itself. Each transaction carries:
+
+* the next spooled messages, in their spool order (per-key order is kept: one producer,
+  idempotent, in order), and
+* one record in the progress topic (``exactly_once_topic``, compacted, one partition):
+  key ``transactional.id``, value the spool's identity and the highest seq the
+  transaction reaches (:func:`encode_position`).
+
+A message leaves the spool only after its transaction committed. The commit protocol,
+step by step (the names are what :data:`STEP_HOOK` is called with, the seam of the
+kill-at-every-step tests)::
+
+    "begin"      begin_transaction (the HANDED mark was raised first: seqs never repeat)
+    "produced"   the messages and the progress record are handed to librdkafka; next,
+                 commit_transaction (it flushes, then commits)
+    "committed"  it returned: the messages and the position are in Kafka, atomically
+    "confirmed"  the seqs are confirmed in the spool (they leave it)
+
+A crash anywhere leaves one of two states: the transaction committed (the position says
+so: its seqs are dropped at recovery, confirmed or not) or it did not (the next producer
+with the same ``transactional.id`` fences this one and aborts it, and the seqs above
+the position are sent again, in order). Recovery (:func:`open_exactly_once`), in order:
+
+    lock and recover the spool      (a second process is refused here, before any fencing)
+    "fenced"     init_transactions: fences a zombie, aborts (or completes) what it left open
+    "recovered"  the committed position was read back (read_committed); the recovered
+                 records at or below it are confirmed as delivered, the rest sent again
+
+A transaction that fails is aborted and sent again, minus the messages whose own
+delivery failed for good (:data:`OWN_FAULT`: too large, unknown topic, timed out, ...):
+those are handed back (``on_delivery_error``, a ``send_and_wait`` caller, or the
+producer fails), as without exactly once. A fatal error (fenced by another producer
+with the same ``transactional.id``) fails the producer at once; what is not committed
+stays in the spool.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from .._admin import ensure_compacted_topic, read_last_committed
+from .._batch import route_for
+from .._client import DeliveryReports, TrackedReport
+from .._exceptions import ProducerClosedError, TransactionError
+from .._message import KafkaErrorInfo
+from ._engine import SpoolError
+from ._intake import SpoolIntake
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Iterable, Mapping
+
+    from .._batch import Pending
+    from .._client import Failure, KafkaClient
+    from .._config import ProducerConfig
+    from .._message import ProducerStatistics
+    from .._state import ProducerState
+    from .._worker import BatchChannel
+    from ._engine import Spool
+    from ._format import SpoolRecord
+    from ._keeper import SpoolKeeper
+
+    RunExclusive = Callable[..., Awaitable[object]]
+
+logger = logging.getLogger("trio_producer")
+
+#: Called with each step's name (see the module docstring) when set: the seam the
+#: kill-at-every-step tests use (a child process sets it to kill itself at one step).
+STEP_HOOK: Callable[[str], None] | None = None
+
+#: Delivery failures that are the message's own: handed back, not sent again. Any
+#: other failure in an aborted transaction (purged by the abort, refused because the
+#: transaction had already failed, ...) sends the message again in the next one.
+OWN_FAULT = frozenset(
+    {
+        "MSG_SIZE_TOO_LARGE",
+        "_MSG_TIMED_OUT",
+        "INVALID_MSG",
+        "CORRUPT_MESSAGE",
+        "INVALID_RECORD",
+        "RECORD_LIST_TOO_LARGE",
+        "INVALID_TIMESTAMP",
+        "UNKNOWN_TOPIC_OR_PART",
+        "_UNKNOWN_TOPIC",
+        "_UNKNOWN_PARTITION",
+        "TOPIC_AUTHORIZATION_FAILED",
+        "TOPIC_EXCEPTION",
+        "POLICY_VIOLATION",
+        "_INVALID_ARG",
+        "_BAD_MSG",
+    }
+)
+
+#: The most messages (and bytes) one transaction carries: well below librdkafka's queue
+#: (``queue.buffering.max.messages``), so that a transaction is handed over in one go.
+MAX_MESSAGES = 10_000
+MAX_BYTES = 16 << 20
+#: After an aborted transaction, wait this long before the next (doubling, up to
+#: ``MAX_BACKOFF``); after this many aborts in a row without a commit, the producer fails.
+FIRST_BACKOFF = 0.1
+MAX_BACKOFF = 5.0
+MAX_ABORTS = 20
+
+#: While a transaction gathers messages, it hands what came to librdkafka this often.
+GATHER_TICK = 0.005
+
+#: The file in the spool directory that names it (its identity in the progress records).
+ORIGIN_FILE = "ORIGIN"
+
+#: librdkafka properties the progress topic's admin client and consumer take from the
+#: producer's (how to reach and authenticate with the cluster).
+_CLIENT_PREFIXES = (
+    "bootstrap.servers",
+    "security.protocol",
+    "sasl.",
+    "ssl.",
+    "ssl_",
+    "enable.ssl",
+    "socket.",
+    "broker.",
+    "client.",
+    "client.dns",
+    "api.version",
+    "reconnect.",
+    "connections.",
+    "metadata.",
+    "topic.metadata",
+    "enable.sasl",
+    "oauthbearer",
+    "allow.auto.create.topics",
+)
+
+
+def _step(name: str) -> None:
+    hook = STEP_HOOK
+    if hook is not None:
+        hook(name)
+
+
+def encode_position(origin: str, seq: int) -> bytes:
+    """The progress record's value: the spool's identity and the highest committed seq."""
+    return json.dumps({"spool": origin, "seq": seq}, separators=(",", ":")).encode()
+
+
+def decode_position(value: bytes | None, origin: str) -> tuple[int, str | None]:
+    """The committed position of *this* spool (``-1``: none) read from a progress value,
+    and, when the value belongs to another spool or cannot be read, why it is ignored."""
+    if value is None:
+        return -1, None
+    try:
+        data = json.loads(value)
+        spool, seq = data["spool"], data["seq"]
+        if not isinstance(spool, str) or type(seq) is not int:
+            raise TypeError(f"unexpected types in {data!r}")
+    except (ValueError, TypeError, KeyError) as exc:
+        return -1, f"its last progress record cannot be read ({exc!r}: {value!r:.80})"
+    if spool != origin:
+        return -1, (
+            f"its last progress record is of another spool directory ({spool}, this one "
+            f"is {origin}): the directory was replaced"
+        )
+    return seq, None
+
+
+def read_or_create_origin(path: os.PathLike[str] | str) -> str:
+    """The spool directory's identity (hex), made (written and fsynced) at its first use
+    with ``exactly_once``. Blocking."""
+    file = os.path.join(path, ORIGIN_FILE)
+    try:
+        with open(file, encoding="ascii") as f:
+            origin = f.read().strip()
+        if len(origin) == 32 and all(c in "0123456789abcdef" for c in origin):
+            return origin
+        logger.warning("spool %r: %s is not an identity (%r): made anew", path, file, origin)
+    except FileNotFoundError:
+        pass
+    origin = os.urandom(16).hex()
+    tmp = f"{file}.tmp"
+    with open(tmp, "w", encoding="ascii") as f:
+        f.write(origin + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, file)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return origin
+
+
+def client_conf(props: Mapping[str, Any]) -> dict[str, Any]:
+    """The producer's properties that say how to reach the cluster (for the progress
+    topic's admin client and consumer)."""
+    return {
+        name: value
+        for name, value in props.items()
+        if name.startswith(_CLIENT_PREFIXES) and not callable(value)
+    }
+
+
+class Committer:
+    """The exactly-once transactions: reads the spool in order, commits each transaction
+    with the spool's position, confirms what committed (see the module docstring).
+
+    Args:
+        keeper: The spool's keeper.
+        client: The (transactional, initialised) Kafka client.
+        state: The producer's state: failures handed back, fatal errors.
+        position: The committed position read at recovery (``-1``: none).
+        pending: The recovered records above it, in order (sent first).
+        origin: The spool directory's identity.
+        cfg: The producer's configuration.
+    """
+
+    def __init__(
+        self,
+        keeper: SpoolKeeper,
+        client: KafkaClient,
+        state: ProducerState,
+        position: int,
+        pending: Iterable[SpoolRecord],
+        origin: str,
+        cfg: ProducerConfig,
+    ) -> None:
+        self._keeper = keeper
+        self._spool: Spool = keeper.spool
+        self._client = client
+        self._state = state
+        self._origin = origin
+        self._topic = cfg.exactly_once_topic
+        self._key = str(cfg.librdkafka["transactional.id"]).encode()
+        self._interval = cfg.commit_interval
+        self._timeout = cfg.transaction_timeout
+        self._id_header = keeper.id_header
+        #: The highest seq in a committed transaction (the position in Kafka).
+        self.position = position
+        #: Everything at or below this seq was committed or handed back.
+        self.done_through = self._spool.next_seq - 1
+        #: Records to send, oldest first: recovered ones, then those of an aborted
+        #: transaction to send again; new ones are read from the spool from ``_next``.
+        self._queue: deque[SpoolRecord] = deque(pending)
+        if self._queue:
+            self.done_through = self._queue[0].seq - 1
+        self._next = self._spool.next_seq
+        #: The records of the transaction in progress.
+        self._in_transaction: list[SpoolRecord] = []
+        #: ``send_and_wait`` callers' trackers, by seq: woken after the commit.
+        self._waiters: dict[int, TrackedReport] = {}
+        self._wake = trio.lowlevel.ParkingLot()
+        self._idle = False
+        self._progress = trio.lowlevel.ParkingLot()
+        self._closing = False
+        self._stopped = False
+        self._gather: trio.CancelScope | None = None
+        #: A flush() waits: commit without waiting out ``commit_interval``.
+        self._urgent = False
+        #: Counters: messages committed, transactions committed and aborted.
+        self.committed = 0
+        self.transactions = 0
+        self.aborts = 0
+
+    # ---- the intake's side (Trio thread) --------------------------------------------------
+
+    def pending(self) -> int:
+        """Accepted messages not yet committed (nor handed back)."""
+        return len(self._in_transaction) + len(self._queue) + self._spool.next_seq - self._next
+
+    @property
+    def in_transaction(self) -> int:
+        """Messages in the transaction in progress."""
+        return len(self._in_transaction)
+
+    def accepted(self, seq: int, tracked: TrackedReport | None) -> None:
+        """A message was spooled (``tracked``: a ``send_and_wait`` caller's)."""
+        if tracked is not None:
+            self._waiters[seq] = tracked
+        if self._idle:
+            self._wake.unpark_all()
+
+    async def wait_done(self, seq: int) -> None:
+        """Wait until everything up to ``seq`` is committed or handed back.
+
+        Raises:
+            ProducerClosedError: The committer stopped first.
+        """
+        while self.done_through < seq:
+            self._urgent = True  # commit now: do not wait out commit_interval
+            if self._gather is not None:
+                self._gather.cancel()
+            if self._stopped:
+                raise ProducerClosedError(
+                    "the producer closed before every message sent before flush() was "
+                    "committed; what was not stays in the spool for the next producer",
+                    producer_failed=True,
+                )
+            await self._progress.park()
+
+    def take_all(self) -> list[Pending]:
+        """Every accepted message not committed, in order, as messages to hand back
+        (the exit, when the spool directory was removed); forgotten here."""
+        records = [*self._in_transaction, *self._queue]
+        if self._next < self._spool.next_seq:
+            records += self._spool.read_from(self._next, self._spool.next_seq - self._next)
+        self._in_transaction = []
+        self._queue.clear()
+        self._next = self._spool.next_seq
+        return [self._item(record) for record in records]
+
+    async def drain(self) -> None:
+        """At the exit (the channel is closed): commit what is pending without waiting
+        for ``commit_interval``, and return once nothing is."""
+        self._closing = True
+        if self._gather is not None:
+            self._gather.cancel()
+        if self._idle:
+            self._wake.unpark_all()
+        while self.pending() and not self._stopped:
+            await self._progress.park()
+
+    # ---- the task --------------------------------------------------------------------------
+
+    async def run(self, run_exclusive: RunExclusive) -> None:
+        """Run the transactions until the producer stops (``run_exclusive``: the
+        delivery task's, which pauses its polling while a transactional call runs)."""
+        try:
+            await self._run(run_exclusive)
+        finally:
+            self._stopped = True
+            self._progress.unpark_all()
+
+    async def _run(self, run_exclusive: RunExclusive) -> None:
+        backoff = FIRST_BACKOFF
+        aborts = 0
+        while True:
+            if not self.pending():
+                self._idle = True
+                try:
+                    await self._wake.park()
+                finally:
+                    self._idle = False
+                continue
+            outcome = await self._transact(run_exclusive)
+            if outcome is None:
+                return  # the producer failed (fatal): what is left stays in the spool
+            if outcome:
+                backoff = FIRST_BACKOFF
+                aborts = 0
+                continue
+            aborts += 1
+            self.aborts += 1
+            if aborts >= MAX_ABORTS:
+                self._state.on_fatal(
+                    KafkaErrorInfo(
+                        code=-1,
+                        name="_EXACTLY_ONCE",
+                        reason=f"{aborts} transactions in a row were aborted; what was not "
+                        f"committed stays in the spool {str(self._spool.path)!r}",
+                    )
+                )
+                return
+            await trio.sleep(backoff)
+            backoff = min(MAX_BACKOFF, backoff * 2)
+
+    def _take(self, records: list[SpoolRecord], size: int) -> int:
+        """Add the next records to the transaction's ``records``: the queue first, then
+        new ones from the spool, up to ``MAX_MESSAGES`` and ``MAX_BYTES``. Returns the
+        bytes the transaction holds now."""
+        queue = self._queue
+        while queue and len(records) < MAX_MESSAGES and size < MAX_BYTES:
+            record = queue.popleft()
+            records.append(record)
+            size += len(record.value or b"") + len(record.key or b"")
+        spool = self._spool
+        while len(records) < MAX_MESSAGES and size < MAX_BYTES and self._next < spool.next_seq:
+            room = min(MAX_MESSAGES - len(records), 1000)
+            for record in spool.read_from(self._next, room):
+                records.append(record)
+                size += len(record.value or b"") + len(record.key or b"")
+                self._next = record.seq + 1
+        return size
+
+    def _item(self, record: SpoolRecord) -> Pending:
+        item: Pending = {"topic": record.topic, "value": record.value}
+        if record.key is not None:
+            item["key"] = record.key
+        if record.partition >= 0:
+            item["partition"] = record.partition
+        if record.timestamp > 0:
+            item["timestamp"] = record.timestamp
+        headers = list(record.headers or ())
+        if self._id_header is not None:
+            headers.append((self._id_header, record.id))
+        if headers:
+            item["headers"] = headers
+        tracked = self._waiters.get(record.seq)
+        if tracked is None:
+            tracked = TrackedReport(headers or None, None, record.seq)
+        else:
+            tracked.failure = tracked.metadata = None
+        item["callback"] = tracked
+        item["route"] = route_for(item, own_callback=True)
+        return item
+
+    async def _transact(self, run_exclusive: RunExclusive) -> bool | None:
+        """One transaction: begin; for ``commit_interval`` (or until it is full, a
+        ``flush`` asks, or the producer closes) hand each message to librdkafka as it
+        comes, so that it is on its way before the commit; then the progress record and
+        the commit. True: committed; False: aborted (to be sent again, minus what was
+        handed back); None: the producer failed."""
+        client = self._client
+        try:
+            client.begin_transaction()
+        except TransactionError as exc:
+            self._fail(exc)
+            return None
+        _step("begin")
+        deadline = trio.current_time() + self._interval
+        reports = DeliveryReports()
+        records: list[SpoolRecord] = []
+        self._in_transaction = records  # (the list grows below)
+        items: list[Pending] = []
+        size = 0
+        while True:
+            before = len(records)
+            size = self._take(records, size)
+            if len(records) > before:
+                # Before the hand-off: no seq above the mark was handed over, so a new
+                # process never gives out a seq that may be in Kafka already.
+                self._spool.note_handed(records[-1].seq)
+                items += [self._item(record) for record in records[before:]]
+                await self._produce(items, before, reports, run_exclusive)
+            full = len(records) >= MAX_MESSAGES or size >= MAX_BYTES
+            if full or self._closing or self._urgent or trio.current_time() >= deadline:
+                break
+            # Not woken by each accepted message (a task switch per message): it looks
+            # again every GATHER_TICK, and at once when a flush() or the exit asks.
+            with trio.CancelScope(deadline=min(deadline, trio.current_time() + GATHER_TICK)) as (
+                self._gather
+            ):
+                await trio.sleep_forever()
+            self._gather = None
+        self._urgent = False
+        last = records[-1].seq
+        progress = TrackedReport(None, None)
+        items.append(
+            {
+                "topic": self._topic,
+                "value": encode_position(self._origin, last),
+                "key": self._key,
+                "partition": 0,
+                "callback": progress,
+            }
+        )
+        items[-1]["route"] = route_for(items[-1], own_callback=True)
+        await self._produce(items, len(items) - 1, reports, run_exclusive)
+        _step("produced")
+        while True:
+            try:
+                # Shielded (it is bounded by its own timeout): a commit that returned is
+                # always recorded as committed, never lost to a cancellation.
+                with trio.CancelScope(shield=True):
+                    await run_exclusive(client.commit_transaction, self._timeout)
+            except TransactionError as exc:
+                if exc.abortable:
+                    cause = exc
+                    break
+                if exc.retriable and not exc.fatal:
+                    logger.warning("exactly once: the commit did not finish, trying again: %s", exc)
+                    continue
+                self._fail(exc)
+                return None
+            _step("committed")
+            self._committed(records, last)
+            _step("confirmed")
+            return True
+        return await self._aborted(records, reports, progress, run_exclusive, cause)
+
+    async def _produce(
+        self,
+        items: list[Pending],
+        start: int,
+        reports: DeliveryReports,
+        run_exclusive: RunExclusive,
+    ) -> None:
+        client = self._client
+        while True:
+            start = client.produce(items, start, reports)
+            if start >= len(items):
+                return
+            await run_exclusive(client.poll, 0.1)  # librdkafka's queue is full: serve some
+
+    def _committed(self, records: list[SpoolRecord], last: int) -> None:
+        self._keeper.confirm([record.seq for record in records])
+        waiters = self._waiters
+        if waiters:
+            for record in records:
+                tracked = waiters.pop(record.seq, None)
+                if tracked is not None and tracked.waiter is not None:
+                    tracked.waiter.set()
+        self._in_transaction = []
+        self.position = self.done_through = last
+        self.committed += len(records)
+        self.transactions += 1
+        self._progress.unpark_all()
+
+    async def _aborted(
+        self,
+        records: list[SpoolRecord],
+        reports: DeliveryReports,
+        progress: TrackedReport,
+        run_exclusive: RunExclusive,
+        cause: TransactionError,
+    ) -> bool | None:
+        try:
+            with trio.CancelScope(shield=True):
+                await run_exclusive(self._client.abort_transaction, self._timeout)
+        except TransactionError as exc:
+            self._fail(exc)
+            return None
+        own: dict[int, Failure] = {}
+        for failure in reports.failures:
+            tracked = failure.tracked
+            if tracked is not None and tracked.ticket >= 0:
+                if failure.error.error.name in OWN_FAULT:
+                    own[tracked.ticket] = failure
+        if progress.failure is not None and progress.failure.error.name in OWN_FAULT:
+            # The progress topic itself is refused: nothing can commit.
+            self._fail(TransactionError("producing the progress record", progress.failure.error))
+            return None
+        logger.warning(
+            "exactly once: a transaction of %d message(s) was aborted (%s); %d handed back, "
+            "the rest is sent again",
+            len(records),
+            cause,
+            len(own),
+        )
+        if own:
+            handed = []
+            for failure in own.values():
+                tracked = failure.tracked
+                assert tracked is not None
+                self._waiters.pop(tracked.ticket, None)
+                if tracked.has_waiter:
+                    assert tracked.waiter is not None
+                    tracked.waiter.set()  # its send_and_wait caller raises it
+                else:
+                    self._state.route_failure(failure.error)
+                handed.append(tracked.ticket)
+            self._keeper.confirm(handed)
+            records = [record for record in records if record.seq not in own]
+        self._in_transaction = []
+        self._queue.extendleft(reversed(records))
+        if not records:
+            self.done_through = max(self.done_through, max(own))
+            self._progress.unpark_all()
+        return False
+
+    def _fail(self, exc: TransactionError) -> None:
+        """A fatal (or unexpected) transactional error: the producer fails; what was not
+        committed stays in the spool (this producer sends nothing more)."""
+        self._queue.extendleft(reversed(self._in_transaction))
+        self._in_transaction = []
+        if self._state.fatal is None:
+            logger.error("exactly once: the producer fails: %s", exc)
+            self._state.on_fatal(exc.error)
+
+
+class ExactlyOnceIntake(SpoolIntake):
+    """The intake with ``exactly_once``: a message is accepted into the spool only; the
+    :class:`Committer` sends it in a transaction (see the module docstring)."""
+
+    def __init__(self, channel: BatchChannel, keeper: SpoolKeeper, committer: Committer) -> None:
+        super().__init__(channel, keeper)
+        self._committer = committer
+        #: Everything goes to the spool alone (never to the channel's batch): the
+        #: inherited send_many takes its store-and-forward path.
+        self._backlog_from = -1
+
+    def _accept_nowait(self, item: Pending, size: int, waiter: trio.Event | None) -> int:
+        channel = self._channel
+        if channel.closed:
+            raise channel.closed_error()
+        keeper = self._keeper
+        if not keeper.has_room(item, size):
+            raise trio.WouldBlock
+        seq = keeper.spool_item(item, waiter)
+        tracked = item.get("callback") if waiter is not None else None
+        self._committer.accepted(seq, tracked if isinstance(tracked, TrackedReport) else None)
+        return seq
+
+    def _spool_chunk(
+        self,
+        topic: str,
+        values: list[bytes | None],
+        keys: list[bytes | None] | None,
+        sizes: list[int],
+        to_memory: bool,
+    ) -> int:
+        first = self._keeper.spool_many(topic, values, keys)
+        self._committer.accepted(first, None)
+        return first
+
+    def refill(self) -> None:
+        """Nothing: the committer reads the spool itself."""
+
+    def backlog(self) -> int:
+        """Accepted messages not committed yet (they stay in the spool at the exit)."""
+        return self._committer.pending()
+
+    def take_backlog(self) -> list[Pending]:
+        return self._committer.take_all()
+
+    async def flush_target(self) -> int:
+        """Wait until everything accepted before the call is committed (or handed back)."""
+        channel = self._channel
+        await self._committer.wait_done(self._keeper.spool.next_seq - 1)
+        if channel.closed:
+            raise channel.closed_error()
+        return channel.request_flush()
+
+    def statistics(self, stats: ProducerStatistics) -> ProducerStatistics:
+        """``queued``: accepted, not in a transaction yet; ``in_flight``: in the
+        transaction in progress; ``delivered``: committed."""
+        stats = super().statistics(stats)  # (queued counts backlog(): every pending one)
+        committer = self._committer
+        in_transaction = committer.in_transaction
+        return attrs.evolve(
+            stats,
+            queued=stats.queued - in_transaction,
+            in_flight=stats.in_flight + in_transaction,
+            delivered=stats.delivered + committer.committed,
+        )
+
+
+async def open_exactly_once(
+    cfg: ProducerConfig, client: KafkaClient, keeper: SpoolKeeper, state: ProducerState
+) -> Committer:
+    """Recovery with ``exactly_once`` (the spool is open and locked): fence and abort
+    what a crashed producer left, read the committed position back, drop the recovered
+    records it covers; return the committer.
+
+    Raises:
+        TransactionError: ``init_transactions`` failed.
+        SpoolError: The committed position could not be read.
+    """
+    spool = keeper.spool
+    timeout = cfg.transaction_timeout
+    origin = await trio.to_thread.run_sync(read_or_create_origin, spool.path)
+    conf = client_conf(cfg.librdkafka_config())
+    topic = cfg.exactly_once_topic
+    key = str(cfg.librdkafka["transactional.id"]).encode()
+    try:
+        await trio.to_thread.run_sync(lambda: ensure_compacted_topic(conf, topic, timeout=timeout))
+    except Exception as exc:
+        raise SpoolError(f"exactly once: {exc}") from None
+    # Blocking and not cancellable: bounded by its own timeout.
+    await trio.to_thread.run_sync(client.init_transactions, timeout)
+    _step("fenced")
+    try:
+        value = await trio.to_thread.run_sync(
+            lambda: read_last_committed(conf, topic, key, timeout=timeout)
+        )
+    except Exception as exc:
+        raise SpoolError(f"exactly once: {exc}") from None
+    position, ignored = decode_position(value, origin)
+    if ignored is not None:
+        logger.warning(
+            "spool %r: exactly once: %s; every message the spool holds is sent again",
+            str(spool.path),
+            ignored,
+        )
+    _step("recovered")
+    recovered = list(spool.recovered)
+    spool.recovered.clear()
+    done = [record.seq for record in recovered if record.seq <= position]
+    again = [record for record in recovered if record.seq > position]
+    if done:
+        keeper.confirm(done)
+    keeper.recovery_done.set()
+    if recovered:
+        logger.info(
+            "spool %r: exactly once: committed through seq %d; of %d recovered message(s), "
+            "%d were committed already (dropped), %d are sent again",
+            str(spool.path),
+            position,
+            len(recovered),
+            len(done),
+            len(again),
+        )
+    return Committer(keeper, client, state, position, again, origin, cfg)
