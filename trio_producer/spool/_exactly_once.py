@@ -9,8 +9,9 @@ spool in order and runs the transactions itself. Each transaction carries:
 * the next spooled messages, in their spool order (per-key order is kept: one producer,
   idempotent, in order), and
 * one record in the progress topic (``exactly_once_topic``, compacted, one partition):
-  key ``transactional.id``, value the spool's identity and the highest seq the
-  transaction reaches (:func:`encode_position`).
+  key ``transactional.id`` and the spool directory's identity (:func:`progress_key`),
+  value that identity again and the highest seq the transaction reaches
+  (:func:`encode_position`).
 
 A message leaves the spool only after its transaction committed. The commit protocol,
 step by step (the names are what :data:`STEP_HOOK` is called with, the seam of the
@@ -149,6 +150,13 @@ def _step(name: str) -> None:
         hook(name)
 
 
+def progress_key(cfg: ProducerConfig, origin: str) -> bytes:
+    """The progress record's key: the ``transactional.id`` and the spool's identity, so
+    that each spool directory keeps its own position in the compacted topic (a zombie's
+    or a replaced directory's records never overwrite it)."""
+    return f"{cfg.librdkafka['transactional.id']}|{origin}".encode()
+
+
 def encode_position(origin: str, seq: int) -> bytes:
     """The progress record's value: the spool's identity and the highest committed seq."""
     return json.dumps({"spool": origin, "seq": seq}, separators=(",", ":")).encode()
@@ -241,7 +249,7 @@ class Committer:
         self._state = state
         self._origin = origin
         self._topic = cfg.exactly_once_topic
-        self._key = str(cfg.librdkafka["transactional.id"]).encode()
+        self._key = progress_key(cfg, origin)
         self._interval = cfg.commit_interval
         self._timeout = cfg.transaction_timeout
         self._id_header = keeper.id_header
@@ -479,6 +487,7 @@ class Committer:
                     break
                 if exc.retriable and not exc.fatal:
                     logger.warning("exactly once: the commit did not finish, trying again: %s", exc)
+                    await trio.sleep(FIRST_BACKOFF)  # (never a busy loop)
                     continue
                 self._fail(exc)
                 return None
@@ -660,8 +669,10 @@ async def open_exactly_once(
     timeout = cfg.transaction_timeout
     origin = await trio.to_thread.run_sync(read_or_create_origin, spool.path)
     conf = client_conf(cfg.librdkafka_config())
+    if client.oauth is not None:
+        conf["oauth_cb"] = client.oauth  # the token provider's refreshes, shared
     topic = cfg.exactly_once_topic
-    key = str(cfg.librdkafka["transactional.id"]).encode()
+    key = progress_key(cfg, origin)
     try:
         await trio.to_thread.run_sync(lambda: ensure_compacted_topic(conf, topic, timeout=timeout))
     except Exception as exc:
