@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import pytest
@@ -23,9 +22,13 @@ from confluent_kafka import KafkaError, KafkaException
 
 from trio_producer import ConfigError, DeliveryError, ProducerConfig
 from trio_producer._client import KafkaClient
-from trio_producer._message import KafkaErrorInfo
 from trio_producer.spool import _exactly_once as eo
 from trio_producer.spool._keeper import open_keeper
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from trio_producer._message import KafkaErrorInfo
 
 TID = "tid-1"
 
@@ -237,9 +240,13 @@ def test_the_position_codec() -> None:
     assert eo.decode_position(value, origin) == (41, None)
     assert eo.decode_position(None, origin) == (-1, None)
     seq, why = eo.decode_position(eo.encode_position("cd" * 16, 7), origin)
-    assert seq == -1 and why is not None and "another spool directory" in why
+    assert seq == -1
+    assert why is not None
+    assert "another spool directory" in why
     seq, why = eo.decode_position(b"junk", origin)
-    assert seq == -1 and why is not None and "cannot be read" in why
+    assert seq == -1
+    assert why is not None
+    assert "cannot be read" in why
     cfg = ProducerConfig(
         "h:1", spool_path="/s", exactly_once=True, librdkafka={"transactional.id": "t|x"}
     )
@@ -248,12 +255,14 @@ def test_the_position_codec() -> None:
 
 def test_the_origin_is_made_once_and_kept(tmp_path: Path) -> None:
     first = eo.read_or_create_origin(tmp_path)
-    assert len(first) == 32 and int(first, 16) >= 0
+    assert len(first) == 32
+    assert int(first, 16) >= 0
     assert eo.read_or_create_origin(tmp_path) == first
     assert not (tmp_path / "ORIGIN.tmp").exists()
     (tmp_path / "ORIGIN").write_text("not an identity\n")
     second = eo.read_or_create_origin(tmp_path)
-    assert second != first and len(second) == 32
+    assert second != first
+    assert len(second) == 32
 
 
 def test_the_progress_clients_take_only_how_to_reach_the_cluster() -> None:
@@ -299,7 +308,9 @@ async def test_each_transaction_commits_its_messages_with_the_position(tmp_path:
     assert positions(fake.log)[-1] == 3
     assert steps[:4] == ["begin", "produced", "committed", "confirmed"]
     assert keeper.spool.pending == 0  # confirmed: out of the spool
-    assert committer.committed == 4 and state.handed_back == [] and state.fatal is None
+    assert committer.committed == 4
+    assert state.handed_back == []
+    assert state.fatal is None
     await keeper.aclose()
 
 
@@ -350,9 +361,11 @@ async def test_aborts_without_end_fail_the_producer_and_keep_the_messages(
         with pytest.raises(trio_producer_closed()):
             await committer.wait_done(0)
     assert fake.aborted == eo.MAX_ABORTS
-    assert state.fatal is not None and state.fatal.name == "_EXACTLY_ONCE"
+    assert state.fatal is not None
+    assert state.fatal.name == "_EXACTLY_ONCE"
     assert f"{eo.MAX_ABORTS} transactions in a row were aborted" in state.fatal.reason
-    assert committer.pending() == 1 and keeper.spool.pending == 1  # kept for the next run
+    assert committer.pending() == 1
+    assert keeper.spool.pending == 1
     await keeper.aclose()
 
 
@@ -374,15 +387,17 @@ async def test_a_fatal_commit_error_fails_the_producer_at_once(tmp_path: Path) -
         spool(keeper, committer, [b"a", b"b"])
         with pytest.raises(trio_producer_closed()):
             await committer.wait_done(1)
-    assert state.fatal is not None and state.fatal.name == "_FENCED"
-    assert committer.pending() == 2 and keeper.spool.pending == 2
+    assert state.fatal is not None
+    assert state.fatal.name == "_FENCED"
+    assert committer.pending() == 2
+    assert keeper.spool.pending == 2
     assert fake.calls == ["begin"]  # tried once, not retried
     await keeper.aclose()
 
 
 async def test_recovered_records_above_the_position_go_first_in_order(tmp_path: Path) -> None:
     # An earlier run spooled 5 records and committed through seq 2, then died unconfirmed.
-    committer, fake, state, keeper = await open_committer(tmp_path / "s", commit_interval=0)
+    committer, _fake, state, keeper = await open_committer(tmp_path / "s", commit_interval=0)
     spool(keeper, committer, [b"r0", b"r1", b"r2", b"r3", b"r4"])
     await keeper.aclose()
     keeper = await open_keeper(str(tmp_path / "s"), 1 << 22, "never", 0.5, None)

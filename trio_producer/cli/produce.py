@@ -249,6 +249,7 @@ class ProduceOptions:
     undelivered_path: str | None
     progress: bool | None
     spool_path: str | None
+    exactly_once: bool
     delivery_reports: Literal["all", "errors"]
     connect_timeout: float | None
 
@@ -305,12 +306,19 @@ def _config(opts: ProduceOptions, props: Sequence[str]) -> ProducerConfig:
     bootstrap_servers, librdkafka = librdkafka_properties(
         opts.bootstrap_servers, opts.config_files, props
     )
-    if librdkafka.get("transactional.id"):
+    if opts.exactly_once and opts.spool_path is None:
+        fail(
+            "--exactly-once needs --spool DIR: the spool's positions are what each "
+            "transaction commits",
+            2,
+        )
+    if librdkafka.get("transactional.id") and not opts.exactly_once:
         fail(
             "transactional.id: produce does not run transactions (kcat runs the whole "
             "input as one); leave transactional.id out (each line is then delivered at "
             "least once, or reported undelivered), add --spool DIR to keep accepted lines "
-            "across a crash, or use the Python API's producer.transaction()",
+            "across a crash (with --exactly-once, delivered exactly once across crashes), "
+            "or use the Python API's producer.transaction()",
             2,
         )
     if opts.compression is not None:
@@ -323,6 +331,7 @@ def _config(opts: ProduceOptions, props: Sequence[str]) -> ProducerConfig:
         close_timeout=opts.close_timeout,
         librdkafka=librdkafka,
         spool_path=opts.spool_path,
+        exactly_once=opts.exactly_once,
         delivery_reports=opts.delivery_reports,
     )
 
@@ -450,6 +459,14 @@ _OPTIONS = [
         type=click.Path(file_okay=False),
         help="A durable spool directory: every line read is on disk before it counts as "
         "sent; what was not delivered stays there for the next run (sent first).",
+    ),
+    click.option(
+        "--exactly-once",
+        is_flag=True,
+        default=False,
+        help="With --spool and -X transactional.id=ID: each line is delivered exactly once "
+        "across crashes (transactions that commit the spool's position; consumers read "
+        "with isolation.level=read_committed).",
     ),
     click.option(
         "--delivery-reports",

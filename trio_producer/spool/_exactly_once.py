@@ -700,6 +700,7 @@ async def open_exactly_once(
     again = [record for record in recovered if record.seq > position]
     if done:
         keeper.confirm(done)
+    keeper.recovered = len(again)  # (what statistics() says was recovered: sent again)
     keeper.recovery_done.set()
     if recovered:
         logger.info(
