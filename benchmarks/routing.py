@@ -1,11 +1,11 @@
 """Micro-benchmark of the worker's produce loop: the cost of routing, per message.
 
-``python -m benchmarks.routing [--tree DIR]`` (a few seconds). No broker, no Trio:
+``python -m benchmarks.routing [--vs DIR]`` (a few seconds). No broker, no Trio:
 ``KafkaClient.produce`` over a batch of pending messages, with librdkafka replaced by a
 stand-in whose calls cost nothing, so what is timed is the loop that decides which
-librdkafka call takes each message and groups the runs. ``--tree`` runs the same cases
-on another checkout's ``trio_producer`` (a before/after table: run it twice, or use
-``--vs DIR``, which alternates the two in separate processes).
+librdkafka call takes each message and groups the runs. ``--vs DIR`` runs the same cases
+on another checkout's ``trio_producer`` too, alternating the two in separate processes,
+and prints a before/after table.
 
 Cases (10,000 messages per batch, nanoseconds per message, median of ``--rounds``):
 
@@ -96,12 +96,14 @@ def measure(rounds: int) -> dict[str, float]:
 
 
 def _run(tree: str, rounds: int) -> dict[str, float]:
+    # This file, run as a script with -P: nothing but ``tree`` comes before the installed
+    # packages (with ``-m``, the current directory would, and its trio_producer with it).
     out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.routing", "--json", "--rounds", str(rounds)],
+        [sys.executable, "-P", os.path.abspath(__file__), "--json", "--rounds", str(rounds)],
         capture_output=True,
         text=True,
         check=True,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([tree, os.getcwd()])},
+        env={**os.environ, "PYTHONPATH": os.path.abspath(tree)},
     )
     result: dict[str, float] = json.loads(out.stdout)
     return result
@@ -122,7 +124,7 @@ def main() -> None:
         for name, ns in results.items():
             print(f"{name:12} {ns:7.1f} ns/message")
         return
-    here = os.getcwd()
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     after: dict[str, list[float]] = {}
     before: dict[str, list[float]] = {}
     for _ in range(args.pairs):
