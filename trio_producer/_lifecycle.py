@@ -189,14 +189,19 @@ async def open_producer(
     instruments: ProducerInstruments | None = None
     spooled: SpoolParts | None = None
     try:
+        # Built in order, each complete when constructed: the spool's parts first (the
+        # channel takes its source, the delivery task its hooks, its intake the channel).
+        if cfg.spool_path is not None:
+            spooled = await open_spooled(cfg, client)
         channel = BatchChannel(
-            Batch(cfg.batch_max_messages, cfg.batch_max_bytes, cfg.queue_capacity), cfg.linger
+            Batch(cfg.batch_max_messages, cfg.batch_max_bytes, cfg.queue_capacity),
+            cfg.linger,
+            source=spooled.source if spooled is not None else None,
         )
         state = ProducerState(hook, channel)
         hooks = Hooks(cfg.bootstrap_servers, on_statistics=on_statistics, oauth=client.oauth)
-        if cfg.spool_path is not None:
-            spooled = await open_spooled(cfg, client, channel)
-            intake: Intake = spooled.intake
+        if spooled is not None:
+            intake: Intake = spooled.make_intake(channel)
             tracker = DeliveryTracker(
                 client,
                 state,

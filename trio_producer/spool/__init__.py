@@ -1,9 +1,15 @@
 """The durable spool (``spool_path``): accepted means written to disk.
 
 A subpackage behind one entry point. :func:`open_producer` calls :func:`open_spooled`
-and gets the spool's parts for the core (an intake, the worker's source, the delivery
-task's report hooks); nothing outside this package knows the spool's sequence numbers,
-its runs or its confirmation rules.
+and gets the spool's parts for the core (the worker's source, the delivery task's report
+hooks, the intake made from the channel); nothing outside this package knows the spool's
+sequence numbers, its runs or its confirmation rules.
+
+The parts come in the order the core builds its objects: the keeper, the store-and-forward
+backlog and the worker's source first (the batch channel takes the source as it is
+built), then the intake from the channel (it writes into the channel's batch and extends
+the backlog, which the source reads back: the backlog is theirs in common, so neither
+needs the other).
 
 Modules:
 
@@ -17,6 +23,7 @@ Modules:
 * ``_keeper``: the keeper task (confirmations, fsync and maintenance in a thread) and
   the recovered messages.
 * ``_intake``: the intake that writes a message to the spool before accepting it.
+* ``_backlog``: store and forward, what only the spool holds while the batch is full.
 * ``_reports``: the confirmation rules (which reports take a message out of the spool)
   and the shared report callback of a run of spooled messages.
 """
@@ -27,6 +34,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from .._exceptions import ConfigError
+from ._backlog import Backlog
 from ._engine import SpoolDiskFullError as SpoolDiskFullError
 from ._engine import SpoolError as SpoolError
 from ._engine import SpoolLockedError as SpoolLockedError
@@ -37,7 +45,7 @@ from ._reports import Confirmations, SpooledRun
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-    from .._batch import Pending
+    from .._batch import Batch, Pending
     from .._client import KafkaClient
     from .._config import ProducerConfig
     from .._worker import BatchChannel
@@ -47,15 +55,15 @@ __all__ = ["SpoolDiskFullError", "SpoolError", "SpoolLockedError", "SpoolParts",
 logger = logging.getLogger("trio_producer")
 
 
-async def open_spooled(
-    cfg: ProducerConfig, client: KafkaClient, channel: BatchChannel
-) -> SpoolParts:
-    """Open (lock, recover) the spool at ``cfg.spool_path`` and wire it into the core: the
-    intake, the worker's source (recovered messages, store and forward), the client's
-    run callbacks; the delivery task's hooks are in the parts (``after_reports``,
-    ``before_produce``), for its constructor. The caller runs :meth:`SpoolParts.run`
-    as a background task, asks :meth:`SpoolParts.at_exit` at the exit, and always
-    awaits :meth:`SpoolParts.aclose`.
+async def open_spooled(cfg: ProducerConfig, client: KafkaClient) -> SpoolParts:
+    """Open (lock, recover) the spool at ``cfg.spool_path``, before the core's objects that
+    take its parts are built: the batch channel takes :attr:`SpoolParts.source` (the
+    recovered messages, store and forward), the delivery task its hooks
+    (``after_reports``, ``before_produce``), and
+    :meth:`SpoolParts.make_intake` makes the intake from the channel. The caller runs
+    :meth:`SpoolParts.run` as a background task, asks :meth:`SpoolParts.at_exit` at the
+    exit, and always awaits :meth:`SpoolParts.aclose`. The client's run callbacks are
+    the spool's.
 
     Raises:
         ConfigError: The client is transactional.
@@ -76,30 +84,35 @@ async def open_spooled(
         cfg.spool_sync_interval,
         cfg.spool_id_header,
     )
-    intake = SpoolIntake(channel, keeper)
-    channel.source = _SpoolSource(keeper, intake)
     client.run_reports = SpooledRun
-    return SpoolParts(keeper, intake)
+    return SpoolParts(keeper)
 
 
 class SpoolParts:
     """The opened spool, as the producer's core sees it.
 
     Attributes:
-        intake: The producer's intake (an :class:`~trio_producer._intake.Intake`).
+        source: The worker's source (a :class:`~trio_producer._worker.Source`), for the
+            batch channel's constructor.
         path: The spool directory.
         after_reports: The delivery task's hook after each pass over a report batch.
         before_produce: The delivery task's hook before each hand-off to librdkafka.
     """
 
-    def __init__(self, keeper: SpoolKeeper, intake: SpoolIntake) -> None:
+    def __init__(self, keeper: SpoolKeeper) -> None:
         self._keeper = keeper
-        self.intake = intake
+        self._backlog = backlog = Backlog(keeper)
+        self.source = _SpoolSource(keeper, backlog)
         self.path = keeper.spool.path.as_posix()
         #: The delivery task's hooks (see ``DeliveryTracker``): the confirmation rules,
         #: and the hand-off mark written before each hand-off to librdkafka.
         self.after_reports = Confirmations(keeper.confirm).after_reports
-        self.before_produce = intake.note_handing
+        self.before_produce = backlog.note_handing
+
+    def make_intake(self, channel: BatchChannel) -> SpoolIntake:
+        """The producer's intake (an :class:`~trio_producer._intake.Intake`), on the
+        batch channel built with :attr:`source`. Called once."""
+        return SpoolIntake(channel, self._keeper, self._backlog)
 
     async def run(self) -> None:
         """The keeper: confirmations to disk, fsync and maintenance (a background task,
@@ -114,7 +127,7 @@ class SpoolParts:
         outlive the files. ``failed``: the undelivered ones handed back already."""
         if self._keeper.spool.directory_intact():
             return self.path
-        backlog = self._keeper.take_unhanded_recovered() + self.intake.take_backlog()
+        backlog = self._keeper.take_unhanded_recovered() + self._backlog.take()
         logger.error(
             "the spool directory %r was removed while the producer ran: the %d "
             "undelivered message(s) it held are handed back, not kept",
@@ -134,15 +147,17 @@ class _SpoolSource:
     """The worker's :class:`~trio_producer._worker.Source` with a spool: the recovered
     messages first, then the store and forward backlog as the batch has room."""
 
-    __slots__ = ("_intake", "_keeper", "refill")
+    __slots__ = ("_backlog", "_keeper")
 
-    def __init__(self, keeper: SpoolKeeper, intake: SpoolIntake) -> None:
+    def __init__(self, keeper: SpoolKeeper, backlog: Backlog) -> None:
         self._keeper = keeper
-        self._intake = intake
-        self.refill = intake.refill
+        self._backlog = backlog
 
     def earlier(self) -> Iterable[list[Pending]]:
         return recovered_batches(self._keeper)
 
     def handed(self, pos: int) -> None:
         self._keeper.recovered_handed(pos)
+
+    def refill(self, batch: Batch) -> None:
+        self._backlog.refill(batch)
