@@ -208,6 +208,7 @@ async def open_producer(
                 hooks,
                 after_reports=spooled.after_reports,
                 before_produce=spooled.before_produce,
+                run_reports=spooled.run_reports,
             )
         else:
             intake = MemoryIntake(channel)

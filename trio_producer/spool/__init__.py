@@ -5,6 +5,7 @@ and gets the spool's parts for the core (the worker's source, the delivery task'
 hooks, the intake made from the channel); nothing outside this package knows the spool's
 sequence numbers, its runs or its confirmation rules.
 
+Every part is complete when constructed; nothing is set on the core's objects afterwards.
 The parts come in the order the core builds its objects: the keeper, the store-and-forward
 backlog and the worker's source first (the batch channel takes the source as it is
 built), then the intake from the channel (it writes into the channel's batch and extends
@@ -58,12 +59,12 @@ logger = logging.getLogger("trio_producer")
 async def open_spooled(cfg: ProducerConfig, client: KafkaClient) -> SpoolParts:
     """Open (lock, recover) the spool at ``cfg.spool_path``, before the core's objects that
     take its parts are built: the batch channel takes :attr:`SpoolParts.source` (the
-    recovered messages, store and forward), the delivery task its hooks
-    (``after_reports``, ``before_produce``), and
+    recovered messages, store and forward), the delivery task its hooks and run
+    callbacks (``after_reports``, ``before_produce``, ``run_reports``), and
     :meth:`SpoolParts.make_intake` makes the intake from the channel. The caller runs
     :meth:`SpoolParts.run` as a background task, asks :meth:`SpoolParts.at_exit` at the
-    exit, and always awaits :meth:`SpoolParts.aclose`. The client's run callbacks are
-    the spool's.
+    exit, and always awaits :meth:`SpoolParts.aclose`. ``client`` is only asked whether
+    it is transactional.
 
     Raises:
         ConfigError: The client is transactional.
@@ -84,7 +85,6 @@ async def open_spooled(cfg: ProducerConfig, client: KafkaClient) -> SpoolParts:
         cfg.spool_sync_interval,
         cfg.spool_id_header,
     )
-    client.run_reports = SpooledRun
     return SpoolParts(keeper)
 
 
@@ -97,6 +97,8 @@ class SpoolParts:
         path: The spool directory.
         after_reports: The delivery task's hook after each pass over a report batch.
         before_produce: The delivery task's hook before each hand-off to librdkafka.
+        run_reports: Makes the delivery task's report callback of a run of spooled
+            messages.
     """
 
     def __init__(self, keeper: SpoolKeeper) -> None:
@@ -104,10 +106,12 @@ class SpoolParts:
         self._backlog = backlog = Backlog(keeper)
         self.source = _SpoolSource(keeper, backlog)
         self.path = keeper.spool.path.as_posix()
-        #: The delivery task's hooks (see ``DeliveryTracker``): the confirmation rules,
-        #: and the hand-off mark written before each hand-off to librdkafka.
+        #: The delivery task's constructor arguments (see ``DeliveryTracker``): the
+        #: confirmation rules, the hand-off mark written before each hand-off to
+        #: librdkafka, and the callback of a run of spooled messages.
         self.after_reports = Confirmations(keeper.confirm).after_reports
         self.before_produce = backlog.note_handing
+        self.run_reports = SpooledRun
 
     def make_intake(self, channel: BatchChannel) -> SpoolIntake:
         """The producer's intake (an :class:`~trio_producer._intake.Intake`), on the
