@@ -1,11 +1,11 @@
 """Micro-benchmark of the worker's produce loop: the cost of routing, per message.
 
-``python -m benchmarks.routing [--tree DIR]`` (a few seconds). No broker, no Trio:
+``python -m benchmarks.routing [--vs DIR]`` (a few seconds). No broker, no Trio:
 ``KafkaClient.produce`` over a batch of pending messages, with librdkafka replaced by a
 stand-in whose calls cost nothing, so what is timed is the loop that decides which
-librdkafka call takes each message and groups the runs. ``--tree`` runs the same cases
-on another checkout's ``trio_producer`` (a before/after table: run it twice, or use
-``--vs DIR``, which alternates the two in separate processes).
+librdkafka call takes each message and groups the runs. ``--vs DIR`` runs the same cases
+on another checkout's ``trio_producer`` too, alternating the two in separate processes,
+and prints a before/after table.
 
 Cases (10,000 messages per batch, nanoseconds per message, median of ``--rounds``):
 
@@ -76,12 +76,17 @@ def measure(rounds: int) -> dict[str, float]:
     except TypeError:  # a checkout from before the stand-in's seam (for --vs)
         client = KafkaClient.__new__(KafkaClient)
         client._producer = _Free({})
+    # The spool's run callback, as the delivery task passes it down.
+    run_reports: tuple[Any, ...] = ()
     try:
         from trio_producer.spool._reports import SpooledRun
     except ImportError:  # a checkout from before the spool subpackage (for --vs)
         pass
     else:
-        client.run_reports = SpooledRun  # what the spool's entry point sets
+        if hasattr(client, "run_reports"):  # from before it was produce's argument (--vs)
+            client.run_reports = SpooledRun
+        else:
+            run_reports = (SpooledRun,)
     results: dict[str, float] = {}
     for name, items in _cases().items():
         times = []
@@ -89,19 +94,21 @@ def measure(rounds: int) -> dict[str, float]:
             reports = DeliveryReports()
             start = time.perf_counter_ns()
             for _ in range(10):
-                client.produce(items, 0, reports)
+                client.produce(items, 0, reports, *run_reports)
             times.append((time.perf_counter_ns() - start) / (10 * N))
         results[name] = statistics.median(times)
     return results
 
 
 def _run(tree: str, rounds: int) -> dict[str, float]:
+    # This file, run as a script with -P: nothing but ``tree`` comes before the installed
+    # packages (with ``-m``, the current directory would, and its trio_producer with it).
     out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.routing", "--json", "--rounds", str(rounds)],
+        [sys.executable, "-P", os.path.abspath(__file__), "--json", "--rounds", str(rounds)],
         capture_output=True,
         text=True,
         check=True,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([tree, os.getcwd()])},
+        env={**os.environ, "PYTHONPATH": os.path.abspath(tree)},
     )
     result: dict[str, float] = json.loads(out.stdout)
     return result
@@ -122,7 +129,7 @@ def main() -> None:
         for name, ns in results.items():
             print(f"{name:12} {ns:7.1f} ns/message")
         return
-    here = os.getcwd()
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     after: dict[str, list[float]] = {}
     before: dict[str, list[float]] = {}
     for _ in range(args.pairs):

@@ -43,7 +43,8 @@ class Route(enum.IntEnum):
     TRACKED = 1
     #: A plain message carrying a ``ticket`` from the intake that accepted it: the
     #: batch call, in a run of such messages whose shared report callback the intake
-    #: makes (``KafkaClient.run_reports``; the durable spool's confirms them in it).
+    #: makes (the delivery task's ``run_reports``, passed to ``KafkaClient.produce``;
+    #: the durable spool's confirms them in it).
     OWN_RUN = 2
     #: Headers, a partition or a timestamp (the batch call drops the first and ignores
     #: or refuses the others): ``produce()``, one by one, in order.

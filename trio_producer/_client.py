@@ -6,8 +6,13 @@ into this library's own types here -- :class:`~trio_producer.KafkaErrorInfo`,
 poll thread, as the report is served. Nothing downstream holds a confluent object.
 
 The report callbacks (:class:`DeliveryReports` for a whole group of fire-and-forget
-messages, :class:`TrackedReport` for one message that needs more than a count) only
-count and append to lists: they run on librdkafka's poll thread and never touch Trio.
+messages, :class:`TrackedReport` for one message that needs more than a count, a
+:class:`RunReports` for a run of own-run messages) only count and append to lists: they
+run on librdkafka's poll thread and never touch Trio.
+
+The client is complete when constructed and knows no intake: what an intake adds to the
+produce loop (the callback of a run of its own-run messages) comes with each call to
+:meth:`KafkaClient.produce`, from the delivery task that was built with it.
 """
 
 from __future__ import annotations
@@ -216,10 +221,11 @@ class DeliveryReports:
 class RunReports(Protocol):
     """The shared report callback of a run of :attr:`~trio_producer._batch.Route.OWN_RUN`
     messages handed to librdkafka's batch call together: made by the intake that
-    accepted them (``KafkaClient.run_reports``; the durable spool's is
-    ``spool._reports.SpooledRun``), called on the poll thread. It counts into the
-    :class:`DeliveryReports` it was made for, like that one; what else it does is the
-    intake's business (the delivery task's ``after_reports`` hook settles it).
+    accepted them (the ``run_reports`` argument of :meth:`KafkaClient.produce`, which the
+    delivery task was built with; the durable spool's is ``spool._reports.SpooledRun``),
+    called on the poll thread. It counts into the :class:`DeliveryReports` it was made
+    for, like that one; what else it does is the intake's business (the delivery task's
+    ``after_reports`` hook settles it).
 
     Attributes:
         items: The run's messages that librdkafka took, in order (set by ``produce``).
@@ -228,6 +234,12 @@ class RunReports(Protocol):
     items: list[Pending]
 
     def __call__(self, err: object, msg: Any, /) -> None: ...
+
+
+def no_run_reports(reports: DeliveryReports) -> RunReports:
+    """``run_reports`` without an intake that gives messages the own-run route: there is
+    no run callback to make (an own-run message there is a bug)."""
+    raise AssertionError("an own-run message, and no intake that makes their run callbacks")
 
 
 class TrackedReport:
@@ -330,9 +342,6 @@ class KafkaClient:
         self._transactional = bool(props.get("transactional.id"))
         #: librdkafka reports failures only (``delivery.report.only.error``).
         self.errors_only = props.get("delivery.report.only.error") is True
-        #: Makes the shared report callback of a run of own-run messages (the intake
-        #: that gives messages that route sets it: the durable spool).
-        self.run_reports: Callable[[DeliveryReports], RunReports] = _no_run_reports
 
     def outstanding(self) -> int:
         """Messages librdkafka holds: queued, in flight, or with a report not yet served
@@ -377,18 +386,25 @@ class KafkaClient:
         text, self._statistics = self._statistics, None
         return text
 
-    def produce(self, items: list[Pending], start: int, reports: DeliveryReports) -> int:
+    def produce(
+        self,
+        items: list[Pending],
+        start: int,
+        reports: DeliveryReports,
+        run_reports: Callable[[DeliveryReports], RunReports] = no_run_reports,
+    ) -> int:
         """Hand ``items[start:]`` to librdkafka; return the index of the first one not taken.
 
         Each message's route (:class:`~trio_producer._batch.Route`, decided when it was
         accepted) says how: runs of shared and tracked messages for one topic go through
         librdkafka's batch call in one go, runs of own-run ones likewise with a callback of
-        their own (:attr:`run_reports` makes it); a single-route message (headers, a
-        partition or a timestamp) goes through ``produce()``. Nothing else about a message
-        decides its route. A full librdkafka queue stops the loop there: nothing is dropped,
-        the caller waits for delivery reports and calls again from the returned index (order
-        is kept). A message librdkafka refuses at once (too large, unknown partition, ...)
-        is failed like a failed delivery and the loop goes on.
+        their own (``run_reports(reports)`` makes it: the intake's, passed down by the
+        delivery task); a single-route message (headers, a partition or a timestamp) goes
+        through ``produce()``. Nothing else about a message decides its route. A full
+        librdkafka queue stops the loop there: nothing is dropped, the caller waits for
+        delivery reports and calls again from the returned index (order is kept). A message
+        librdkafka refuses at once (too large, unknown partition, ...) is failed like a
+        failed delivery and the loop goes on.
         """
         produce_batch = self._producer.produce_batch
         n = len(items)
@@ -422,7 +438,7 @@ class KafkaClient:
                     break
                 j += 1
             run = items if i == 0 and j == n else items[i:j]
-            own: RunReports | None = self.run_reports(reports) if own_run else None
+            own: RunReports | None = run_reports(reports) if own_run else None
             group = reports if own is None else own
             try:
                 queued = produce_batch(topic, cast("list[dict[str, Any]]", run), on_delivery=group)
@@ -563,10 +579,6 @@ def _own_callback(item: Pending) -> ReportCallback | None:
     if callback is None and item.get("route") is OWN_RUN:
         return TrackedReport(None, None, item["ticket"])
     return callback
-
-
-def _no_run_reports(reports: DeliveryReports) -> RunReports:
-    raise AssertionError("an own-run message, and no intake that makes their run callbacks")
 
 
 def _call_error(exc: BaseException) -> KafkaErrorInfo:

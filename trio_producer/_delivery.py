@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import trio
 
-from ._client import DeliveryReports, KafkaClient
+from ._client import DeliveryReports, KafkaClient, no_run_reports
 from ._exceptions import ProducerClosedError
 
 if TYPE_CHECKING:
@@ -29,12 +29,14 @@ if TYPE_CHECKING:
     from typing import TypeAlias
 
     from ._batch import Pending
-    from ._client import Failure
+    from ._client import Failure, RunReports
     from ._hooks import Hooks
     from ._state import ProducerState
 
     #: ``DeliveryTracker.after_reports``: ``(epoch, failures handed over, stopping)``.
     AfterReports: TypeAlias = Callable[[DeliveryReports, Sequence[Failure], bool], None]
+    #: ``DeliveryTracker``'s ``run_reports``: the callback of a run, for its epoch.
+    MakeRun: TypeAlias = Callable[[DeliveryReports], RunReports]
 
 logger = logging.getLogger("trio_producer")
 
@@ -107,6 +109,10 @@ class DeliveryTracker:
             the epoch; an epoch with ``runs`` left is not retired.
         before_produce: For an intake that needs to know: called before each hand-off
             to librdkafka (the durable spool records that nothing newer was handed over).
+        run_reports: For an intake that gives messages the own-run route (the durable
+            spool): makes the shared report callback of a run of them, for the epoch it
+            counts into (see :class:`~trio_producer._client.RunReports`); passed to
+            :meth:`KafkaClient.produce` with each hand-off. Without it, there are none.
     """
 
     def __init__(
@@ -117,6 +123,7 @@ class DeliveryTracker:
         *,
         after_reports: AfterReports | None = None,
         before_produce: Callable[[], None] | None = None,
+        run_reports: MakeRun = no_run_reports,
     ) -> None:
         self.client = client
         self._state = state
@@ -124,6 +131,7 @@ class DeliveryTracker:
         self._on_fatal = state.on_fatal
         self.after_reports = after_reports
         self.before_produce = before_produce
+        self.run_reports = run_reports
         self.hooks = hooks
         #: Told after each poll: the telemetry, which observes the finished producer and
         #: so is the one part attached after construction (open_producer sets it).
@@ -181,7 +189,7 @@ class DeliveryTracker:
         epoch = self.epochs[-1]
         if self.before_produce is not None:
             self.before_produce()
-        pos = self.client.produce(batch, start, epoch)
+        pos = self.client.produce(batch, start, epoch, self.run_reports)
         epoch.produced += pos - start
         if self._idle:
             self._activity.unpark_all()

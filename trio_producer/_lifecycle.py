@@ -189,20 +189,26 @@ async def open_producer(
     instruments: ProducerInstruments | None = None
     spooled: SpoolParts | None = None
     try:
+        # Built in order, each complete when constructed: the spool's parts first (the
+        # channel takes its source, the delivery task its hooks, its intake the channel).
+        if cfg.spool_path is not None:
+            spooled = await open_spooled(cfg, client)
         channel = BatchChannel(
-            Batch(cfg.batch_max_messages, cfg.batch_max_bytes, cfg.queue_capacity), cfg.linger
+            Batch(cfg.batch_max_messages, cfg.batch_max_bytes, cfg.queue_capacity),
+            cfg.linger,
+            source=spooled.source if spooled is not None else None,
         )
         state = ProducerState(hook, channel)
         hooks = Hooks(cfg.bootstrap_servers, on_statistics=on_statistics, oauth=client.oauth)
-        if cfg.spool_path is not None:
-            spooled = await open_spooled(cfg, client, channel, state)
-            intake: Intake = spooled.intake
+        if spooled is not None:
+            intake: Intake = spooled.make_intake(channel)
             tracker = DeliveryTracker(
                 client,
                 state,
                 hooks,
                 after_reports=spooled.after_reports,
                 before_produce=spooled.before_produce,
+                run_reports=spooled.run_reports,
             )
         else:
             intake = MemoryIntake(channel)
@@ -319,7 +325,7 @@ async def _running(
             spool_scope = trio.CancelScope(shield=True)
             worker_done = trio.Event()
             if spooled is not None:
-                run_spool = partial(spooled.run, tracker.run_exclusive)
+                run_spool = partial(spooled.run, tracker.run_exclusive, state)
                 nursery.start_soon(_background, spool_scope, None, run_spool, state)
             nursery.start_soon(_background, delivery_scope, None, tracker.run, state)
             nursery.start_soon(

@@ -57,7 +57,11 @@ class Sink(Protocol):
 class Source(Protocol):
     """Where the worker's messages come from besides what is accepted into the channel's
     batch: kept elsewhere (the durable spool: what an earlier process left, and what it
-    alone keeps while the batch is full -- store and forward)."""
+    alone keeps while the batch is full -- store and forward).
+
+    A constructor argument of :class:`BatchChannel`, so it is made before the channel and
+    knows nothing of it: what it tops up is passed to :meth:`refill`.
+    """
 
     def earlier(self) -> Iterable[list[Pending]]:
         """Batches to hand to the sink before anything the channel holds, in order. Each
@@ -66,8 +70,8 @@ class Source(Protocol):
     def handed(self, pos: int) -> None:
         """The current :meth:`earlier` batch was handed to the sink up to ``pos``."""
 
-    def refill(self) -> None:
-        """Top the channel's batch up (sync; called whenever it may have room)."""
+    def refill(self, batch: Batch) -> None:
+        """Top the channel's ``batch`` up (sync; called whenever it may have room)."""
 
 
 class _Parked:
@@ -93,16 +97,21 @@ class _Parked:
 
 
 class BatchChannel:
-    """A closeable, bounded, batching channel with one receiver (the worker)."""
+    """A closeable, bounded, batching channel with one receiver (the worker).
 
-    def __init__(self, batch: Batch, linger: float) -> None:
+    Args:
+        batch: The pending messages (the sans-IO part: triggers, room, capacity).
+        linger: How long the worker waits for a batch to fill (seconds).
+        source: Where messages kept elsewhere come from (see :class:`Source`): the
+            durable spool's; ``None`` without.
+    """
+
+    def __init__(self, batch: Batch, linger: float, *, source: Source | None = None) -> None:
         self.batch = batch
         self.linger = linger
         self.closed = False
         self.closed_reason = "the producer is closed"
-        #: Where messages kept elsewhere come from (see :class:`Source`); ``None``
-        #: without (the intake sets it: the durable spool's).
-        self.source: Source | None = None
+        self.source = source
         #: The channel was closed because the producer failed (see ProducerClosedError).
         self.closed_by_failure = False
         #: The worker has stopped for good: waiters for progress are released.
@@ -260,7 +269,7 @@ class BatchChannel:
         refill = self.source.refill if self.source is not None else None
         while not batch.items:
             if refill is not None:
-                refill()
+                refill(batch)
                 if batch.items:
                     break
             if self.closed:
@@ -281,7 +290,7 @@ class BatchChannel:
         if self._parked:
             self._admit_parked()
         if refill is not None:
-            refill()
+            refill(batch)
         self._space_lot.unpark_all()
         return items, reason
 

@@ -151,7 +151,6 @@ def spooled(seq: int, value: bytes, **fields: Any) -> Pending:
 
 def test_spooled_messages_go_in_runs_of_their_own_with_a_run_callback() -> None:
     kafka, fake = client()
-    kafka.run_reports = SpooledRun  # what the spool's entry point sets
     reports = DeliveryReports()
     items = [
         plain(b"m0"),
@@ -167,7 +166,8 @@ def test_spooled_messages_go_in_runs_of_their_own_with_a_run_callback() -> None:
         None,
         Route.SINGLE,
     ]
-    assert kafka.produce(items, 0, reports) == 5
+    # (The spool's run callback, which the delivery task passes down.)
+    assert kafka.produce(items, 0, reports, SpooledRun) == 5
     assert [c[:3] for c in fake.calls] == [
         ("batch", "t", [b"m0"]),
         ("batch", "t", [b"s1", b"s2"]),
@@ -181,6 +181,14 @@ def test_spooled_messages_go_in_runs_of_their_own_with_a_run_callback() -> None:
     own = fake.calls[3][7]
     assert isinstance(own, TrackedReport)
     assert own.ticket == 3
+
+
+def test_an_own_run_message_with_no_run_callback_to_make_is_a_bug() -> None:
+    # Without a spool the delivery task passes no run_reports: no intake gave the route.
+    kafka, fake = client()
+    with pytest.raises(AssertionError, match="an own-run message, and no intake"):
+        kafka.produce([plain(b"m0"), spooled(1, b"s1")], 0, DeliveryReports())
+    assert [c[:3] for c in fake.calls] == [("batch", "t", [b"m0"])]
 
 
 @pytest.mark.parametrize("room", [0, 1, 2, 3])

@@ -172,7 +172,6 @@ async def open_committer(
     committer = eo.Committer(
         keeper,
         client,
-        state,
         position,
         keeper.spool.recovered,
         "0" * 32,
@@ -293,7 +292,7 @@ async def test_each_transaction_commits_its_messages_with_the_position(tmp_path:
     eo.STEP_HOOK = steps.append
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(committer.run, run_exclusive)
+            nursery.start_soon(committer.run, run_exclusive, state)
             spool(keeper, committer, [b"a", b"b", b"c"])
             await committer.wait_done(2)
             spool(keeper, committer, [b"d"])
@@ -320,7 +319,7 @@ async def test_a_message_that_fails_on_its_own_is_handed_back_and_the_rest_sent_
     committer, fake, state, keeper = await open_committer(tmp_path, commit_interval=0)
     fake.fail[b"big"] = "MSG_SIZE_TOO_LARGE"
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(committer.run, run_exclusive)
+        nursery.start_soon(committer.run, run_exclusive, state)
         spool(keeper, committer, [b"a", b"big", b"c"])
         await committer.wait_done(2)
         nursery.cancel_scope.cancel()
@@ -337,7 +336,7 @@ async def test_messages_failed_by_the_abort_itself_are_sent_again(tmp_path: Path
     committer, fake, state, keeper = await open_committer(tmp_path, commit_interval=0)
     fake.fail[b"b"] = "_PURGE_QUEUE"
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(committer.run, run_exclusive)
+        nursery.start_soon(committer.run, run_exclusive, state)
         spool(keeper, committer, [b"a", b"b"])
         await trio.sleep(0.35)  # a few aborted tries (0.1 s, 0.2 s backoff)
         del fake.fail[b"b"]
@@ -356,7 +355,7 @@ async def test_aborts_without_end_fail_the_producer_and_keep_the_messages(
     committer, fake, state, keeper = await open_committer(tmp_path, commit_interval=0)
     fake.fail[b"a"] = "_PURGE_INFLIGHT"
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(committer.run, run_exclusive)
+        nursery.start_soon(committer.run, run_exclusive, state)
         spool(keeper, committer, [b"a"])
         with pytest.raises(trio_producer_closed()):
             await committer.wait_done(0)
@@ -383,7 +382,7 @@ async def test_a_fatal_commit_error_fails_the_producer_at_once(tmp_path: Path) -
 
     fake.commit_transaction = fenced  # type: ignore[method-assign]
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(committer.run, run_exclusive)
+        nursery.start_soon(committer.run, run_exclusive, state)
         spool(keeper, committer, [b"a", b"b"])
         with pytest.raises(trio_producer_closed()):
             await committer.wait_done(1)
@@ -413,9 +412,9 @@ async def test_recovered_records_above_the_position_go_first_in_order(tmp_path: 
     fake2 = TxnConfluent({})
     client = KafkaClient(cfg.librdkafka_config(), producer_class=lambda conf: fake2)
     again = [r for r in recovered if r.seq > 2]
-    committer = eo.Committer(keeper, client, state, 2, again, "0" * 32, cfg)  # type: ignore[arg-type]
+    committer = eo.Committer(keeper, client, 2, again, "0" * 32, cfg)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(committer.run, run_exclusive)
+        nursery.start_soon(committer.run, run_exclusive, state)
         spool(keeper, committer, [b"n5"])
         await committer.wait_done(5)
         nursery.cancel_scope.cancel()

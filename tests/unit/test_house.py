@@ -136,3 +136,54 @@ def test_only_the_boundaries_import_confluent_kafka_at_run_time() -> None:
     }
     assert importers <= allowed, sorted(importers - allowed)
     assert "_client.py" in importers  # (the check sees imports at all)
+
+
+#: The parts an object is wired with when it is built (constructor arguments): the worker's
+#: source (``BatchChannel``), the delivery task's hooks and run callbacks
+#: (``DeliveryTracker``). Only the object itself may assign them (docs/design.rst).
+WIRED = frozenset({"source", "run_reports", "after_reports", "before_produce"})
+
+
+def wirings_after_construction(root: Path = PACKAGE) -> list[str]:
+    """Every assignment of a :data:`WIRED` attribute on another object than ``self`` in the
+    package at ``root``, as ``module:line: target``."""
+    found: list[str] = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Assign):
+                targets = node.targets
+            elif isinstance(node, ast.AnnAssign | ast.AugAssign):
+                targets = [node.target]
+            else:
+                continue
+            for target in targets:
+                for sub in ast.walk(target):  # (also inside tuple targets)
+                    if not isinstance(sub, ast.Attribute) or sub.attr not in WIRED:
+                        continue
+                    if isinstance(sub.value, ast.Name) and sub.value.id == "self":
+                        continue
+                    where = path.relative_to(root.parent).as_posix()
+                    found.append(f"{where}:{node.lineno}: {ast.unparse(sub)}")
+    return found
+
+
+def test_objects_are_wired_when_constructed_not_after() -> None:
+    # open_producer builds each object complete: the spool's parts are constructor
+    # arguments of the channel and the delivery task, never set on them afterwards.
+    assert wirings_after_construction() == []
+
+
+def test_the_wiring_check_sees_an_assignment_after_construction(tmp_path: Path) -> None:
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "m.py").write_text(
+        "channel.source = s\n"
+        "self.source = s\n"
+        "a, tracker.run_reports = 1, 2\n"
+        "parts.tracker.after_reports: object = None\n"
+        "channel.sources = s\n"
+    )
+    assert wirings_after_construction(tmp_path / "pkg") == [
+        "pkg/m.py:1: channel.source",
+        "pkg/m.py:3: tracker.run_reports",
+        "pkg/m.py:4: parts.tracker.after_reports",
+    ]

@@ -9,7 +9,7 @@ import trio
 import trio.testing
 
 from trio_producer import ProducerClosedError
-from trio_producer._batch import Batch
+from trio_producer._batch import Batch, Pending
 from trio_producer._worker import BatchChannel, run_worker
 from trio_producer.testing import RecordingSink
 
@@ -104,6 +104,46 @@ async def test_flush_request_hands_on_the_pending_batch(autojump_clock: trio.abc
         assert trio.current_time() < 1
         channel.close()
     assert channel.batches["flush"] == 1
+
+
+class KeptElsewhere:
+    """A ``Source``: two earlier batches, then a backlog it tops the batch it is given up
+    from (as the durable spool does)."""
+
+    def __init__(self) -> None:
+        self.handed_at: list[int] = []
+        self.backlog = [item(i) for i in range(10, 15)]
+        self.topped_up: list[Batch] = []
+
+    def earlier(self) -> list[list[Pending]]:
+        return [[item(0), item(1)], [item(2)]]
+
+    def handed(self, pos: int) -> None:
+        self.handed_at.append(pos)
+
+    def refill(self, batch: Batch) -> None:
+        self.topped_up.append(batch)
+        while self.backlog and batch.has_room():
+            batch.append(self.backlog.pop(0), 1)
+
+
+async def test_the_source_given_to_the_channel_goes_first_then_tops_its_batch_up() -> None:
+    source = KeptElsewhere()
+    channel = BatchChannel(Batch(10**9, 10**12, 2), 3600.0, source=source)
+    sink = RecordingSink()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_worker, channel, sink)
+        await trio.testing.wait_all_tasks_blocked()
+        # The earlier batches whole, then the backlog as the batch has room (a full
+        # queue leaves at once); the last one waits for the linger.
+        assert sink.values == [b"0", b"1", b"2", b"10", b"11", b"12", b"13"]
+        assert channel.batch.items == [item(14)]
+        channel.close()
+    assert [len(b) for b in sink.batches] == [2, 1, 2, 2, 1]
+    assert sink.values[-1] == b"14"
+    assert source.handed_at == [2, 1]
+    assert source.topped_up  # (the channel hands the source its own batch)
+    assert all(batch is channel.batch for batch in source.topped_up)
 
 
 async def test_send_waits_while_full_and_send_nowait_raises_wouldblock() -> None:

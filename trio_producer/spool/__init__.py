@@ -1,9 +1,16 @@
 """The durable spool (``spool_path``): accepted means written to disk.
 
 A subpackage behind one entry point. :func:`open_producer` calls :func:`open_spooled`
-and gets the spool's parts for the core (an intake, the worker's source, the delivery
-task's report hooks); nothing outside this package knows the spool's sequence numbers,
-its runs or its confirmation rules.
+and gets the spool's parts for the core (the worker's source, the delivery task's report
+hooks, the intake made from the channel); nothing outside this package knows the spool's
+sequence numbers, its runs or its confirmation rules.
+
+Every part is complete when constructed; nothing is set on the core's objects afterwards.
+The parts come in the order the core builds its objects: the keeper, the store-and-forward
+backlog and the worker's source first (the batch channel takes the source as it is
+built), then the intake from the channel (it writes into the channel's batch and extends
+the backlog, which the source reads back: the backlog is theirs in common, so neither
+needs the other).
 
 Modules:
 
@@ -17,6 +24,7 @@ Modules:
 * ``_keeper``: the keeper task (confirmations, fsync and maintenance in a thread) and
   the recovered messages.
 * ``_intake``: the intake that writes a message to the spool before accepting it.
+* ``_backlog``: store and forward, what only the spool holds while the batch is full.
 * ``_reports``: the confirmation rules (which reports take a message out of the spool)
   and the shared report callback of a run of spooled messages.
 * ``_exactly_once``: ``exactly_once=True``: the committer (transactions that carry the
@@ -30,7 +38,9 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from .._client import no_run_reports
 from .._exceptions import ConfigError
+from ._backlog import Backlog
 from ._engine import SpoolDiskFullError as SpoolDiskFullError
 from ._engine import SpoolError as SpoolError
 from ._engine import SpoolLockedError as SpoolLockedError
@@ -42,9 +52,10 @@ from ._reports import Confirmations, SpooledRun
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable
 
-    from .._batch import Pending
+    from .._batch import Batch, Pending
     from .._client import KafkaClient
     from .._config import ProducerConfig
+    from .._delivery import AfterReports, MakeRun
     from .._state import ProducerState
     from .._worker import BatchChannel
 
@@ -53,15 +64,15 @@ __all__ = ["SpoolDiskFullError", "SpoolError", "SpoolLockedError", "SpoolParts",
 logger = logging.getLogger("trio_producer")
 
 
-async def open_spooled(
-    cfg: ProducerConfig, client: KafkaClient, channel: BatchChannel, state: ProducerState
-) -> SpoolParts:
-    """Open (lock, recover) the spool at ``cfg.spool_path`` and wire it into the core: the
-    intake, the worker's source (recovered messages, store and forward), the client's
-    run callbacks; the delivery task's hooks are in the parts (``after_reports``,
-    ``before_produce``), for its constructor. The caller runs :meth:`SpoolParts.run`
-    as a background task, asks :meth:`SpoolParts.at_exit` at the exit, and always
-    awaits :meth:`SpoolParts.aclose`.
+async def open_spooled(cfg: ProducerConfig, client: KafkaClient) -> SpoolParts:
+    """Open (lock, recover) the spool at ``cfg.spool_path``, before the core's objects that
+    take its parts are built: the batch channel takes :attr:`SpoolParts.source` (the
+    recovered messages, store and forward), the delivery task its hooks and run
+    callbacks (``after_reports``, ``before_produce``, ``run_reports``), and
+    :meth:`SpoolParts.make_intake` makes the intake from the channel. The caller runs
+    :meth:`SpoolParts.run` as a background task, asks :meth:`SpoolParts.at_exit` at the
+    exit, and always awaits :meth:`SpoolParts.aclose`. ``client`` is asked whether it is
+    transactional (and, with ``exactly_once``, runs the recovery's ``init_transactions``).
 
     With ``exactly_once``, the recovery also fences a crashed producer with the same
     ``transactional.id`` and reads the committed position back (see
@@ -92,52 +103,69 @@ async def open_spooled(
     )
     if cfg.exactly_once:
         try:
-            committer = await open_exactly_once(cfg, client, keeper, state)
+            committer = await open_exactly_once(cfg, client, keeper)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await keeper.aclose()
             raise
-        return SpoolParts(keeper, ExactlyOnceIntake(channel, keeper, committer), committer)
-    intake = SpoolIntake(channel, keeper)
-    channel.source = _SpoolSource(keeper, intake)
-    client.run_reports = SpooledRun
-    return SpoolParts(keeper, intake)
+        return SpoolParts(keeper, committer)
+    return SpoolParts(keeper)
 
 
 class SpoolParts:
     """The opened spool, as the producer's core sees it.
 
     Attributes:
-        intake: The producer's intake (an :class:`~trio_producer._intake.Intake`).
+        source: The worker's source (a :class:`~trio_producer._worker.Source`), for the
+            batch channel's constructor.
         path: The spool directory.
         after_reports: The delivery task's hook after each pass over a report batch.
         before_produce: The delivery task's hook before each hand-off to librdkafka.
+        run_reports: Makes the delivery task's report callback of a run of spooled
+            messages.
     """
 
-    def __init__(
-        self, keeper: SpoolKeeper, intake: SpoolIntake, committer: Committer | None = None
-    ) -> None:
+    def __init__(self, keeper: SpoolKeeper, committer: Committer | None = None) -> None:
         self._keeper = keeper
         self._committer = committer
-        self.intake = intake
+        self._backlog = backlog = Backlog(keeper)
         self.path = keeper.spool.path.as_posix()
-        #: The delivery task's hooks (see ``DeliveryTracker``): the confirmation rules,
-        #: and the hand-off mark written before each hand-off to librdkafka. None with
-        #: ``exactly_once``: the committer confirms, and nothing goes through the worker.
-        self.after_reports = None if committer else Confirmations(keeper.confirm).after_reports
-        self.before_produce = None if committer else intake.note_handing
+        self.source: _SpoolSource | None = None
+        #: The delivery task's constructor arguments (see ``DeliveryTracker``): the
+        #: confirmation rules, the hand-off mark written before each hand-off to
+        #: librdkafka, and the callback of a run of spooled messages. With
+        #: ``exactly_once`` none of them: nothing goes through the worker, the committer
+        #: sends and confirms.
+        self.after_reports: AfterReports | None = None
+        self.before_produce: Callable[[], None] | None = None
+        self.run_reports: MakeRun = no_run_reports
+        if committer is None:
+            self.source = _SpoolSource(keeper, backlog)
+            self.after_reports = Confirmations(keeper.confirm).after_reports
+            self.before_produce = backlog.note_handing
+            self.run_reports = SpooledRun
 
-    async def run(self, run_exclusive: Callable[..., Awaitable[object]]) -> None:
+    def make_intake(self, channel: BatchChannel) -> SpoolIntake:
+        """The producer's intake (an :class:`~trio_producer._intake.Intake`), on the
+        batch channel built with :attr:`source`. Called once."""
+        if self._committer is not None:
+            return ExactlyOnceIntake(channel, self._keeper, self._committer)
+        return SpoolIntake(channel, self._keeper, self._backlog)
+
+    async def run(
+        self, run_exclusive: Callable[..., Awaitable[object]], state: ProducerState
+    ) -> None:
         """The keeper: confirmations to disk, fsync and maintenance; with
         ``exactly_once``, the committer too (``run_exclusive``: the delivery task's, for
-        its transactional calls). Background tasks, until the producer stops."""
+        its transactional calls; ``state``: where the committer's failures go).
+        Background tasks, until the producer stops."""
         committer = self._committer
         if committer is None:
             await self._keeper.run()
             return
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._keeper.run)
-            nursery.start_soon(committer.run, run_exclusive)
+            nursery.start_soon(committer.run, run_exclusive, state)
 
     async def drain(self) -> None:
         """At the exit, once the worker drained: with ``exactly_once``, wait until what
@@ -153,7 +181,8 @@ class SpoolParts:
         outlive the files. ``failed``: the undelivered ones handed back already."""
         if self._keeper.spool.directory_intact():
             return self.path
-        backlog = self._keeper.take_unhanded_recovered() + self.intake.take_backlog()
+        rest = self._backlog.take() if self._committer is None else self._committer.take_all()
+        backlog = self._keeper.take_unhanded_recovered() + rest
         logger.error(
             "the spool directory %r was removed while the producer ran: the %d "
             "undelivered message(s) it held are handed back, not kept",
@@ -173,15 +202,17 @@ class _SpoolSource:
     """The worker's :class:`~trio_producer._worker.Source` with a spool: the recovered
     messages first, then the store and forward backlog as the batch has room."""
 
-    __slots__ = ("_intake", "_keeper", "refill")
+    __slots__ = ("_backlog", "_keeper")
 
-    def __init__(self, keeper: SpoolKeeper, intake: SpoolIntake) -> None:
+    def __init__(self, keeper: SpoolKeeper, backlog: Backlog) -> None:
         self._keeper = keeper
-        self._intake = intake
-        self.refill = intake.refill
+        self._backlog = backlog
 
     def earlier(self) -> Iterable[list[Pending]]:
         return recovered_batches(self._keeper)
 
     def handed(self, pos: int) -> None:
         self._keeper.recovered_handed(pos)
+
+    def refill(self, batch: Batch) -> None:
+        self._backlog.refill(batch)

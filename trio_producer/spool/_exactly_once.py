@@ -47,7 +47,7 @@ import json
 import logging
 import os
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import trio
@@ -57,6 +57,7 @@ from .._batch import route_for
 from .._client import DeliveryReports, TrackedReport
 from .._exceptions import ProducerClosedError, TransactionError
 from .._message import KafkaErrorInfo
+from ._backlog import Backlog
 from ._engine import SpoolError
 from ._intake import SpoolIntake
 
@@ -66,14 +67,24 @@ if TYPE_CHECKING:
     from .._batch import Pending
     from .._client import Failure, KafkaClient
     from .._config import ProducerConfig
+    from .._exceptions import DeliveryError
     from .._message import ProducerStatistics
-    from .._state import ProducerState
     from .._worker import BatchChannel
     from ._engine import Spool
     from ._format import SpoolRecord
     from ._keeper import SpoolKeeper
 
     RunExclusive = Callable[..., Awaitable[object]]
+
+    class Failures(Protocol):
+        """Where the committer's failures go: the producer's state."""
+
+        fatal: KafkaErrorInfo | None
+
+        def route_failure(self, failure: DeliveryError) -> None: ...
+
+        def on_fatal(self, error: KafkaErrorInfo) -> None: ...
+
 
 logger = logging.getLogger("trio_producer")
 
@@ -226,7 +237,6 @@ class Committer:
     Args:
         keeper: The spool's keeper.
         client: The (transactional, initialised) Kafka client.
-        state: The producer's state: failures handed back, fatal errors.
         position: The committed position read at recovery (``-1``: none).
         pending: The recovered records above it, in order (sent first).
         origin: The spool directory's identity.
@@ -237,7 +247,6 @@ class Committer:
         self,
         keeper: SpoolKeeper,
         client: KafkaClient,
-        state: ProducerState,
         position: int,
         pending: Iterable[SpoolRecord],
         origin: str,
@@ -246,7 +255,6 @@ class Committer:
         self._keeper = keeper
         self._spool: Spool = keeper.spool
         self._client = client
-        self._state = state
         self._origin = origin
         self._topic = cfg.exactly_once_topic
         self._key = progress_key(cfg, origin)
@@ -340,16 +348,18 @@ class Committer:
 
     # ---- the task --------------------------------------------------------------------------
 
-    async def run(self, run_exclusive: RunExclusive) -> None:
+    async def run(self, run_exclusive: RunExclusive, state: Failures) -> None:
         """Run the transactions until the producer stops (``run_exclusive``: the
-        delivery task's, which pauses its polling while a transactional call runs)."""
+        delivery task's, which pauses its polling while a transactional call runs;
+        ``state``: the producer's, which takes the failures handed back and a fatal
+        error)."""
         try:
-            await self._run(run_exclusive)
+            await self._run(run_exclusive, state)
         finally:
             self._stopped = True
             self._progress.unpark_all()
 
-    async def _run(self, run_exclusive: RunExclusive) -> None:
+    async def _run(self, run_exclusive: RunExclusive, state: Failures) -> None:
         backoff = FIRST_BACKOFF
         aborts = 0
         while True:
@@ -360,7 +370,7 @@ class Committer:
                 finally:
                     self._idle = False
                 continue
-            outcome = await self._transact(run_exclusive)
+            outcome = await self._transact(run_exclusive, state)
             if outcome is None:
                 return  # the producer failed (fatal): what is left stays in the spool
             if outcome:
@@ -370,7 +380,7 @@ class Committer:
             aborts += 1
             self.aborts += 1
             if aborts >= MAX_ABORTS:
-                self._state.on_fatal(
+                state.on_fatal(
                     KafkaErrorInfo(
                         code=-1,
                         name="_EXACTLY_ONCE",
@@ -422,7 +432,7 @@ class Committer:
         item["route"] = route_for(item, own_callback=True)
         return item
 
-    async def _transact(self, run_exclusive: RunExclusive) -> bool | None:
+    async def _transact(self, run_exclusive: RunExclusive, state: Failures) -> bool | None:
         """One transaction: begin; for ``commit_interval`` (or until it is full, a
         ``flush`` asks, or the producer closes) hand each message to librdkafka as it
         comes, so that it is on its way before the commit; then the progress record and
@@ -432,7 +442,7 @@ class Committer:
         try:
             client.begin_transaction()
         except TransactionError as exc:
-            self._fail(exc)
+            self._fail(exc, state)
             return None
         _step("begin")
         deadline = trio.current_time() + self._interval
@@ -489,13 +499,13 @@ class Committer:
                     logger.warning("exactly once: the commit did not finish, trying again: %s", exc)
                     await trio.sleep(FIRST_BACKOFF)  # (never a busy loop)
                     continue
-                self._fail(exc)
+                self._fail(exc, state)
                 return None
             _step("committed")
             self._committed(records, last)
             _step("confirmed")
             return True
-        return await self._aborted(records, reports, progress, run_exclusive, cause)
+        return await self._aborted(records, reports, progress, run_exclusive, cause, state)
 
     async def _produce(
         self,
@@ -532,12 +542,13 @@ class Committer:
         progress: TrackedReport,
         run_exclusive: RunExclusive,
         cause: TransactionError,
+        state: Failures,
     ) -> bool | None:
         try:
             with trio.CancelScope(shield=True):
                 await run_exclusive(self._client.abort_transaction, self._timeout)
         except TransactionError as exc:
-            self._fail(exc)
+            self._fail(exc, state)
             return None
         own: dict[int, Failure] = {}
         for failure in reports.failures:
@@ -547,7 +558,8 @@ class Committer:
                     own[tracked.ticket] = failure
         if progress.failure is not None and progress.failure.error.name in OWN_FAULT:
             # The progress topic itself is refused: nothing can commit.
-            self._fail(TransactionError("producing the progress record", progress.failure.error))
+            error = TransactionError("producing the progress record", progress.failure.error)
+            self._fail(error, state)
             return None
         logger.warning(
             "exactly once: a transaction of %d message(s) was aborted (%s); %d handed back, "
@@ -566,7 +578,7 @@ class Committer:
                     assert tracked.waiter is not None
                     tracked.waiter.set()  # its send_and_wait caller raises it
                 else:
-                    self._state.route_failure(failure.error)
+                    state.route_failure(failure.error)
                 handed.append(tracked.ticket)
             self._keeper.confirm(handed)
             records = [record for record in records if record.seq not in own]
@@ -577,14 +589,14 @@ class Committer:
             self._progress.unpark_all()
         return False
 
-    def _fail(self, exc: TransactionError) -> None:
+    def _fail(self, exc: TransactionError, state: Failures) -> None:
         """A fatal (or unexpected) transactional error: the producer fails; what was not
         committed stays in the spool (this producer sends nothing more)."""
         self._queue.extendleft(reversed(self._in_transaction))
         self._in_transaction = []
-        if self._state.fatal is None:
+        if state.fatal is None:
             logger.error("exactly once: the producer fails: %s", exc)
-            self._state.on_fatal(exc.error)
+            state.on_fatal(exc.error)
 
 
 class ExactlyOnceIntake(SpoolIntake):
@@ -592,11 +604,13 @@ class ExactlyOnceIntake(SpoolIntake):
     :class:`Committer` sends it in a transaction (see the module docstring)."""
 
     def __init__(self, channel: BatchChannel, keeper: SpoolKeeper, committer: Committer) -> None:
-        super().__init__(channel, keeper)
+        # Everything goes to the spool alone, never to the channel's batch: a backlog
+        # that begins now and never ends (the inherited send_many takes its
+        # store-and-forward path); the committer reads it, not the worker.
+        backlog = Backlog(keeper)
+        backlog.begin(keeper.spool.next_seq)
+        super().__init__(channel, keeper, backlog)
         self._committer = committer
-        #: Everything goes to the spool alone (never to the channel's batch): the
-        #: inherited send_many takes its store-and-forward path.
-        self._backlog_from = -1
 
     def _accept_nowait(self, item: Pending, size: int, waiter: trio.Event | None) -> int:
         channel = self._channel
@@ -621,9 +635,6 @@ class ExactlyOnceIntake(SpoolIntake):
         first = self._keeper.spool_many(topic, values, keys)
         self._committer.accepted(first, None)
         return first
-
-    def refill(self) -> None:
-        """Nothing: the committer reads the spool itself."""
 
     def backlog(self) -> int:
         """Accepted messages not committed yet (they stay in the spool at the exit)."""
@@ -655,7 +666,7 @@ class ExactlyOnceIntake(SpoolIntake):
 
 
 async def open_exactly_once(
-    cfg: ProducerConfig, client: KafkaClient, keeper: SpoolKeeper, state: ProducerState
+    cfg: ProducerConfig, client: KafkaClient, keeper: SpoolKeeper
 ) -> Committer:
     """Recovery with ``exactly_once`` (the spool is open and locked): fence and abort
     what a crashed producer left, read the committed position back, drop the recovered
@@ -712,4 +723,4 @@ async def open_exactly_once(
             len(done),
             len(again),
         )
-    return Committer(keeper, client, state, position, again, origin, cfg)
+    return Committer(keeper, client, position, again, origin, cfg)

@@ -5,7 +5,8 @@ With ``spool_path`` set, :func:`open_producer` gives the producer a :class:`Spoo
 spool in the same synchronous step that accepts it, so when ``send`` returns the message
 survives ``kill -9`` of the process; the sync policy decides when it also survives a
 power cut. With the batch full (a broker that is away), the spool alone keeps what is
-accepted (store and forward) and the worker's source tops the batch up from it.
+accepted (store and forward: :mod:`._backlog`) and the worker's source tops the batch up
+from it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from .._client import TrackedReport
 from .._exceptions import ProducerClosedError
 from ._engine import SpoolError
 from ._format import RECORD_OVERHEAD
-from ._keeper import pending_from_record
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .._batch import Pending
     from .._message import ProducerStatistics
     from .._worker import BatchChannel
+    from ._backlog import Backlog
     from ._keeper import SpoolKeeper
 
 enable_ki_protection = trio.lowlevel.enable_ki_protection
@@ -57,63 +58,25 @@ class SpoolIntake:
 
     Each message is written to the spool before it is accepted; a full spool is
     backpressure like a full queue. :meth:`sync` waits until everything accepted before
-    it is fsynced. It tops the channel's batch up from its backlog (:meth:`refill`, the
-    worker's source calls it).
+    it is fsynced. With the batch full it accepts into the spool alone: it extends the
+    ``backlog`` (:class:`~._backlog.Backlog`), which the worker's source reads back.
+
+    Args:
+        channel: The batch channel (the batch in memory, and whether it is closed).
+        keeper: The spool's keeper.
+        backlog: The spool's store-and-forward backlog, shared with the worker's source.
     """
 
-    def __init__(self, channel: BatchChannel, keeper: SpoolKeeper) -> None:
+    def __init__(self, channel: BatchChannel, keeper: SpoolKeeper, backlog: Backlog) -> None:
         self._channel = channel
         self._keeper = keeper
-        #: Store and forward: the first spooled message that is not in memory. While
-        #: there is such a backlog, new messages go to the spool only (to keep their
-        #: order); the channel tops its batch up from the spool as the worker takes
-        #: batches.
-        self._backlog_from: int | None = None
-
-    def note_handing(self) -> None:
-        """Before the worker hands a batch to librdkafka (the tracker's
-        ``before_produce``): no record above the newest in memory can be in it (the
-        backlog and later messages are only in the spool)."""
-        start = self._backlog_from
-        self._keeper.spool.note_handed(
-            (start if start is not None else self._keeper.spool.next_seq) - 1
-        )
+        #: Store and forward: while there is a backlog, new messages go to the spool only
+        #: (to keep their order); the worker's source tops the batch up from it.
+        self._backlog = backlog
 
     def backlog(self) -> int:
         """Accepted messages that are only in the spool (not yet in memory)."""
-        if self._backlog_from is None:
-            return 0
-        return self._keeper.spool.next_seq - self._backlog_from
-
-    def take_backlog(self) -> list[Pending]:
-        """Read every message that is only in the spool back into memory and end the
-        backlog (for the exit, when the spool can no longer keep them)."""
-        start = self._backlog_from
-        if start is None:
-            return []
-        keeper = self._keeper
-        records = keeper.spool.read_from(start, keeper.spool.next_seq - start)
-        self._backlog_from = None
-        return [pending_from_record(record, keeper.id_header) for record in records]
-
-    def refill(self) -> None:
-        """Top the channel's batch up from the backlog, as far as it has room."""
-        start = self._backlog_from
-        if start is None:
-            return
-        batch = self._channel.batch
-        room = batch.room()
-        if room <= 0:
-            return
-        keeper = self._keeper
-        records = keeper.spool.read_from(start, room)
-        for record in records:
-            item = pending_from_record(record, keeper.id_header)
-            value, key = record.value, record.key
-            batch.append(item, (len(value) if value else 0) + (len(key) if key else 0))
-        if records:
-            start = records[-1].seq + 1
-        self._backlog_from = None if start >= keeper.spool.next_seq else start
+        return self._backlog.count()
 
     def _accept_nowait(self, item: Pending, size: int, waiter: trio.Event | None) -> int:
         """Spool and accept one message, or raise (nothing spooled, nothing accepted).
@@ -129,15 +92,15 @@ class SpoolIntake:
         keeper = self._keeper
         if not keeper.has_room(item, size):
             raise trio.WouldBlock
-        if self._backlog_from is None and channel.batch.has_room():
+        backlog = self._backlog
+        if backlog.start is None and channel.batch.has_room():
             seq = keeper.spool_item(item, waiter)
             channel.send_nowait(item, size)  # cannot fail now: open, and room checked
             return seq
         if waiter is not None:
             raise trio.WouldBlock
         seq = keeper.spool_item(item, None)
-        if self._backlog_from is None:
-            self._backlog_from = seq
+        backlog.begin(seq)
         return seq
 
     @property
@@ -228,7 +191,7 @@ class SpoolIntake:
                 await trio.lowlevel.checkpoint_if_cancelled()
                 continue
             room = 0
-            if self._backlog_from is None:
+            if self._backlog.start is None:
                 room = batch.room()
                 if room > 0:
                     spill = False
@@ -347,10 +310,10 @@ class SpoolIntake:
         alone; return the seq of its first message."""
         keeper = self._keeper
         first = keeper.spool_many(topic, values, keys)
-        if not to_memory or self._backlog_from is not None:
+        backlog = self._backlog
+        if not to_memory or backlog.start is not None:
             # (A backlog may have begun while the chunk was taken: behind it, in order.)
-            if self._backlog_from is None:
-                self._backlog_from = first
+            backlog.begin(first)
             return first
         seqs = range(first, first + len(values))
         id_header = keeper.id_header
@@ -377,11 +340,11 @@ class SpoolIntake:
                     item["callback"] = TrackedReport(item.get("headers"), None, seq)
                 items.append(item)
         taken = self._channel.extend_nowait(topic, zip(items, sizes, strict=True), _as_is)
-        if taken < len(items) and self._backlog_from is None:
+        if taken < len(items):
             # Less room than measured: the caller's iterator sent on this producer while
             # the chunk was taken. The rest of the chunk is the newest in the spool: it
             # becomes the backlog (read back in order), never a message left behind.
-            self._backlog_from = first + taken
+            backlog.begin(first + taken)
         return first
 
     async def flush_target(self) -> int:

@@ -2,7 +2,7 @@
 
 A spooled message carries its seq as its ``ticket`` (opaque to the core). A plain one
 goes to librdkafka's batch call in a run of own-run messages with one shared report
-callback, :class:`SpooledRun` (``KafkaClient.run_reports`` makes it); one with a stable
+callback, :class:`SpooledRun` (the delivery task's ``run_reports``); one with a stable
 id header, headers, a partition, a timestamp or a ``send_and_wait`` waiter has its own
 ``TrackedReport`` carrying the ticket. After each pass over an epoch's reports the
 delivery task calls :meth:`Confirmations.after_reports`, which confirms in the spool:
