@@ -175,7 +175,7 @@ async def open_committer(
         position,
         keeper.spool.recovered,
         "0" * 32,
-        cfg,  # type: ignore[arg-type]
+        cfg,
     )
     return committer, fakes[0], state, keeper
 
