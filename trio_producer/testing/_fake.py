@@ -96,14 +96,16 @@ class FakeProducer(Producer[K, V]):
 
     @property
     def delivered(self) -> list[ConsumedRecord]:
-        """What a consumer would read back: one
-        :class:`~trio_producer.testing.ConsumedRecord` per message written to the fake
-        cluster, with its partition and offset, in the order they were written."""
+        """What a consumer would read back, in the order it was written to the fake
+        cluster: one :class:`~trio_producer.testing.ConsumedRecord` per message, with its
+        partition and offset."""
         return self._backend.delivered
 
     @property
     def unreachable(self) -> bool:
-        """Set to ``True`` and nothing is delivered: accepted messages wait
+        """Whether the fake cluster is unreachable (``False`` unless set).
+
+        Set to ``True`` and nothing is delivered: accepted messages wait
         (``send_and_wait`` and ``flush`` wait), and at the exit, after ``close_timeout``,
         they come back in the exception as ``_PURGE_QUEUE`` failures, as the real
         producer's do. The delivery task sees the errors of a cluster that went away
