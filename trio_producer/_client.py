@@ -49,7 +49,9 @@ NOT_PRODUCED = KafkaErrorInfo(
     reason="accepted, but never handed to librdkafka before the producer closed",
 )
 
-_TIMESTAMP_NOT_AVAILABLE = confluent_kafka.TIMESTAMP_NOT_AVAILABLE
+#: The kinds of a message's timestamp (``msg.timestamp()[0]``): none, set by the producer.
+TIMESTAMP_NOT_AVAILABLE = confluent_kafka.TIMESTAMP_NOT_AVAILABLE
+TIMESTAMP_CREATE_TIME = confluent_kafka.TIMESTAMP_CREATE_TIME
 _QUEUE_FULL = KafkaError._QUEUE_FULL
 
 SHARED, TRACKED, OWN_RUN, SINGLE = Route.SHARED, Route.TRACKED, Route.OWN_RUN, Route.SINGLE
@@ -112,13 +114,31 @@ def kafka_error(name: str) -> KafkaErrorInfo:
     Raises:
         ValueError: ``name`` is not one of librdkafka's error names.
     """
+    return error_info(librdkafka_error(name))
+
+
+def librdkafka_error(name: str, reason: str | None = None) -> Any:
+    """confluent's ``KafkaError`` for a librdkafka error name (its code; its own words
+    unless ``reason``): what librdkafka hands to the code that calls it. For the fake
+    confluent producer of ``trio_producer.testing``, which does not import
+    confluent_kafka (only the boundaries do: tests/unit/test_house.py).
+
+    Raises:
+        ValueError: ``name`` is not one of librdkafka's error names.
+    """
     code = getattr(KafkaError, name, None)
     if not isinstance(code, int):
         raise ValueError(
             f"{name!r} is not a librdkafka error name (e.g. 'MSG_SIZE_TOO_LARGE', "
             "'_MSG_TIMED_OUT', 'NOT_ENOUGH_REPLICAS'): see confluent_kafka.KafkaError"
         )
-    return error_info(KafkaError(code))
+    return KafkaError(code) if reason is None else KafkaError(code, reason)
+
+
+def librdkafka_exception(error: object) -> Exception:
+    """confluent's ``KafkaException`` carrying ``error`` (see :func:`librdkafka_error`):
+    what a refused librdkafka call raises."""
+    return KafkaException(error)
 
 
 def normalize_headers(headers: object) -> list[tuple[str, bytes | None]] | None:
@@ -132,7 +152,7 @@ def normalize_headers(headers: object) -> list[tuple[str, bytes | None]] | None:
 def record_timestamp(msg: Any) -> int | None:
     """A confluent message's timestamp in milliseconds, or ``None``."""
     kind, value = msg.timestamp()
-    return None if kind == _TIMESTAMP_NOT_AVAILABLE else int(value)
+    return None if kind == TIMESTAMP_NOT_AVAILABLE else int(value)
 
 
 def failure_from_report(

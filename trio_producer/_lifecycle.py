@@ -103,9 +103,7 @@ def open_producer(
 ) -> AbstractAsyncContextManager[Producer[K, V]]: ...
 
 
-@asynccontextmanager
-@enable_ki_protection
-async def open_producer(
+def open_producer(
     config: ProducerConfig | None = None,
     /,
     *,
@@ -116,7 +114,7 @@ async def open_producer(
     key_serializer: Serializer[Any] | None = None,
     value_serializer: Serializer[Any] | None = None,
     **fields: Any,
-) -> AsyncIterator[Producer[Any, Any]]:
+) -> AbstractAsyncContextManager[Producer[Any, Any]]:
     """Open a Kafka producer for the duration of an ``async with`` block.
 
     Either pass a :class:`ProducerConfig`, or its fields as keywords::
@@ -178,6 +176,38 @@ async def open_producer(
         DeliveryError: A fire-and-forget delivery failed and no hook was given.
         KafkaFatalError: librdkafka reported a fatal error.
     """
+    return _open_producer(
+        config,
+        fields,
+        on_delivery_error=on_delivery_error,
+        on_statistics=on_statistics,
+        oauth_token=oauth_token,
+        telemetry=telemetry,
+        key_serializer=key_serializer,
+        value_serializer=value_serializer,
+    )
+
+
+@asynccontextmanager
+@enable_ki_protection
+async def _open_producer(
+    config: ProducerConfig | None,
+    fields: dict[str, Any],
+    *,
+    on_delivery_error: Callable[[DeliveryError], object] | None,
+    on_statistics: Callable[[KafkaStatistics], object] | None,
+    oauth_token: OAuthTokenProvider | None,
+    telemetry: Instrumentation | None,
+    key_serializer: Serializer[Any] | None,
+    value_serializer: Serializer[Any] | None,
+    producer_class: Callable[[dict[str, Any]], Any] | None = None,
+    producer_type: Callable[..., Producer[Any, Any]] = Producer,
+) -> AsyncIterator[Producer[Any, Any]]:
+    """What :func:`open_producer` opens. The two keywords are the seam of
+    ``trio_producer.testing.open_fake_producer``, which runs this same code over a fake
+    cluster: ``producer_class`` stands in for ``confluent_kafka.Producer`` (see
+    :class:`~trio_producer._client.KafkaClient`), ``producer_type`` builds the handle
+    (a subclass of :class:`Producer` that adds what a test inspects)."""
     cfg = make_config(config, fields)
     hook = _check_hook(on_delivery_error)
     check_sync_hook("on_statistics", on_statistics)
@@ -185,7 +215,7 @@ async def open_producer(
     key_field = Field[Any]("key", key_serializer) if key_serializer is not None else None
     value_field = Field[Any]("value", value_serializer) if value_serializer is not None else None
     await trio.lowlevel.checkpoint_if_cancelled()
-    client = await _open_client(cfg, on_statistics, oauth_token)
+    client = await _open_client(cfg, on_statistics, oauth_token, producer_class=producer_class)
     instruments: ProducerInstruments | None = None
     spooled: SpoolParts | None = None
     try:
@@ -216,7 +246,7 @@ async def open_producer(
         encoder = None
         if key_field is not None or value_field is not None:
             encoder = Encoder(channel, key_field, value_field)
-        producer: Producer[Any, Any] = Producer(
+        producer: Producer[Any, Any] = producer_type(
             channel,
             tracker,
             state,
@@ -258,12 +288,14 @@ async def _open_client(
     cfg: ProducerConfig,
     on_statistics: Callable[[KafkaStatistics], object] | None,
     oauth_token: OAuthTokenProvider | None,
+    *,
+    producer_class: Callable[[dict[str, Any]], Any] | None = None,
 ) -> KafkaClient:
     props = cfg.librdkafka_config()
     if on_statistics is not None:
         props.setdefault("statistics.interval.ms", DEFAULT_STATISTICS_INTERVAL_MS)
     if oauth_token is None:
-        return KafkaClient(props)
+        return KafkaClient(props, producer_class=producer_class)
     mechanism = props.get("sasl.mechanism", props.get("sasl.mechanisms"))
     if mechanism != "OAUTHBEARER":
         raise ConfigError(
@@ -280,7 +312,13 @@ async def _open_client(
         raise KafkaFatalError(provider_error(exc, fatal=True)) from exc
     # confluent-kafka waits (about a second) for librdkafka to take the first token.
     return await trio.to_thread.run_sync(
-        partial(KafkaClient, props, oauth_token=oauth_token, first_token=first)
+        partial(
+            KafkaClient,
+            props,
+            oauth_token=oauth_token,
+            first_token=first,
+            producer_class=producer_class,
+        )
     )
 
 

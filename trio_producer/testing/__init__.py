@@ -6,9 +6,9 @@
   ``kafka_topic`` (a fresh topic per test), registered as a pytest plugin.
   ``TRIO_PRODUCER_TEST_BOOTSTRAP=host:port`` points them at an external broker.
 * :class:`RecordingSink` -- a fake of the client for unit tests of batching.
-* :func:`open_fake_producer` -- a :class:`FakeProducer`: the producer's API with no
-  broker, for unit tests of application code (records what was sent, fails what it is
-  told to, goes unreachable).
+* :func:`open_fake_producer` -- a :class:`FakeProducer`: the real producer over a fake
+  cluster (no broker, no librdkafka), for unit tests of application code (records what
+  was sent, fails what it is told to, goes unreachable).
 * :func:`create_topics` and :func:`consume_all` -- an admin and a consumer, to read
   back what was produced.
 """
