@@ -39,6 +39,10 @@ OTHERS = [
     "trio_many_spool",
     "trio_send_spool_always",
     "trio_spool_recovery",
+    "trio_send_spool_idem",
+    "trio_many_spool_idem",
+    "trio_send_eo",
+    "trio_many_eo",
     "trio_nowait_errors",
     "trio_many_errors",
 ]
@@ -91,6 +95,45 @@ def _figure(runs: list[dict[str, Any]]) -> float:
     if runs and "rate" in runs[0]:
         return median(runs, "rate")
     return median(runs, "total_seconds")
+
+
+def exactly_once_figures(
+    results: dict[str, list[dict[str, Any]]], by: dict[str, int]
+) -> dict[str, Any]:
+    """The exactly-once cases against the at-least-once spool (as measured, and with the
+    same librdkafka settings: ``*_spool_idem``) and in memory, from the same rounds."""
+    rate = {
+        name: median(results[name], "rate")
+        for name in (
+            "trio_send_eo",
+            "trio_many_eo",
+            "trio_send_spool",
+            "trio_many_spool",
+            "trio_send_spool_idem",
+            "trio_many_spool_idem",
+        )
+    }
+    out: dict[str, Any] = {
+        "commit_interval": results["trio_send_eo"][0]["commit_interval"],
+        # the open and a warm-up message, outside the clock
+        "open_seconds": round(median(results["trio_send_eo"], "open_seconds"), 3),
+        "open_seconds_spool_idem": round(
+            median(results["trio_send_spool_idem"], "open_seconds"), 3
+        ),
+    }
+    for way, memory in (("send", "trio_send"), ("many", "trio_many")):
+        eo = rate[f"trio_{way}_eo"]
+        out[f"{way}_msgs_per_s"] = round(eo)
+        out[f"{way}_vs_spool"] = round(eo / rate[f"trio_{way}_spool"], 2)
+        out[f"{way}_vs_spool_idem"] = round(eo / rate[f"trio_{way}_spool_idem"], 2)
+        out[f"{way}_vs_in_memory"] = round(eo / by[memory], 2)
+        out[f"{way}_spool_idem_msgs_per_s"] = round(rate[f"trio_{way}_spool_idem"])
+        transactions = [r["transactions"] for r in results[f"trio_{way}_eo"] if "transactions" in r]
+        if transactions:
+            out[f"{way}_messages_per_transaction"] = round(
+                results[f"trio_{way}_eo"][0]["count"] / statistics.median(transactions)
+            )
+    return out
 
 
 def run_sweeps(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -301,6 +344,7 @@ def main() -> None:
             "always_p99_ms": round(median(results["trio_send_spool_always"], "p99_ms"), 2),
             "recovery_msgs_per_s": round(median(results["trio_spool_recovery"], "rate")),
         },
+        "exactly_once": exactly_once_figures(results, by),
         "soak": None
         if soak is None
         else {
@@ -394,6 +438,25 @@ def main() -> None:
         f"{spool_figures['always_msgs_per_s']:,} msg/s, send p50 "
         f"{spool_figures['always_p50_ms']} ms / p99 {spool_figures['always_p99_ms']} ms; "
         f"recovery {spool_figures['recovery_msgs_per_s']:,} msg/s"
+    )
+    eo = summary["exactly_once"]
+    assert isinstance(eo, dict)
+    eo_met = min(eo["send_vs_spool"], eo["many_vs_spool"]) >= 0.5
+    for way, what in (("send", "await send()"), ("many", "send_many")):
+        per = eo.get(f"{way}_messages_per_transaction")
+        per_text = "?" if per is None else f"{per:,}"
+        print(
+            f"- exactly once, {what}: {eo[f'{way}_msgs_per_s']:,} msg/s = "
+            f"{eo[f'{way}_vs_spool']} x the at-least-once spool, "
+            f"{eo[f'{way}_vs_spool_idem']} x it with the same settings "
+            f"({eo[f'{way}_spool_idem_msgs_per_s']:,} msg/s), {eo[f'{way}_vs_in_memory']} x in "
+            f"memory; {per_text} messages per transaction"
+        )
+    print(
+        f"  (commit_interval {eo['commit_interval']} s, idempotent, acks=all; target >= 0.5 x "
+        f"the at-least-once spool: {'ok' if eo_met else 'MISSED'}; the open and a first "
+        f"message, outside the clock: {eo['open_seconds']} s, at least once with the same "
+        f"settings {eo['open_seconds_spool_idem']} s)"
     )
     if baseline:
         print(f"\nbefore ({args.baseline}) / after (this checkout), same rounds, medians:\n")

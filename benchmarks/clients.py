@@ -544,6 +544,115 @@ def trio_spool_recovery(bootstrap: str, topic: str, count: int, size: int) -> di
         shutil.rmtree(spool, ignore_errors=True)
 
 
+# ---- exactly once (#25): the spool's position committed with its messages ----------------
+
+#: Exactly once needs an idempotent producer, and librdkafka allows idempotence only with
+#: ``acks=all``: the exactly-once cases, and the at-least-once spool measured beside them
+#: with the same settings (``*_spool_idem``), use ``PROPS`` with both. On the one Tansu
+#: broker ``acks=all`` waits for the same one write as ``acks=1``.
+EO_PROPS: dict[str, Any] = {**PROPS, "enable.idempotence": True, "acks": "all"}
+#: The commit interval of the exactly-once cases of the headline run (the default).
+COMMIT_INTERVAL = 0.1
+
+
+def spool_fields(topic: str, commit_interval: float | None) -> dict[str, Any]:
+    """``open_producer`` fields of a spool with ``EO_PROPS`` (no fsync in the send path):
+    at least once (``commit_interval`` None), or exactly once with that commit interval
+    and a ``transactional.id`` of its own (one per topic: every run starts fresh)."""
+    fields: dict[str, Any] = {"spool_sync": "never", "librdkafka": EO_PROPS}
+    if commit_interval is not None:
+        fields |= {
+            "exactly_once": True,
+            "commit_interval": commit_interval,
+            "librdkafka": {**EO_PROPS, "transactional.id": f"bench-{topic}"},
+        }
+    return fields
+
+
+def transactions_of(producer: Any) -> int | None:
+    """Transactions the exactly-once committer committed (an internal counter; None
+    where there is none)."""
+    committer = getattr(getattr(producer, "_intake", None), "_committer", None)
+    count = getattr(committer, "transactions", None)
+    return count if isinstance(count, int) else None
+
+
+def _spool_run(
+    bootstrap: str,
+    topic: str,
+    count: int,
+    size: int,
+    commit_interval: float | None,
+    many: bool,
+) -> dict[str, Any]:
+    """``count`` messages through a spool (``spool_fields``): ``await send()`` per
+    message, or one ``send_many``, then ``flush()`` (the last commit). The clock starts
+    after the open and one confirmed warm-up message, as in the sweeps: an idempotent
+    producer's first message waits about 1 s on Tansu for its producer id, and the
+    exactly-once open (the progress topic, ``init_transactions``, the position read
+    back) is a cost per producer, not per message: ``open_seconds`` has both."""
+    import itertools
+    import shutil
+
+    import trio
+
+    from trio_producer import open_producer
+
+    value = b"x" * size
+    spool = _spool_dir()
+    fields = spool_fields(topic, commit_interval)
+    figures: dict[str, Any] = {}
+
+    async def main() -> float:
+        opened = time.perf_counter()
+        async with open_producer(
+            bootstrap_servers=bootstrap, spool_path=spool, **fields
+        ) as producer:
+            await producer.send_and_wait(topic, b"warm-up")
+            before = transactions_of(producer)
+            start = time.perf_counter()
+            figures["open_seconds"] = start - opened
+            if many:
+                await producer.send_many(topic, itertools.repeat(value, count))
+            else:
+                send = producer.send
+                for _ in range(count):
+                    await send(topic, value)
+            await producer.flush()
+            seconds = time.perf_counter() - start
+            after = transactions_of(producer)
+            if before is not None and after is not None:
+                figures["transactions"] = after - before
+        return seconds
+
+    try:
+        seconds = trio.run(main)
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
+    return result(count, seconds, commit_interval=commit_interval, **figures)
+
+
+def trio_send_eo(bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any]:
+    """`await send()` per message, ``exactly_once=True`` (``COMMIT_INTERVAL``)."""
+    return _spool_run(bootstrap, topic, count, size, COMMIT_INTERVAL, many=False)
+
+
+def trio_many_eo(bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any]:
+    """One `await send_many()`, ``exactly_once=True`` (``COMMIT_INTERVAL``)."""
+    return _spool_run(bootstrap, topic, count, size, COMMIT_INTERVAL, many=True)
+
+
+def trio_send_spool_idem(bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any]:
+    """`trio_send_spool` with ``EO_PROPS`` (idempotent, acks=all): the at-least-once
+    spool with the exactly-once cases' settings."""
+    return _spool_run(bootstrap, topic, count, size, None, many=False)
+
+
+def trio_many_spool_idem(bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any]:
+    """`trio_many_spool` with ``EO_PROPS`` (idempotent, acks=all)."""
+    return _spool_run(bootstrap, topic, count, size, None, many=True)
+
+
 # ---- fan-in: many tasks sending at once ---------------------------------------------------
 
 FAN_IN_TASKS = 100
@@ -631,6 +740,10 @@ CLIENTS: dict[str, Callable[[str, str, int, int], dict[str, Any]]] = {
     "trio_many_spool": trio_many_spool,
     "trio_send_spool_always": trio_send_spool_always,
     "trio_spool_recovery": trio_spool_recovery,
+    "trio_send_eo": trio_send_eo,
+    "trio_many_eo": trio_many_eo,
+    "trio_send_spool_idem": trio_send_spool_idem,
+    "trio_many_spool_idem": trio_many_spool_idem,
     "trio_fanin": trio_fanin,
     "aio_fanin": aio_fanin,
     "aiokafka_fanin": aiokafka_fanin,

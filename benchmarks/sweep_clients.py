@@ -1,8 +1,9 @@
 """One point of a sweep in its own process: ``python benchmarks/sweep_clients.py CLIENT JSON``.
 
 Prints one JSON object on stdout. ``JSON`` is the point: ``bootstrap``, ``topic``, ``mode``
-(``throughput``, ``memory``, ``latency`` or ``soak``), ``count``, ``size``, ``tasks``,
-``keyed``, ``compression`` and, for ``latency``, ``seconds`` per load level.
+(``throughput``, ``memory``, ``latency``, ``soak`` or ``exactly_once``), ``count``,
+``size``, ``tasks``, ``keyed``, ``compression`` and, for ``latency``, ``seconds`` per load
+level; for ``exactly_once``, ``commit_interval``, ``wait_seconds`` and ``load_rate``.
 
 With ``tasks``, the senders are long-lived: every task is started and waiting before the
 clock starts, then each sends its share (``count / tasks``). ``spawn`` (true) is the older
@@ -18,6 +19,12 @@ The clients: ``trio`` (``await producer.send()`` per message), ``trio_many`` (on
 ``aiokafka`` (``await send()``), ``raw`` (a bare ``confluent_kafka.Producer`` loop and one
 ``flush()``) and ``raw_dr`` (the same with a delivery callback per message, served by a
 poll thread).
+
+The ``commit_interval`` sweep (mode ``exactly_once``) has clients of its own, each with a
+spool and ``clients.EO_PROPS`` (idempotent, ``acks=all``): ``eo_send`` (``await send()``
+per message), ``eo_many`` (one ``send_many``) and ``eo_wait`` (the latency of one
+``send_and_wait`` at a time, alone and under a paced load); the point's
+``commit_interval`` is None for the at-least-once spool (the reference).
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from clients import PROPS, Counter, rss_now_mb, rss_peak_mb
+from clients import PROPS, Counter, rss_now_mb, rss_peak_mb, spool_fields, transactions_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -715,6 +722,121 @@ def raw_dr_latency(p: dict[str, Any]) -> dict[str, Any]:
     return latency_figures(levels, max_rate)
 
 
+# ---- exactly once: the commit interval ----------------------------------------------------
+#
+# The point's ``commit_interval``: None for the at-least-once spool (the reference),
+# else ``exactly_once=True`` with it; both with ``clients.EO_PROPS`` (idempotent,
+# acks=all) and a spool without fsync in the send path (``clients.spool_fields``).
+
+
+def _eo_producer(p: dict[str, Any], spool: str) -> Any:
+    from trio_producer import open_producer
+
+    fields = spool_fields(p["topic"], p["commit_interval"])
+    return open_producer(bootstrap_servers=p["bootstrap"], spool_path=spool, **fields)
+
+
+def _eo_throughput(p: dict[str, Any], many: bool) -> dict[str, Any]:
+    """Warm up (one ``send_and_wait``), then ``count`` messages (``await send()`` each,
+    or one ``send_many``) and a ``flush()``: the clock stops when the last commit is in."""
+    import shutil
+    import tempfile
+
+    import trio
+
+    value = payload(p["size"])
+    topic = p["topic"]
+    spool = tempfile.mkdtemp(prefix="trio-producer-bench-spool-")
+    transactions: list[int | None] = []
+
+    async def main() -> float:
+        async with _eo_producer(p, spool) as producer:
+            await producer.send_and_wait(topic, b"warm-up")
+            before = transactions_of(producer)
+            start = time.perf_counter()
+            if many:
+                await producer.send_many(topic, itertools.repeat(value, p["count"]))
+            else:
+                send = producer.send
+                for _ in range(p["count"]):
+                    await send(topic, value)
+            await producer.flush()
+            seconds = time.perf_counter() - start
+            after = transactions_of(producer)
+            transactions.append(None if before is None or after is None else after - before)
+        return seconds
+
+    try:
+        seconds = trio.run(main)
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
+    extra = {} if transactions[0] is None else {"transactions": transactions[0]}
+    return figures(p, seconds, **extra)
+
+
+def eo_send(p: dict[str, Any]) -> dict[str, Any]:
+    return _eo_throughput(p, many=False)
+
+
+def eo_many(p: dict[str, Any]) -> dict[str, Any]:
+    return _eo_throughput(p, many=True)
+
+
+def eo_wait(p: dict[str, Any]) -> dict[str, Any]:
+    """The latency of one ``send_and_wait``: sequential, alone for ``wait_seconds``;
+    then the same while a task sends ``load_rate`` msg/s (paced ``await send()``)."""
+    import shutil
+    import tempfile
+
+    import trio
+
+    value = payload(p["size"])
+    topic = p["topic"]
+    spool = tempfile.mkdtemp(prefix="trio-producer-bench-spool-")
+
+    async def probe(producer: Any, lat: list[float]) -> None:
+        deadline = time.perf_counter() + p["wait_seconds"]
+        while time.perf_counter() < deadline or len(lat) < 5:
+            t = time.perf_counter()
+            await producer.send_and_wait(topic, value)
+            lat.append(time.perf_counter() - t)
+
+    async def load(producer: Any) -> None:
+        rate, tick = p["load_rate"], 0.01
+        begin, sent = time.perf_counter(), 0
+        while True:
+            due = int((time.perf_counter() - begin) * rate) + 1
+            while sent < due:
+                await producer.send(topic, value)
+                sent += 1
+            await trio.sleep(tick)
+
+    async def main() -> tuple[list[float], list[float]]:
+        alone: list[float] = []
+        loaded: list[float] = []
+        async with _eo_producer(p, spool) as producer:
+            await producer.send_and_wait(topic, b"warm-up")
+            await probe(producer, alone)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(load, producer)
+                await trio.sleep(0.2)  # the load is on
+                await probe(producer, loaded)
+                nursery.cancel_scope.cancel()
+        return alone, loaded
+
+    try:
+        alone, loaded = trio.run(main)
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
+    out: dict[str, Any] = {"rss_peak_mb": rss_peak_mb(), "load_rate": p["load_rate"]}
+    for name, lat in (("alone", alone), ("loaded", loaded)):
+        lat.sort()
+        out[f"{name}_probes"] = len(lat)
+        out[f"{name}_p50_ms"] = lat[len(lat) // 2] * 1000
+        out[f"{name}_p99_ms"] = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000
+    return out
+
+
 CLIENTS: dict[str, dict[str, Callable[[dict[str, Any]], dict[str, Any]]]] = {
     "trio": {
         "throughput": trio_throughput,
@@ -741,6 +863,9 @@ CLIENTS: dict[str, dict[str, Callable[[dict[str, Any]], dict[str, Any]]]] = {
         "memory": raw_dr_memory,
         "latency": raw_dr_latency,
     },
+    "eo_send": {"exactly_once": eo_send},
+    "eo_many": {"exactly_once": eo_many},
+    "eo_wait": {"exactly_once": eo_wait},
 }
 
 

@@ -37,6 +37,9 @@ STYLE: dict[str, tuple[str, str]] = {
     "raw_dr": ("black", "raw loop + delivery callbacks"),
     "trio@baseline": ("tab:purple", "trio_producer await send(), baseline"),
     "trio_many@baseline": ("tab:pink", "trio_producer send_many(), baseline"),
+    "eo_send": ("tab:blue", "await send()"),
+    "eo_many": ("tab:cyan", "send_many()"),
+    "eo_wait": ("tab:red", "send_and_wait()"),
 }
 PEERS = ["trio", "aio", "aiokafka", "raw", "raw_dr"]
 
@@ -105,7 +108,25 @@ def sweep_points(name: str, smoke: bool, scale: float) -> list[dict[str, Any]]:
         ]
     if name == "soak":
         return [base | {"mode": "soak", "count": 20_000 if smoke else n(3_000_000)}]
+    if name == "commit_interval":
+        # None: the at-least-once spool, the reference; then exactly once at each interval.
+        intervals = [None, 0.01, 0.5] if smoke else [None, *COMMIT_INTERVALS]
+        return [
+            base
+            | {
+                "mode": "exactly_once",
+                "commit_interval": interval,
+                "count": n(100_000),
+                "wait_seconds": 0.3 if smoke else 3.0,
+                "load_rate": 2_000,
+            }
+            for interval in intervals
+        ]
     raise ValueError(name)
+
+
+#: The ``commit_interval`` sweep's points (seconds), after the at-least-once reference.
+COMMIT_INTERVALS = [0.01, 0.05, 0.1, 0.5]
 
 
 SWEEPS: dict[str, list[str]] = {
@@ -115,6 +136,7 @@ SWEEPS: dict[str, list[str]] = {
     "memory": ["trio", "aio", "raw", "raw_dr"],
     "latency": ["trio", "aio", "aiokafka", "raw_dr"],
     "soak": PEERS,
+    "commit_interval": ["eo_send", "eo_many", "eo_wait"],
 }
 #: Sweeps that run once (not in rounds) and are not part of "all": ask for them by name.
 SLOW = {"soak"}
@@ -130,6 +152,9 @@ def point_label(sweep: str, point: dict[str, Any]) -> str:
         return f"{point['tasks']:,} tasks"
     if sweep == "partitions":
         return f"{point['partitions']} partitions, {point['compression']}"
+    if sweep == "commit_interval":
+        interval = point["commit_interval"]
+        return "at least once" if interval is None else f"exactly once, {interval} s"
     return f"{point['count']:,} x {point['size']} B"
 
 
@@ -289,6 +314,12 @@ def shown(out: dict[str, Any]) -> str:
         )
     if "bytes_per_message" in out:
         return f"{out['bytes_per_message']:,.0f} B RSS per pending message"
+    if "alone_p50_ms" in out:
+        return (
+            f"send_and_wait p50 {out['alone_p50_ms']:.1f} / p99 {out['alone_p99_ms']:.1f} ms "
+            f"alone, p50 {out['loaded_p50_ms']:.1f} / p99 {out['loaded_p99_ms']:.1f} ms "
+            f"under {out['load_rate']:,} msg/s"
+        )
     return f"{out['rate']:,.0f} msg/s, {out['mb_per_s']:,.1f} MB/s"
 
 
@@ -422,6 +453,8 @@ def tables(record: dict[str, Any]) -> str:
                 f"{points[0]['label']}:\n\n"
                 + rst_table(["client", "msg/s", "RSS MB at 10 %", "RSS MB at 90 %"], rows)
             )
+        elif name == "commit_interval":
+            out.append(commit_interval_table(clients, points))
         failures = [
             f"* ``{c}`` at {pt['label']}: {pt['median'][c]['failed']}"
             if "failed" in pt["median"][c]
@@ -434,6 +467,60 @@ def tables(record: dict[str, Any]) -> str:
         if failures:
             out.append("\n".join(failures))
     return "\n\n".join(out) + "\n"
+
+
+def commit_interval_table(clients: list[str], points: list[dict[str, Any]]) -> str:
+    """msg/s of ``await send()`` and ``send_many`` (and x the at-least-once spool, the
+    first point), messages per transaction, and the ``send_and_wait`` latency."""
+    ref = points[0]["median"]
+
+    def rate(m: dict[str, Any], c: str) -> float | None:
+        return m.get(c, {}).get("rate") if c in clients else None
+
+    def cell(value: float | None, form: str = "{:,.0f}") -> str:
+        return "-" if value is None else form.format(value)
+
+    rows = []
+    for pt in points:
+        m = pt["median"]
+        row = [pt["label"]]
+        for c in ("eo_send", "eo_many"):
+            here, base = rate(m, c), rate(ref, c)
+            per = None
+            if here and m[c].get("transactions"):
+                per = pt["point"]["count"] / m[c]["transactions"]
+            row += [
+                cell(here),
+                cell(here / base if here and base else None, "{:.2f}"),
+                cell(per) if pt["point"]["commit_interval"] is not None else "-",
+            ]
+        w = m.get("eo_wait", {})
+        row += [
+            cell(w.get(f"{when}_{q}_ms"), "{:.1f}")
+            for when in ("alone", "loaded")
+            for q in ("p50", "p99")
+        ]
+        rows.append(row)
+    load = points[0]["point"]["load_rate"]
+    header = [
+        "commit interval",
+        "send msg/s",
+        "x ALO",
+        "msg/txn",
+        "send_many msg/s",
+        "x ALO",
+        "msg/txn",
+        "wait p50 ms",
+        "wait p99 ms",
+        f"p50 at {load:,}/s",
+        f"p99 at {load:,}/s",
+    ]
+    return (
+        f"{points[0]['point']['count']:,} x {points[0]['point']['size']} B, medians; x ALO: "
+        "against the at-least-once spool (the first row, same settings); msg/txn: messages "
+        "per transaction; send_and_wait latency alone, and while a task sends "
+        f"{load:,} msg/s:\n\n" + rst_table(header, rows)
+    )
 
 
 # ---- plots --------------------------------------------------------------------------------
@@ -468,6 +555,7 @@ def plot(record: dict[str, Any], directory: Path) -> list[Path]:
             "memory": _plot_memory,
             "latency": _plot_latency,
             "soak": _plot_soak,
+            "commit_interval": _plot_commit_interval,
         }[name]
         fig, what = draw(plt, clients, points)
         fig.suptitle(title(record, what, name), fontsize=9)
@@ -634,3 +722,65 @@ def _plot_soak(plt: Any, clients: list[str], points: list[dict[str, Any]]) -> tu
     ax.legend(fontsize=8)
     pt = points[0]["point"]
     return fig, f"RSS over a soak: {pt['count']:,} x {pt['size']} B, fire and forget"
+
+
+def _plot_commit_interval(
+    plt: Any, clients: list[str], points: list[dict[str, Any]]
+) -> tuple[Any, str]:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
+    ref = points[0]["median"]
+    eo = [pt for pt in points if pt["point"]["commit_interval"] is not None]
+    xs = [pt["point"]["commit_interval"] for pt in eo]
+    ax = axes[0]
+    for c in ("eo_send", "eo_many"):
+        if c not in clients:
+            continue
+        colour, label = STYLE[c]
+        ax.plot(
+            xs,
+            [pt["median"][c].get("rate", NAN) for pt in eo],
+            marker="o",
+            color=colour,
+            label=f"{label}, exactly once",
+        )
+        ax.axhline(
+            ref[c].get("rate", NAN), color=colour, ls="--", label=f"{label}, at-least-once spool"
+        )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(xs, [f"{x:g}" for x in xs])
+    ax.set_xlabel("commit_interval (s)")
+    ax.set_ylabel("msg/s")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    if "eo_wait" in clients:
+        load = points[0]["point"]["load_rate"]
+        for when, marker, text in (("alone", "o", "alone"), ("loaded", "^", f"at {load:,} msg/s")):
+            for q, ls in (("p50", "-"), ("p99", ":")):
+                ax.plot(
+                    xs,
+                    [pt["median"]["eo_wait"].get(f"{when}_{q}_ms", NAN) for pt in eo],
+                    marker=marker,
+                    ls=ls,
+                    color=STYLE["eo_wait"][0] if when == "alone" else "tab:brown",
+                    label=f"{q}, {text}",
+                )
+        ax.axhline(
+            ref["eo_wait"].get("alone_p50_ms", NAN),
+            color="gray",
+            ls="--",
+            label="p50 alone, at-least-once spool",
+        )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(xs, [f"{x:g}" for x in xs])
+    ax.set_xlabel("commit_interval (s)")
+    ax.set_ylabel("send_and_wait latency (ms)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    pt = points[0]["point"]
+    return fig, (
+        f"Exactly once by commit interval ({pt['count']:,} x {pt['size']} B, one partition, "
+        "spool without fsync, idempotent, acks=all)"
+    )

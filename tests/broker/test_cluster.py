@@ -1,6 +1,7 @@
 """The producer on a replicated Apache Kafka cluster: a leader dying, a rolling restart,
 too few in-sync replicas, a leader cut off from the client, a transaction across a
-leader's death.
+leader's death, exactly once across the transaction coordinator's or a leader's death
+during a commit.
 
 Modelled on Apache Kafka's system tests (``replication_test``: 3 brokers, replication
 factor 3, ``min.insync.replicas=2``, the leader killed with SIGKILL or bounced, every
@@ -43,6 +44,7 @@ from trio_producer import (
     UndeliveredMessagesError,
     open_producer,
 )
+from trio_producer.spool import _exactly_once as exactly_once
 from trio_producer.testing import ConsumedRecord, consume_all
 
 from ..harness.faultproxy import FaultProxy
@@ -909,5 +911,139 @@ async def test_transaction_across_leader_death(healthy: KafkaCluster, stats: Sta
     if counts["committed"] < 10:
         problems.append(f"only {counts['committed']} transactions committed")
     run.verdict = "pass" if not problems else "FAIL: " + "; ".join(problems)
+    run.seconds = time.monotonic() - start
+    assert run.verdict == "pass", run.verdict
+
+
+# ---- 6. exactly once (#25): a broker SIGKILLed during a commit ---------------------------
+
+#: What ``exactly_once`` commits per transaction: the default.
+COMMIT_INTERVAL = 0.1
+
+
+@pytest.mark.parametrize("kill", ["coordinator", "leader"])
+async def test_exactly_once_broker_sigkill_during_commit(
+    healthy: KafkaCluster, stats: StatsTap, tmp_path: Path, kill: str
+) -> None:
+    """``exactly_once=True`` streams keyed messages; at the step between handing a
+    transaction's messages and its progress record to librdkafka and
+    ``commit_transaction`` (the commit protocol's ``"produced"``), the broker of
+    ``kill`` gets SIGKILL: the transaction coordinator of the ``transactional.id``, or
+    the leader of a partition of the data topic (one the coordinator does not lead,
+    where there is one). The producer must go on without a restart (commits resume
+    while the broker is down), nothing is handed back, and a read_committed read holds
+    every accepted message exactly once, per key in order."""
+    cluster = healthy
+    run = Run(f"6{'ab'[kill == 'leader']}. exactly once, {kill} SIGKILL in a commit")
+    RUNS.append(run)
+    start = time.monotonic()
+    topic = new_topic(cluster, f"eo-{kill}")
+    ledger = Ledger(topic)
+    tid = f"cluster-eo-{kill}-{os.getpid()}-{time.monotonic_ns()}"
+    figures: dict[str, float] = {}
+    steps: Counter[str] = Counter()
+    armed: list[int] = []  # the victim, while the hook waits for the next commit
+    killed = trio.Event()
+    killed_at: list[float] = []
+    after_kill: list[str] = []  # the steps after the kill, in order
+
+    def hook(step: str) -> None:
+        steps[step] += 1
+        if killed.is_set():
+            after_kill.append(step)
+            if step == "committed" and "commit" not in figures:
+                figures["commit"] = trio.current_time() - killed_at[0]
+        elif step == "produced" and armed:
+            cluster.kill_nowait(armed[0])  # SIGKILL now, reaped below
+            killed_at.append(trio.current_time())
+            killed.set()
+
+    async def body(producer: Producer) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump, producer, ledger)
+            nursery.start_soon(watch_loop, ledger)
+            await trio.sleep(3)
+            coordinator = await wait_in_thread(cluster.coordinator, tid)
+            leaders = {
+                p: state.leader
+                for p, state in (await wait_in_thread(cluster.partitions, topic)).items()
+            }
+            # The leader killed is not the coordinator where the cluster allows (each
+            # broker leads one partition, as a rule); the probe's partition: the one
+            # killed, or one that the killed coordinator does not lead.
+            spared = sorted(p for p, broker in leaders.items() if broker != coordinator)
+            partition = spared[0] if spared else 0
+            victim = coordinator if kill == "coordinator" else leaders[partition]
+            nursery.start_soon(probe, producer, ledger, partition)
+            run.notes.append(
+                f"coordinator broker {coordinator}, leaders {leaders}: killed broker "
+                f"{victim}; probed partition {partition}"
+            )
+            await trio.sleep(1)  # the probe runs before the kill
+            armed.append(victim)
+            with trio.fail_after(10):
+                await killed.wait()
+            await wait_in_thread(cluster.reap, victim)
+            if kill == "coordinator":
+                _, figures["failover"] = await wait_in_thread(
+                    cluster.wait_leader,
+                    "__transaction_state",
+                    cluster.transaction_partition(tid),
+                    not_on={victim},
+                )
+            else:
+                _, figures["failover"] = await wait_in_thread(
+                    cluster.wait_leader, topic, partition, not_on={victim}
+                )
+            await trio.sleep(6)  # the stream goes on, one broker down
+            figures["down_commits"] = after_kill.count("committed")
+            cluster.start_broker(victim)
+            figures["isr"] = await wait_in_thread(cluster.wait_isr, topic, timeout=90)
+            await trio.sleep(2)
+            nursery.cancel_scope.cancel()
+        figures["confirmed"] = confirmed_again(ledger, killed_at[0]) or -1
+        await producer.flush()
+        await trio.sleep(1.2)  # one more statistics report after the last send
+
+    exactly_once.STEP_HOOK = hook
+    try:
+        exc = await run_producer(
+            ledger,
+            stats,
+            body,
+            bootstrap_servers=cluster.bootstrap,
+            close_timeout=60,
+            spool_path=tmp_path / "spool",
+            exactly_once=True,
+            commit_interval=COMMIT_INTERVAL,
+            librdkafka={"transactional.id": tid},
+        )
+    finally:
+        exactly_once.STEP_HOOK = None
+    records = await read_back(cluster, topic, isolation_level="read_committed")
+    verdict = judge(ledger, records)
+    uncommitted = await read_back(cluster, topic)
+    run.recovery = (
+        f"first commit {figures.get('commit', -1):.1f} s after the kill (new "
+        f"{'coordinator' if kill == 'coordinator' else 'leader'} {figures.get('failover', -1):.1f}"
+        f" s), the probe confirms {figures.get('confirmed', -1):.1f} s; ISR full "
+        f"{figures.get('isr', -1):.1f} s after restart"
+    )
+    run.retries = stats.retries(verdict.in_topic)
+    aborted = steps["produced"] - steps["committed"]
+    run.notes.append(
+        f"transactions: {steps['committed']} committed, {aborted} not (aborted and sent "
+        f"again); {int(figures.get('down_commits', 0))} committed while the broker was down; "
+        f"read_uncommitted holds {len(uncommitted) - len(records)} more records than "
+        "read_committed (the aborted ones)"
+    )
+    extra = [f"exit raised {exc!r}"] if exc is not None else []
+    if ledger.handed:
+        extra.append(f"handed back {dict(ledger.error_names())}")
+    if not killed.is_set():
+        extra.append("the kill never happened")
+    if not figures.get("down_commits"):
+        extra.append("no commit while the broker was down: the producer did not recover")
+    settle(run, ledger, verdict, extra)
     run.seconds = time.monotonic() - start
     assert run.verdict == "pass", run.verdict

@@ -21,10 +21,10 @@ Each broker has two client listeners:
   connections -- and only those -- can be cut while the brokers still see each other.
 
 Helpers: create an RF-3 topic (``min.insync.replicas=2``), find a partition's leader and
-ISR, SIGKILL / SIGTERM / start a broker, wait for a new leader or for the ISR to be
-full again. Every wait is bounded. JVMs are killed in :meth:`KafkaCluster.close`, get
-SIGKILL if the process that started them dies (Linux), and leftovers of an earlier run
-are found through a pid file and killed at start.
+ISR and a transactional id's coordinator, SIGKILL / SIGTERM / start a broker, wait for a
+new leader or for the ISR to be full again. Every wait is bounded. JVMs are killed in
+:meth:`KafkaCluster.close`, get SIGKILL if the process that started them dies (Linux),
+and leftovers of an earlier run are found through a pid file and killed at start.
 """
 
 from __future__ import annotations
@@ -102,6 +102,23 @@ CONTROLLER_SETTINGS = {
     "num.io.threads": "1",
     "num.network.threads": "1",
 }
+
+
+def java_string_hash(text: str) -> int:
+    """Java's ``String.hashCode``: over UTF-16 code units, in 32-bit signed arithmetic."""
+    h = 0
+    data = text.encode("utf-16-be")
+    for i in range(0, len(data), 2):
+        h = (31 * h + int.from_bytes(data[i : i + 2], "big")) & 0xFFFFFFFF
+    return h - (1 << 32) if h >= 1 << 31 else h
+
+
+def transaction_state_partition(transactional_id: str, partitions: int) -> int:
+    """The ``__transaction_state`` partition of a transactional id, as Kafka's
+    ``TransactionStateManager.partitionFor`` computes it (``Utils.abs(hashCode) %
+    partitions``; ``Utils.abs`` maps ``Integer.MIN_VALUE`` to 0)."""
+    h = java_string_hash(transactional_id)
+    return (0 if h == -(1 << 31) else abs(h)) % partitions
 
 
 def log(message: str) -> None:
@@ -361,6 +378,16 @@ class KafkaCluster:
     def leader(self, topic: str, partition: int) -> int:
         return self.partitions(topic)[partition].leader
 
+    def transaction_partition(self, transactional_id: str) -> int:
+        """The ``__transaction_state`` partition that holds ``transactional_id``."""
+        partitions = int(BROKER_SETTINGS["transaction.state.log.num.partitions"])
+        return transaction_state_partition(transactional_id, partitions)
+
+    def coordinator(self, transactional_id: str) -> int:
+        """The broker that coordinates ``transactional_id``'s transactions: the leader of
+        its ``__transaction_state`` partition."""
+        return self.leader("__transaction_state", self.transaction_partition(transactional_id))
+
     # ---- topics -----------------------------------------------------------------------
 
     def create_topic(
@@ -391,10 +418,21 @@ class KafkaCluster:
 
     def kill(self, broker_id: int) -> None:
         """SIGKILL a broker (no controlled shutdown, no flush)."""
+        self.kill_nowait(broker_id)
+        self.reap(broker_id)
+
+    def kill_nowait(self, broker_id: int) -> None:
+        """Send SIGKILL and return at once (from a hook that must not block); then
+        :meth:`reap`."""
         node = self.brokers[broker_id]
         assert node.process is not None, f"broker {broker_id} was never started"
         assert node.running, f"broker {broker_id} is not running"
         node.process.kill()
+
+    def reap(self, broker_id: int) -> None:
+        """Wait until a broker sent SIGKILL is gone."""
+        node = self.brokers[broker_id]
+        assert node.process is not None, f"broker {broker_id} was never started"
         node.process.wait(30)
         log(f"broker {broker_id}: SIGKILL")
 
