@@ -23,10 +23,11 @@ Sends ``count`` messages ``<run>:msg-<n>`` (n zero-padded to six digits) with ke
 * ``r <payload>`` after ``send`` raised: not accepted,
 * ``h <payload> <error>`` when the ``on_delivery_error`` hook is given it.
 
-stderr: the producer's log (INFO and up). stdout, one line each, flushed: ``open`` once
-the producer is open, ``step <name>`` at each step of the commit protocol, ``sent``
-after the last send, ``flushed``, and at the end ``exit <json>``: how the block was left
-(the exception's type, text, notes, the payloads of its ``failures`` with their errors,
+stderr: the producer's log (INFO and up). stdout, one line each, flushed: ``start`` once
+the imports are done (before ``open_producer``), ``open`` once the producer is open,
+``step <name>`` at each step of the commit protocol, ``sent`` after the last send,
+``flushed``, and at the end ``exit <json>``: how the block was left (the exception's
+type, text, notes, the payloads of its ``failures`` with their errors,
 ``spool_path``) and the statistics (``delivered``).
 """
 
@@ -170,6 +171,7 @@ async def main() -> dict[str, Any]:
 
 
 step_hook()
+out("start")
 result = trio.run(main)
 out("exit " + json.dumps(result))
 sys.exit(0 if result["type"] is None else 1)
