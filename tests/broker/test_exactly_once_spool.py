@@ -383,11 +383,12 @@ def test_kill_9_at_random_moments_then_every_accepted_message_exactly_once(
 ) -> None:
     """22 seeded kills on one spool and ``transactional.id``: SIGKILL at a random time
     from the call of ``open_producer`` (during the recovery of what the run before left,
-    or while sending),
-    right after ``open``, or by the child itself at a random step of the commit protocol
-    (its n-th begin / produced / committed / confirmed, or during the recovery); random
-    send rates and commit intervals. A final clean run drains. read_committed: every
-    accepted message exactly once, per-key order kept, nothing that was not accepted."""
+    or while sending), right after ``open``, or by the child itself at a random step of
+    the commit protocol (its n-th begin / produced / committed / confirmed, or during
+    the recovery); random send rates and commit intervals. A final clean run drains.
+    read_committed: every accepted message exactly once, per-key order kept, nothing
+    that was not accepted; the kills landed in the recovery, inside a transaction and
+    between a commit and the spool's confirmation (the last line each child printed)."""
     rng = random.Random(25_2026)
     trial = make_trial("eo-torture")
     modes: Counter[str] = Counter()
