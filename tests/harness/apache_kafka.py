@@ -5,8 +5,11 @@
 resolves the jars with ``mvn`` (tests/harness/apache-kafka/pom.xml) into a cache folder, makes a
 throw-away CA and server certificate with ``openssl``, formats storage, starts the
 broker with Java 17 on free loopback ports -- PLAINTEXT, SASL_PLAINTEXT (PLAIN), SSL and
-SASL_PLAINTEXT (OAUTHBEARER, Kafka's unsecured-JWT validator, for tests only) listeners
--- waits until it answers, runs the command with the environment pointing the suite at
+SASL_PLAINTEXT (OAUTHBEARER, Kafka's unsecured-JWT validator, for tests only) listeners,
+and a PLAINTEXT one (``PROXIED``) advertised at a *proxy* port: a test that runs a
+:class:`tests.harness.faultproxy.FaultProxy` from ``TRIO_PRODUCER_TEST_PROXIED_BOOTSTRAP``
+to ``TRIO_PRODUCER_TEST_PROXIED_TARGET`` can cut its clients' connections (and only
+theirs) -- waits until it answers, runs the command with the environment pointing the suite at
 it, and stops the broker. No Docker, no download outside the package registries.
 """
 
@@ -150,6 +153,8 @@ class ApacheKafka:
         self.sasl = free_port()
         self.ssl = free_port()
         self.oauth = free_port()
+        self.proxied = free_port()  # the PROXIED listener
+        self.proxy = free_port()  # what it advertises (a test's FaultProxy listens there)
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -168,12 +173,13 @@ class ApacheKafka:
                     f"listeners=PLAINTEXT://127.0.0.1:{self.plain},"
                     f"CONTROLLER://127.0.0.1:{self.controller},"
                     f"SASL_PLAINTEXT://127.0.0.1:{self.sasl},SSL://127.0.0.1:{self.ssl},"
-                    f"OAUTH://127.0.0.1:{self.oauth}",
+                    f"OAUTH://127.0.0.1:{self.oauth},PROXIED://127.0.0.1:{self.proxied}",
                     f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.plain},"
                     f"SASL_PLAINTEXT://127.0.0.1:{self.sasl},SSL://127.0.0.1:{self.ssl},"
-                    f"OAUTH://127.0.0.1:{self.oauth}",
+                    f"OAUTH://127.0.0.1:{self.oauth},PROXIED://127.0.0.1:{self.proxy}",
                     "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,"
-                    "SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL,OAUTH:SASL_PLAINTEXT",
+                    "SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL,OAUTH:SASL_PLAINTEXT,"
+                    "PROXIED:PLAINTEXT",
                     "sasl.enabled.mechanisms=PLAIN",
                     # OAUTHBEARER with unsecured JWTs (alg none, a "sub" claim): tests only.
                     "listener.name.oauth.sasl.enabled.mechanisms=OAUTHBEARER",
@@ -277,6 +283,8 @@ class ApacheKafka:
             "TRIO_PRODUCER_TEST_SSL_BOOTSTRAP": f"127.0.0.1:{self.ssl}",
             "TRIO_PRODUCER_TEST_SSL_CA": str(self.ca),
             "TRIO_PRODUCER_TEST_OAUTH_BOOTSTRAP": f"127.0.0.1:{self.oauth}",
+            "TRIO_PRODUCER_TEST_PROXIED_BOOTSTRAP": f"127.0.0.1:{self.proxy}",
+            "TRIO_PRODUCER_TEST_PROXIED_TARGET": f"127.0.0.1:{self.proxied}",
         }
 
     def stop(self) -> None:
