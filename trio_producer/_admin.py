@@ -278,19 +278,43 @@ def ensure_compacted_topic(conf: Mapping[str, Any], topic: str, *, timeout: floa
             ) from None
 
 
+#: After this long, a read of the progress topic that waits for other producers' open
+#: transactions says so (a WARNING).
+SLOW_READ = 2.0
+
+
 def read_last_committed(
     conf: Mapping[str, Any], topic: str, key: bytes, *, timeout: float
 ) -> bytes | None:
-    """The value of the newest committed record with ``key`` in partition 0 of ``topic``
-    (read with ``isolation.level=read_committed`` up to the end the partition had when
-    the call began), or ``None`` when there is none. Blocking, bounded by ``timeout``.
+    """The value of the newest committed record with ``key`` in partition 0 of ``topic``,
+    or ``None`` when there is none. Blocking, bounded by ``timeout``.
 
-    The end is waited for: records of other producers' open transactions hold the read
-    back (the last stable offset) until those commit or abort.
+    Reads with ``isolation.level=read_committed`` up to the end the partition had when
+    the call began -- its high watermark, which a read_uncommitted consumer reports (a
+    read_committed one reports the last stable offset, which stops before the first
+    open transaction). Records of other producers' transactions still open hold the read
+    back until those end: commit, abort, or ``transaction.timeout.ms`` (after which the
+    broker aborts the transaction of a producer that is gone).
 
     Raises:
         ConsumeError: librdkafka's error, or the end was not reached within ``timeout``.
     """
+    partition = confluent_kafka.TopicPartition(topic, 0)
+    watermarks = confluent_kafka.Consumer(
+        {
+            **conf,
+            "group.id": "trio-producer-exactly-once",
+            # (librdkafka's default is read_committed, whose end is the last stable offset)
+            "isolation.level": "read_uncommitted",
+            "logger": librdkafka_logger,
+        }
+    )
+    try:
+        low, high = watermarks.get_watermark_offsets(partition, timeout=timeout)
+    finally:
+        watermarks.close()
+    if high <= low:
+        return None
     consumer = confluent_kafka.Consumer(
         {
             **conf,
@@ -304,22 +328,28 @@ def read_last_committed(
         }
     )
     try:
-        deadline = time.monotonic() + timeout
-        partition = confluent_kafka.TopicPartition(topic, 0)
-        low, high = consumer.get_watermark_offsets(partition, timeout=timeout)
-        if high <= low:
-            return None
+        started = time.monotonic()
+        deadline = started + timeout
+        said = False
         partition.offset = low
         consumer.assign([partition])
         last: bytes | None = None
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
+            now = time.monotonic()
+            if now >= deadline:
                 raise ConsumeError(
                     f"the progress topic {topic!r} was not read to its end (offset {high}) "
-                    f"within {timeout:.0f} s: a transaction of another producer may hold it"
+                    f"within {timeout:.0f} s: a transaction of another producer holds it"
                 )
-            for m in consumer.consume(1000, min(left, 0.05)):
+            if not said and now - started > SLOW_READ:
+                said = True
+                logger.warning(
+                    "reading the progress topic %r: waiting for an open transaction of "
+                    "another producer to end (up to its transaction.timeout.ms, when that "
+                    "producer is gone)",
+                    topic,
+                )
+            for m in consumer.consume(1000, min(deadline - now, 0.05)):
                 error = m.error()
                 if error is None:
                     if m.key() == key:

@@ -571,9 +571,14 @@ class KafkaClient:
         Blocks for at most until ``deadline`` (monotonic); purged reports are normally
         ready at once, so this returns after one non-blocking poll.
         """
-        self._producer.poll(0)
-        while len(self._producer) and time.monotonic() < deadline:
-            self._producer.poll(0.01)
+        try:
+            self._producer.poll(0)
+            while len(self._producer) and time.monotonic() < deadline:
+                self._producer.poll(0.01)
+        except KafkaException as exc:
+            # librdkafka raises here after a fatal error of a transactional producer:
+            # record it (like one from error_cb); what was not served is counted unknown.
+            self.errors.append(error_info(exc))
 
     def close(self) -> None:
         """Release librdkafka (nothing is left to flush when this is called)."""

@@ -137,7 +137,15 @@ def producer_error(ending: Ending) -> TrioProducerError | None:
     failures = ending.failures
     unknown = ending.unknown
     if ending.fatal is not None:
-        return KafkaFatalError(ending.fatal, failures)
+        fatal = KafkaFatalError(ending.fatal, failures)
+        if ending.spool_path is not None and (failures or ending.kept):
+            # (not raised as an UndeliveredMessagesError: say here what the spool keeps)
+            fatal.add_note(
+                f"trio_producer: {ending.kept} accepted message(s) never left the spool; "
+                f"those and the purged ones are kept in the spool {ending.spool_path!r} for "
+                "the next producer"
+            )
+        return fatal
     if len(failures) == 1 and ending.failed_by is failures[0] and not unknown:
         return failures[0]
     if not failures and not unknown and not ending.kept:

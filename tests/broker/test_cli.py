@@ -845,5 +845,6 @@ def test_a_transactional_id_is_refused_at_start_with_what_to_do(where: str, tmp_
         "trio-producer: error: transactional.id: produce does not run transactions "
         "(kcat runs the whole input as one); leave transactional.id out (each line is "
         "then delivered at least once, or reported undelivered), add --spool DIR to keep "
-        "accepted lines across a crash, or use the Python API's producer.transaction()"
+        "accepted lines across a crash (with --exactly-once, delivered exactly once across "
+        "crashes), or use the Python API's producer.transaction()"
     )

@@ -722,15 +722,25 @@ def test_a_producer_dead_in_a_transaction_does_not_hide_another_ones_position(
 ) -> None:
     """Producers with different ``transactional.id`` s share the progress topic (as all do
     with the default ``exactly_once_topic``). One (A) is SIGKILLed after its progress
-    record went out in a transaction it never ends (a host that is gone: the transaction
-    stays open until librdkafka's ``transaction.timeout.ms``, 60 s by default). Another
-    one (B) then commits, is SIGKILLed between a commit and the spool's confirmation, and
-    reopens at once: its recovery must find its own last committed position (above A's
-    open transaction, past the partition's last stable offset) and send nothing twice."""
+    record went out in a transaction it never ends (a host that is gone: the broker
+    aborts the transaction after A's ``transaction.timeout.ms``, here 10 s). Another one
+    (B) then commits, is SIGKILLed between a commit and the spool's confirmation, and
+    reopens at once: its recovery must find its own last committed position, which lies
+    past A's open transaction (past the partition's last stable offset, where a
+    read_committed consumer's own end is): it waits for A's transaction to end, and
+    sends nothing twice. (It read only up to the last stable offset once, found nothing
+    of its own, and sent a committed transaction again.)"""
     dead = make_trial("eo-shared-dead")
     other = make_trial("eo-shared-other")
     other.progress_topic = dead.progress_topic
-    a = dead.spawn(100_000, rate=1000, kill_step="produced", kill_nth=2, kill_delay=0.5)
+    a = dead.spawn(
+        100_000,
+        rate=1000,
+        kill_step="produced",
+        kill_nth=2,
+        kill_delay=0.5,
+        librdkafka={"transaction.timeout.ms": 10_000},
+    )
     dead.finish(a, timeout=30)
     assert a.killed, a.child.output()
     try:

@@ -193,7 +193,9 @@ async def test_a_second_process_on_the_same_spool_is_refused(
 
 
 async def test_transactions_with_a_spool_are_refused(kafka_bootstrap: str, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="spool_path cannot be combined with your own transactions"):
+    with pytest.raises(
+        ConfigError, match="spool_path cannot be combined with your own transactions"
+    ):
         async with open_producer(
             bootstrap_servers=kafka_bootstrap,
             spool_path=str(tmp_path / "spool"),

@@ -69,6 +69,12 @@ class TxnConfluent:
         self.conf = conf
         #: Values to fail with an error name, each time they are produced.
         self.fail: dict[bytes, str] = {}
+        #: Values to refuse at the batch call (librdkafka's ``_error`` on the message).
+        self.refuse: dict[bytes, str] = {}
+        #: Refuse the next progress records at the call with these errors, in turn.
+        self.refuse_progress: list[str] = []
+        #: Fail every message of a transaction that holds b"big" (a batch refused).
+        self.fail_all_with_big = False
         #: What committed transactions wrote, in order (dicts as produced).
         self.log: list[dict[str, Any]] = []
         self.open: list[tuple[dict[str, Any], Any]] | None = None
@@ -82,9 +88,15 @@ class TxnConfluent:
 
     def produce_batch(self, topic: str, messages: list[dict[str, Any]], *, on_delivery: Any) -> int:
         assert self.open is not None, "produce outside a transaction"
+        queued = 0
         for m in messages:
+            name = self.refuse.get(m["value"])
+            if name is not None:
+                m["_error"] = KafkaError(getattr(KafkaError, name))
+                continue
             self.open.append(({"topic": topic, **m}, m.get("callback", on_delivery)))
-        return len(messages)
+            queued += 1
+        return queued
 
     def produce(
         self,
@@ -98,6 +110,9 @@ class TxnConfluent:
         headers: object,
     ) -> None:
         assert self.open is not None, "produce outside a transaction"
+        if topic != "t" and self.refuse_progress:
+            name = self.refuse_progress.pop(0)
+            raise KafkaException(KafkaError(getattr(KafkaError, name)))
         m = {"topic": topic, "value": value, "key": key, "partition": max(partition, 0)}
         self.open.append((m, on_delivery))
 
@@ -105,8 +120,11 @@ class TxnConfluent:
         assert self.open is not None
         self.calls.append("commit")
         failed = False
+        batch_refused = self.fail_all_with_big and any(m["value"] == b"big" for m, _ in self.open)
         for i, (m, callback) in enumerate(self.open):
             name = self.fail.get(m["value"])
+            if batch_refused and m["topic"] == "t":
+                name = "MSG_SIZE_TOO_LARGE"
             if name is not None:
                 failed = True
                 callback(KafkaError(getattr(KafkaError, name)), Msg(m, -1))
@@ -169,29 +187,24 @@ async def open_committer(
     client = KafkaClient(cfg.librdkafka_config(), producer_class=factory)
     keeper = await open_keeper(str(path), 1 << 22, "never", 0.5, None)
     state = State()
-    committer = eo.Committer(
-        keeper,
-        client,
-        position,
-        keeper.spool.recovered,
-        "0" * 32,
-        cfg,
-    )
+    committer = eo.Committer(keeper, client, position, keeper.spool.recovered, "0" * 32, cfg)
     return committer, fakes[0], state, keeper
 
 
 def spool(keeper: Any, committer: eo.Committer, values: list[bytes], key: bytes = b"k") -> None:
     for value in values:
         item: Any = {"topic": "t", "value": value, "key": key}
-        committer.accepted(keeper.spool_item(item, None), None)
+        seq = keeper.spool_item(item, None)
+        committer.accepted(seq, {"topic": "t", "value": value, "key": key}, None)
 
 
 def data(log: list[dict[str, Any]]) -> list[bytes]:
     return [m["value"] for m in log if m["topic"] == "t"]
 
 
-def positions(log: list[dict[str, Any]]) -> list[int]:
-    return [json.loads(m["value"])["seq"] for m in log if m["topic"] != "t"]
+def positions(fake: TxnConfluent) -> list[int]:
+    """The committed positions: the progress records' seqs, in order."""
+    return [json.loads(m["value"])["seq"] for m in fake.log if m["topic"] != "t"]
 
 
 # ---- configuration ---------------------------------------------------------------------
@@ -240,12 +253,11 @@ def test_the_position_codec() -> None:
     assert eo.decode_position(None, origin) == (-1, None)
     seq, why = eo.decode_position(eo.encode_position("cd" * 16, 7), origin)
     assert seq == -1
-    assert why is not None
-    assert "another spool directory" in why
+    assert why == f"its last progress record names another spool directory ({'cd' * 16})"
     seq, why = eo.decode_position(b"junk", origin)
     assert seq == -1
     assert why is not None
-    assert "cannot be read" in why
+    assert why.startswith("its last progress record cannot be read")
     cfg = ProducerConfig(
         "h:1", spool_path="/s", exactly_once=True, librdkafka={"transactional.id": "t|x"}
     )
@@ -253,13 +265,15 @@ def test_the_position_codec() -> None:
 
 
 def test_the_origin_is_made_once_and_kept(tmp_path: Path) -> None:
-    first = eo.read_or_create_origin(tmp_path)
+    first, made = eo.read_or_create_origin(tmp_path)
+    assert made
     assert len(first) == 32
     assert int(first, 16) >= 0
-    assert eo.read_or_create_origin(tmp_path) == first
+    assert eo.read_or_create_origin(tmp_path) == (first, False)
     assert not (tmp_path / "ORIGIN.tmp").exists()
     (tmp_path / "ORIGIN").write_text("not an identity\n")
-    second = eo.read_or_create_origin(tmp_path)
+    second, made = eo.read_or_create_origin(tmp_path)
+    assert made
     assert second != first
     assert len(second) == 32
 
@@ -304,7 +318,9 @@ async def test_each_transaction_commits_its_messages_with_the_position(tmp_path:
     # The position is the last record of each transaction, after its messages.
     assert fake.log[-1]["topic"] == "trio-producer-progress"
     assert fake.log[-1]["key"] == f"{TID}|{'0' * 32}".encode()
-    assert positions(fake.log)[-1] == 3
+    assert fake.log[-1]["partition"] == 0
+    assert positions(fake)[-1] == 3
+    assert positions(fake) == sorted(positions(fake))
     assert steps[:4] == ["begin", "produced", "committed", "confirmed"]
     assert keeper.spool.pending == 0  # confirmed: out of the spool
     assert committer.committed == 4
@@ -323,12 +339,58 @@ async def test_a_message_that_fails_on_its_own_is_handed_back_and_the_rest_sent_
         spool(keeper, committer, [b"a", b"big", b"c"])
         await committer.wait_done(2)
         nursery.cancel_scope.cancel()
-    assert fake.calls == ["begin", "commit", "abort", "begin", "commit"]
+    # 1. All three share one callback: the failure says no message; abort, and
+    # 2. again, each with its own callback: "big" failed (a suspect); abort, and
+    # 3. "a" alone, 4. "big" alone: it fails on its own (handed back), 5. "c".
+    assert fake.calls == [
+        *("begin", "commit", "abort"),
+        *("begin", "commit", "abort"),
+        *("begin", "commit"),
+        *("begin", "commit", "abort"),
+        *("begin", "commit"),
+    ]
     assert data(fake.log) == [b"a", b"c"]  # in order, once each
     assert [f.message.value for f in state.handed_back] == [b"big"]
     assert state.handed_back[0].error.name == "MSG_SIZE_TOO_LARGE"
     assert keeper.spool.pending == 0  # the handed-back one is confirmed too: never resent
-    assert committer.aborts == 1
+    assert committer.aborts == 3
+    assert committer.committed == 2
+    await keeper.aclose()
+
+
+async def test_a_batch_refused_whole_hands_back_only_the_message_at_fault(
+    tmp_path: Path,
+) -> None:
+    # A broker that refuses a batch fails every message in it with the same error.
+    committer, fake, state, keeper = await open_committer(tmp_path, commit_interval=0)
+    fake.fail_all_with_big = True
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(committer.run, run_exclusive, state)
+        spool(keeper, committer, [b"a", b"b", b"big", b"c", b"d"])
+        await committer.wait_done(4)
+        nursery.cancel_scope.cancel()
+    assert data(fake.log) == [b"a", b"b", b"c", b"d"]
+    assert [f.message.value for f in state.handed_back] == [b"big"]
+    assert keeper.spool.pending == 0
+    await keeper.aclose()
+
+
+async def test_a_message_librdkafka_refuses_at_once_is_handed_back_not_counted(
+    tmp_path: Path,
+) -> None:
+    # Refused at the call, it never is in the transaction, which commits without it.
+    committer, fake, state, keeper = await open_committer(tmp_path, commit_interval=0)
+    fake.refuse[b"huge"] = "MSG_SIZE_TOO_LARGE"
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(committer.run, run_exclusive, state)
+        spool(keeper, committer, [b"a", b"huge", b"c"])
+        await committer.wait_done(2)
+        nursery.cancel_scope.cancel()
+    assert data(fake.log) == [b"a", b"c"]
+    assert [f.message.value for f in state.handed_back] == [b"huge"]
+    assert state.handed_back[0].error.name == "MSG_SIZE_TOO_LARGE"
+    assert committer.committed == 2
+    assert keeper.spool.pending == 0
     await keeper.aclose()
 
 
@@ -390,7 +452,7 @@ async def test_a_fatal_commit_error_fails_the_producer_at_once(tmp_path: Path) -
     assert state.fatal.name == "_FENCED"
     assert committer.pending() == 2
     assert keeper.spool.pending == 2
-    assert fake.calls == ["begin"]  # tried once, not retried
+    assert fake.calls == ["begin"]  # the commit tried once, not retried
     await keeper.aclose()
 
 
@@ -419,7 +481,7 @@ async def test_recovered_records_above_the_position_go_first_in_order(tmp_path: 
         await committer.wait_done(5)
         nursery.cancel_scope.cancel()
     assert data(fake2.log) == [b"r3", b"r4", b"n5"]
-    assert positions(fake2.log) == [5]
+    assert positions(fake2) == [5]
     await keeper.aclose()
 
 
@@ -428,3 +490,40 @@ def test_step_names_are_the_documented_ones() -> None:
     for step in ("fenced", "recovered", "begin", "produced", "committed", "confirmed"):
         assert f'"{step}"' in doc
     assert os.path.basename(eo.__file__) == "_exactly_once.py"
+
+
+async def test_a_progress_record_refused_for_the_transactions_state_is_sent_again(
+    tmp_path: Path,
+) -> None:
+    # After a message failed, librdkafka refuses what comes next in the transaction
+    # (_STATE): the transaction is aborted and sent again, not the producer failed.
+    committer, fake, state, keeper = await open_committer(tmp_path, commit_interval=0)
+    fake.refuse_progress = ["_STATE"]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(committer.run, run_exclusive, state)
+        spool(keeper, committer, [b"a", b"b"])
+        await committer.wait_done(1)
+        nursery.cancel_scope.cancel()
+    assert state.fatal is None
+    assert fake.calls == ["begin", "abort", "begin", "commit"]
+    assert data(fake.log) == [b"a", b"b"]
+    assert positions(fake) == [1]
+    await keeper.aclose()
+
+
+async def test_a_progress_topic_that_refuses_the_record_fails_the_producer(
+    tmp_path: Path,
+) -> None:
+    committer, fake, state, keeper = await open_committer(tmp_path, commit_interval=0)
+    fake.refuse_progress = ["TOPIC_AUTHORIZATION_FAILED"]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(committer.run, run_exclusive, state)
+        spool(keeper, committer, [b"a"])
+        with pytest.raises(trio_producer_closed()):
+            await committer.wait_done(0)
+    assert state.fatal is not None
+    assert state.fatal.name == "TOPIC_AUTHORIZATION_FAILED"
+    assert fake.calls == ["begin", "abort"]  # never committed without its position
+    assert fake.log == []
+    assert keeper.spool.pending == 1
+    await keeper.aclose()

@@ -176,3 +176,16 @@ def test_unknown_reports_are_counted() -> None:
         "0 accepted message(s) were not delivered "
         "(and 2 more with no delivery report after the purge)"
     )
+
+
+def test_a_fatal_error_says_what_the_spool_keeps() -> None:
+    # A zombie fenced by another producer: KafkaFatalError, and what its spool keeps.
+    verdict = decide(Ending(fatal=FATAL, kept=120, spool_path="/var/spool/a"))
+    assert isinstance(verdict.raise_, KafkaFatalError)
+    assert verdict.raise_.__notes__ == [
+        "trio_producer: 120 accepted message(s) never left the spool; those and the purged "
+        "ones are kept in the spool '/var/spool/a' for the next producer"
+    ]
+    # Without a spool (or nothing kept) there is nothing to say.
+    assert not hasattr(decide(Ending(fatal=FATAL)).raise_, "__notes__")
+    assert not hasattr(decide(Ending(fatal=FATAL, spool_path="/s")).raise_, "__notes__")

@@ -3,8 +3,9 @@ the same Kafka transaction as its messages.
 
 The spool's sequence numbers are the source offsets (as Kafka Connect's exactly-once
 source connectors do it, KIP-618). Accepting a message writes it to the spool only
-(:class:`ExactlyOnceIntake`); the :class:`Committer`, a background task, reads the
-spool in order and runs the transactions itself. Each transaction carries:
+(:class:`ExactlyOnceIntake`); the :class:`Committer`, a background task, takes the
+accepted messages in spool order and runs the transactions itself. Each transaction
+carries:
 
 * the next spooled messages, in their spool order (per-key order is kept: one producer,
   idempotent, in order), and
@@ -17,7 +18,8 @@ A message leaves the spool only after its transaction committed. The commit prot
 step by step (the names are what :data:`STEP_HOOK` is called with, the seam of the
 kill-at-every-step tests)::
 
-    "begin"      begin_transaction (the HANDED mark was raised first: seqs never repeat)
+    "begin"      begin_transaction (the HANDED mark is raised before each hand-off:
+                 seqs never repeat)
     "produced"   the messages and the progress record are handed to librdkafka; next,
                  commit_transaction (it flushes, then commits)
     "committed"  it returned: the messages and the position are in Kafka, atomically
@@ -30,8 +32,10 @@ the position are sent again, in order). Recovery (:func:`open_exactly_once`), in
 
     lock and recover the spool      (a second process is refused here, before any fencing)
     "fenced"     init_transactions: fences a zombie, aborts (or completes) what it left open
-    "recovered"  the committed position was read back (read_committed); the recovered
-                 records at or below it are confirmed as delivered, the rest sent again
+    "recovered"  the committed position was read back (read_committed, up to the
+                 partition's high watermark: another producer's open transaction holds
+                 the read back until it ends); the recovered records at or below it are
+                 confirmed as delivered, the rest sent again
 
 A transaction that fails is aborted and sent again, minus the messages whose own
 delivery failed for good (:data:`OWN_FAULT`: too large, unknown topic, timed out, ...):
@@ -47,13 +51,13 @@ import json
 import logging
 import os
 from collections import deque
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import attrs
 import trio
 
 from .._admin import ensure_compacted_topic, read_last_committed
-from .._batch import route_for
+from .._batch import Route, route_for
 from .._client import DeliveryReports, TrackedReport
 from .._exceptions import ProducerClosedError, TransactionError
 from .._message import KafkaErrorInfo
@@ -125,8 +129,17 @@ FIRST_BACKOFF = 0.1
 MAX_BACKOFF = 5.0
 MAX_ABORTS = 20
 
+#: The most accepted messages the committer keeps in memory (beyond them it reads the
+#: spool back, as store and forward does).
+FRESH_MAX = 4 * MAX_MESSAGES
+
 #: While a transaction gathers messages, it hands what came to librdkafka this often.
 GATHER_TICK = 0.005
+
+#: The longest a recovery waits to read the progress topic to its end: past librdkafka's
+#: default ``transaction.timeout.ms`` (60 s), after which the broker aborts the open
+#: transaction of a producer that is gone.
+PROGRESS_READ_TIMEOUT = 75.0
 
 #: The file in the spool directory that names it (its identity in the progress records).
 ORIGIN_FILE = "ORIGIN"
@@ -175,7 +188,7 @@ def encode_position(origin: str, seq: int) -> bytes:
 
 def decode_position(value: bytes | None, origin: str) -> tuple[int, str | None]:
     """The committed position of *this* spool (``-1``: none) read from a progress value,
-    and, when the value belongs to another spool or cannot be read, why it is ignored."""
+    and, when the value cannot be read or names another spool, why it is ignored."""
     if value is None:
         return -1, None
     try:
@@ -186,22 +199,19 @@ def decode_position(value: bytes | None, origin: str) -> tuple[int, str | None]:
     except (ValueError, TypeError, KeyError) as exc:
         return -1, f"its last progress record cannot be read ({exc!r}: {value!r:.80})"
     if spool != origin:
-        return -1, (
-            f"its last progress record is of another spool directory ({spool}, this one "
-            f"is {origin}): the directory was replaced"
-        )
+        return -1, f"its last progress record names another spool directory ({spool})"
     return seq, None
 
 
-def read_or_create_origin(path: os.PathLike[str] | str) -> str:
-    """The spool directory's identity (hex), made (written and fsynced) at its first use
-    with ``exactly_once``. Blocking."""
+def read_or_create_origin(path: os.PathLike[str] | str) -> tuple[str, bool]:
+    """The spool directory's identity (hex), and whether it was made now (written and
+    fsynced: at the directory's first use with ``exactly_once``). Blocking."""
     file = os.path.join(path, ORIGIN_FILE)
     try:
         with open(file, encoding="ascii") as f:
             origin = f.read().strip()
         if len(origin) == 32 and all(c in "0123456789abcdef" for c in origin):
-            return origin
+            return origin, False
         logger.warning("spool %r: %s is not an identity (%r): made anew", path, file, origin)
     except FileNotFoundError:
         pass
@@ -217,7 +227,7 @@ def read_or_create_origin(path: os.PathLike[str] | str) -> str:
         os.fsync(fd)
     finally:
         os.close(fd)
-    return origin
+    return origin, True
 
 
 def client_conf(props: Mapping[str, Any]) -> dict[str, Any]:
@@ -230,9 +240,28 @@ def client_conf(props: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+#: One message of the committer: its seq and the message as librdkafka takes it (no
+#: report callback of its own unless it needs one).
+Entry = tuple[int, "Pending"]
+
+
 class Committer:
-    """The exactly-once transactions: reads the spool in order, commits each transaction
-    with the spool's position, confirms what committed (see the module docstring).
+    """The exactly-once transactions: takes the accepted messages in spool order,
+    commits each transaction with the spool's position, confirms what committed (see
+    the module docstring).
+
+    Where the messages come from, oldest first: those of an aborted transaction (sent
+    again), the recovered ones, then the ones accepted by this run -- from memory while
+    the committer keeps up (``_fresh``, bounded by ``FRESH_MAX``), else read back from
+    the spool. Nothing is lost by dropping the memory copy: the spool has every one.
+
+    A transaction's messages share one report callback, which only counts (librdkafka's
+    commit fails when any of them failed), except a ``send_and_wait`` caller's. When a
+    transaction is aborted because messages failed on their own (``OWN_FAULT``), its
+    messages are sent again each with a callback of its own (``_careful``), so that
+    the failures are known by message; the ones that failed are then sent each alone in
+    a transaction (a broker that refuses a batch fails every message in it), and only
+    one that fails alone is handed back. The order is kept throughout.
 
     Args:
         keeper: The spool's keeper.
@@ -263,16 +292,25 @@ class Committer:
         self._id_header = keeper.id_header
         #: The highest seq in a committed transaction (the position in Kafka).
         self.position = position
+        #: Messages of an aborted transaction, to send again first.
+        self._retry: deque[Entry] = deque()
+        #: Seqs that failed on their own in a transaction with others: each is sent
+        #: alone in a transaction of its own, and handed back only if it fails alone.
+        self._suspects: set[int] = set()
+        #: The next transaction gives each message a report callback of its own.
+        self._careful = False
+        #: The recovered records above the position, in order.
+        self._recovered: deque[SpoolRecord] = deque(pending)
+        #: The first seq of this run not taken yet (from ``_fresh`` or the spool).
+        self._next = self._spool.next_seq
+        #: This run's accepted messages in memory, contiguous from ``_next`` on.
+        self._fresh: deque[Entry] = deque()
         #: Everything at or below this seq was committed or handed back.
         self.done_through = self._spool.next_seq - 1
-        #: Records to send, oldest first: recovered ones, then those of an aborted
-        #: transaction to send again; new ones are read from the spool from ``_next``.
-        self._queue: deque[SpoolRecord] = deque(pending)
-        if self._queue:
-            self.done_through = self._queue[0].seq - 1
-        self._next = self._spool.next_seq
-        #: The records of the transaction in progress.
-        self._in_transaction: list[SpoolRecord] = []
+        if self._recovered:
+            self.done_through = self._recovered[0].seq - 1
+        #: The messages of the transaction in progress.
+        self._in_transaction: list[Entry] = []
         #: ``send_and_wait`` callers' trackers, by seq: woken after the commit.
         self._waiters: dict[int, TrackedReport] = {}
         self._wake = trio.lowlevel.ParkingLot()
@@ -283,6 +321,8 @@ class Committer:
         self._gather: trio.CancelScope | None = None
         #: A flush() waits: commit without waiting out ``commit_interval``.
         self._urgent = False
+        #: The last abort's cause was retriable (the cluster was unreachable).
+        self._last_cause_retriable = False
         #: Counters: messages committed, transactions committed and aborted.
         self.committed = 0
         self.transactions = 0
@@ -292,17 +332,35 @@ class Committer:
 
     def pending(self) -> int:
         """Accepted messages not yet committed (nor handed back)."""
-        return len(self._in_transaction) + len(self._queue) + self._spool.next_seq - self._next
+        return (
+            len(self._in_transaction)
+            + len(self._retry)
+            + len(self._recovered)
+            + self._spool.next_seq
+            - self._next
+        )
 
     @property
     def in_transaction(self) -> int:
         """Messages in the transaction in progress."""
         return len(self._in_transaction)
 
-    def accepted(self, seq: int, tracked: TrackedReport | None) -> None:
-        """A message was spooled (``tracked``: a ``send_and_wait`` caller's)."""
+    def accepted(self, seq: int, item: Pending, tracked: TrackedReport | None) -> None:
+        """The message ``item`` was spooled as ``seq`` (``tracked``: a ``send_and_wait``
+        caller's). ``item`` is the message as librdkafka takes it, with no callback."""
         if tracked is not None:
             self._waiters[seq] = tracked
+        fresh = self._fresh
+        if len(fresh) < FRESH_MAX and (fresh[-1][0] == seq - 1 if fresh else seq == self._next):
+            fresh.append((seq, item))
+        if self._idle:
+            self._wake.unpark_all()
+
+    def accepted_many(self, first: int, entries: list[Entry]) -> None:
+        """A chunk of ``send_many`` was spooled from ``first`` on (see :meth:`accepted`)."""
+        fresh = self._fresh
+        if len(fresh) < FRESH_MAX and (fresh[-1][0] == first - 1 if fresh else first == self._next):
+            fresh.extend(entries)
         if self._idle:
             self._wake.unpark_all()
 
@@ -327,13 +385,15 @@ class Committer:
     def take_all(self) -> list[Pending]:
         """Every accepted message not committed, in order, as messages to hand back
         (the exit, when the spool directory was removed); forgotten here."""
-        records = [*self._in_transaction, *self._queue]
-        if self._next < self._spool.next_seq:
-            records += self._spool.read_from(self._next, self._spool.next_seq - self._next)
+        entries = [*self._in_transaction, *self._retry]
+        entries += [self._from_record(record) for record in self._recovered]
+        spool = self._spool
+        while self._next < spool.next_seq:
+            entries += self._take_new(spool.next_seq - self._next)
         self._in_transaction = []
-        self._queue.clear()
-        self._next = self._spool.next_seq
-        return [self._item(record) for record in records]
+        self._retry.clear()
+        self._recovered.clear()
+        return [self._careful_item(seq, item) for seq, item in entries]
 
     async def drain(self) -> None:
         """At the exit (the channel is closed): commit what is pending without waiting
@@ -345,6 +405,98 @@ class Committer:
             self._wake.unpark_all()
         while self.pending() and not self._stopped:
             await self._progress.park()
+
+    # ---- where a transaction's messages come from -------------------------------------------
+
+    def _from_record(self, record: SpoolRecord) -> Entry:
+        item: Pending = {"topic": record.topic, "value": record.value}
+        if record.key is not None:
+            item["key"] = record.key
+        if record.partition >= 0:
+            item["partition"] = record.partition
+        if record.timestamp > 0:
+            item["timestamp"] = record.timestamp
+        headers = list(record.headers or ())
+        if self._id_header is not None:
+            headers.append((self._id_header, record.id))
+        if headers:
+            item["headers"] = headers
+        if "headers" in item or "partition" in item or "timestamp" in item:
+            item["route"] = Route.SINGLE
+        return record.seq, item
+
+    def _take_new(self, room: int) -> list[Entry]:
+        """Up to ``room`` of this run's next messages: from memory, else from the spool
+        (up to where the memory copy begins)."""
+        fresh = self._fresh
+        if fresh and fresh[0][0] == self._next:
+            n = min(room, len(fresh))
+            out = [fresh.popleft() for _ in range(n)]
+        else:
+            limit = min(room, 1000, self._spool.next_seq - self._next)
+            if fresh:
+                limit = min(limit, fresh[0][0] - self._next)
+            out = [self._from_record(r) for r in self._spool.read_from(self._next, limit)]
+        if out:
+            self._next = out[-1][0] + 1
+        return out
+
+    def _take(self, entries: list[Entry], size: int) -> int:
+        """Add the next messages to the transaction's ``entries``, up to
+        ``MAX_MESSAGES`` and ``MAX_BYTES``; a suspect only alone (it ends the taking,
+        and takes nothing after it). Returns the bytes the transaction holds now."""
+        for source in (self._retry, None):
+            while len(entries) < MAX_MESSAGES and size < MAX_BYTES:
+                if source is not None:
+                    if not source:
+                        break
+                    if self._suspects:
+                        if source[0][0] in self._suspects:
+                            if entries:
+                                return size  # the suspect goes alone, next time
+                            entry = source.popleft()
+                            entries.append(entry)
+                            return MAX_BYTES  # alone: nothing after it
+                    batch = [source.popleft()]
+                elif self._recovered:
+                    n = min(MAX_MESSAGES - len(entries), len(self._recovered))
+                    batch = [self._from_record(self._recovered.popleft()) for _ in range(n)]
+                elif self._next < self._spool.next_seq:
+                    batch = self._take_new(MAX_MESSAGES - len(entries))
+                else:
+                    break
+                for _, item in batch:
+                    value, key = item["value"], item.get("key")
+                    size += (len(value) if value else 0) + (len(key) if key else 0)
+                entries += batch
+        return size
+
+    def _careful_item(self, seq: int, item: Pending) -> Pending:
+        """``item`` with a report callback of its own (its failure is then known)."""
+        own: Pending = {**item}
+        own.pop("route", None)
+        tracked = self._waiters.get(seq)
+        if tracked is None:
+            tracked = TrackedReport(own.get("headers"), None, seq)
+        else:
+            tracked.failure = tracked.metadata = None
+            tracked.headers = own.get("headers")
+        own["callback"] = tracked
+        own["route"] = route_for(own, own_callback=True)
+        return own
+
+    def _items(self, entries: list[Entry]) -> list[Pending]:
+        """The messages of ``entries`` as handed to librdkafka."""
+        if self._careful:
+            return [self._careful_item(seq, item) for seq, item in entries]
+        waiters = self._waiters
+        suspects = self._suspects
+        if not waiters and not suspects:
+            return [item for _, item in entries]
+        return [
+            self._careful_item(seq, item) if seq in waiters or seq in suspects else item
+            for seq, item in entries
+        ]
 
     # ---- the task --------------------------------------------------------------------------
 
@@ -377,8 +529,9 @@ class Committer:
                 backoff = FIRST_BACKOFF
                 aborts = 0
                 continue
-            aborts += 1
             self.aborts += 1
+            if not self._last_cause_retriable:
+                aborts += 1  # (an unreachable cluster is waited out, never given up on)
             if aborts >= MAX_ABORTS:
                 state.on_fatal(
                     KafkaErrorInfo(
@@ -389,48 +542,9 @@ class Committer:
                     )
                 )
                 return
-            await trio.sleep(backoff)
-            backoff = min(MAX_BACKOFF, backoff * 2)
-
-    def _take(self, records: list[SpoolRecord], size: int) -> int:
-        """Add the next records to the transaction's ``records``: the queue first, then
-        new ones from the spool, up to ``MAX_MESSAGES`` and ``MAX_BYTES``. Returns the
-        bytes the transaction holds now."""
-        queue = self._queue
-        while queue and len(records) < MAX_MESSAGES and size < MAX_BYTES:
-            record = queue.popleft()
-            records.append(record)
-            size += len(record.value or b"") + len(record.key or b"")
-        spool = self._spool
-        while len(records) < MAX_MESSAGES and size < MAX_BYTES and self._next < spool.next_seq:
-            room = min(MAX_MESSAGES - len(records), 1000)
-            for record in spool.read_from(self._next, room):
-                records.append(record)
-                size += len(record.value or b"") + len(record.key or b"")
-                self._next = record.seq + 1
-        return size
-
-    def _item(self, record: SpoolRecord) -> Pending:
-        item: Pending = {"topic": record.topic, "value": record.value}
-        if record.key is not None:
-            item["key"] = record.key
-        if record.partition >= 0:
-            item["partition"] = record.partition
-        if record.timestamp > 0:
-            item["timestamp"] = record.timestamp
-        headers = list(record.headers or ())
-        if self._id_header is not None:
-            headers.append((self._id_header, record.id))
-        if headers:
-            item["headers"] = headers
-        tracked = self._waiters.get(record.seq)
-        if tracked is None:
-            tracked = TrackedReport(headers or None, None, record.seq)
-        else:
-            tracked.failure = tracked.metadata = None
-        item["callback"] = tracked
-        item["route"] = route_for(item, own_callback=True)
-        return item
+            if not self._careful and not self._suspects:
+                await trio.sleep(backoff)  # (a failure of the transaction, not a message's)
+                backoff = min(MAX_BACKOFF, backoff * 2)
 
     async def _transact(self, run_exclusive: RunExclusive, state: Failures) -> bool | None:
         """One transaction: begin; for ``commit_interval`` (or until it is full, a
@@ -447,31 +561,31 @@ class Committer:
         _step("begin")
         deadline = trio.current_time() + self._interval
         reports = DeliveryReports()
-        records: list[SpoolRecord] = []
-        self._in_transaction = records  # (the list grows below)
+        entries: list[Entry] = []
+        self._in_transaction = entries  # (the list grows below)
         items: list[Pending] = []
         size = 0
+        careful = self._careful
         while True:
-            before = len(records)
-            size = self._take(records, size)
-            if len(records) > before:
+            before = len(entries)
+            size = self._take(entries, size)
+            if len(entries) > before:
                 # Before the hand-off: no seq above the mark was handed over, so a new
                 # process never gives out a seq that may be in Kafka already.
-                self._spool.note_handed(records[-1].seq)
-                items += [self._item(record) for record in records[before:]]
+                self._spool.note_handed(entries[-1][0])
+                items += self._items(entries[before:])
                 await self._produce(items, before, reports, run_exclusive)
-            full = len(records) >= MAX_MESSAGES or size >= MAX_BYTES
+            full = len(entries) >= MAX_MESSAGES or size >= MAX_BYTES
             if full or self._closing or self._urgent or trio.current_time() >= deadline:
                 break
             # Not woken by each accepted message (a task switch per message): it looks
             # again every GATHER_TICK, and at once when a flush() or the exit asks.
-            with trio.CancelScope(deadline=min(deadline, trio.current_time() + GATHER_TICK)) as (
-                self._gather
-            ):
+            tick = min(deadline, trio.current_time() + GATHER_TICK)
+            with trio.CancelScope(deadline=tick) as self._gather:
                 await trio.sleep_forever()
             self._gather = None
         self._urgent = False
-        last = records[-1].seq
+        last = entries[-1][0]
         progress = TrackedReport(None, None)
         items.append(
             {
@@ -480,11 +594,42 @@ class Committer:
                 "key": self._key,
                 "partition": 0,
                 "callback": progress,
+                "route": Route.SINGLE,
             }
         )
-        items[-1]["route"] = route_for(items[-1], own_callback=True)
         await self._produce(items, len(items) - 1, reports, run_exclusive)
         _step("produced")
+        outcome: TransactionError | Literal[True] | None
+        if progress.failure is not None:
+            # librdkafka refused the progress record at once: the transaction must not
+            # commit without it. (Refused because the transaction had failed already --
+            # _STATE after a message's failure -- it is aborted and sent again.)
+            outcome = TransactionError(
+                "producing the progress record", progress.failure.error, abortable=True
+            )
+        else:
+            outcome = await self._commit(run_exclusive, state)
+        if isinstance(outcome, TransactionError):
+            if progress.failure is not None and progress.failure.error.name in OWN_FAULT:
+                # The progress topic itself refused it: nothing can commit.
+                await self._abort(run_exclusive, state)
+                error = TransactionError("producing the progress record", progress.failure.error)
+                self._fail(error, state)
+                return None
+            return await self._aborted(entries, reports, careful, run_exclusive, outcome, state)
+        if outcome is None:
+            return None
+        _step("committed")
+        self._committed(entries, last, reports, careful, state)
+        _step("confirmed")
+        return True
+
+    async def _commit(
+        self, run_exclusive: RunExclusive, state: Failures
+    ) -> TransactionError | Literal[True] | None:
+        """``commit_transaction``. True: committed; a ``TransactionError``: the
+        transaction must be aborted; None: the producer failed."""
+        client = self._client
         while True:
             try:
                 # Shielded (it is bounded by its own timeout): a commit that returned is
@@ -493,19 +638,14 @@ class Committer:
                     await run_exclusive(client.commit_transaction, self._timeout)
             except TransactionError as exc:
                 if exc.abortable:
-                    cause = exc
-                    break
+                    return exc
                 if exc.retriable and not exc.fatal:
                     logger.warning("exactly once: the commit did not finish, trying again: %s", exc)
                     await trio.sleep(FIRST_BACKOFF)  # (never a busy loop)
                     continue
                 self._fail(exc, state)
                 return None
-            _step("committed")
-            self._committed(records, last)
-            _step("confirmed")
             return True
-        return await self._aborted(records, reports, progress, run_exclusive, cause, state)
 
     async def _produce(
         self,
@@ -521,78 +661,116 @@ class Committer:
                 return
             await run_exclusive(client.poll, 0.1)  # librdkafka's queue is full: serve some
 
-    def _committed(self, records: list[SpoolRecord], last: int) -> None:
-        self._keeper.confirm([record.seq for record in records])
+    def _committed(
+        self,
+        entries: list[Entry],
+        last: int,
+        reports: DeliveryReports,
+        careful: bool,
+        state: Failures,
+    ) -> None:
+        """After the commit: confirm; wake the waiters; hand back what librdkafka refused
+        at once (those never were in the transaction, which committed without them)."""
+        self._keeper.confirm([seq for seq, _ in entries])
+        refused = 0
+        for failure in reports.failures:
+            refused += 1
+            tracked = failure.tracked
+            if tracked is not None and tracked.has_waiter:
+                continue  # its send_and_wait caller raises it (woken below)
+            state.route_failure(failure.error)
         waiters = self._waiters
         if waiters:
-            for record in records:
-                tracked = waiters.pop(record.seq, None)
+            for seq, _ in entries:
+                tracked = waiters.pop(seq, None)
                 if tracked is not None and tracked.waiter is not None:
                     tracked.waiter.set()
+        if careful:
+            self._careful = False
+        for seq, _ in entries:
+            self._suspects.discard(seq)
         self._in_transaction = []
         self.position = self.done_through = last
-        self.committed += len(records)
+        self.committed += len(entries) - refused
         self.transactions += 1
         self._progress.unpark_all()
 
-    async def _aborted(
-        self,
-        records: list[SpoolRecord],
-        reports: DeliveryReports,
-        progress: TrackedReport,
-        run_exclusive: RunExclusive,
-        cause: TransactionError,
-        state: Failures,
-    ) -> bool | None:
+    async def _abort(self, run_exclusive: RunExclusive, state: Failures) -> bool:
         try:
             with trio.CancelScope(shield=True):
                 await run_exclusive(self._client.abort_transaction, self._timeout)
         except TransactionError as exc:
             self._fail(exc, state)
+            return False
+        return True
+
+    async def _aborted(
+        self,
+        entries: list[Entry],
+        reports: DeliveryReports,
+        careful: bool,
+        run_exclusive: RunExclusive,
+        cause: TransactionError,
+        state: Failures,
+    ) -> bool | None:
+        """After a commit that failed: abort; send everything again, in order, except a
+        message that failed on its own -- alone in its transaction, it is handed back;
+        with others, it becomes a suspect (sent alone next); without a callback of its
+        own, the next try gives every message one (``_careful``)."""
+        self._last_cause_retriable = cause.retriable and not cause.abortable
+        if not await self._abort(run_exclusive, state):
             return None
         own: dict[int, Failure] = {}
+        anonymous = False
         for failure in reports.failures:
+            if failure.error.error.name not in OWN_FAULT:
+                continue
             tracked = failure.tracked
             if tracked is not None and tracked.ticket >= 0:
-                if failure.error.error.name in OWN_FAULT:
-                    own[tracked.ticket] = failure
-        if progress.failure is not None and progress.failure.error.name in OWN_FAULT:
-            # The progress topic itself is refused: nothing can commit.
-            error = TransactionError("producing the progress record", progress.failure.error)
-            self._fail(error, state)
-            return None
-        logger.warning(
-            "exactly once: a transaction of %d message(s) was aborted (%s); %d handed back, "
-            "the rest is sent again",
-            len(records),
-            cause,
-            len(own),
-        )
-        if own:
-            handed = []
-            for failure in own.values():
-                tracked = failure.tracked
-                assert tracked is not None
-                self._waiters.pop(tracked.ticket, None)
-                if tracked.has_waiter:
-                    assert tracked.waiter is not None
-                    tracked.waiter.set()  # its send_and_wait caller raises it
-                else:
-                    state.route_failure(failure.error)
-                handed.append(tracked.ticket)
+                own[tracked.ticket] = failure
+            else:
+                anonymous = True
+        handed: list[int] = []
+        if len(entries) == 1 and own:
+            # Alone in its transaction: the failure is its own.
+            failure = own[entries[0][0]]
+            tracked = failure.tracked
+            assert tracked is not None
+            self._waiters.pop(tracked.ticket, None)
+            self._suspects.discard(tracked.ticket)
+            if tracked.has_waiter:
+                assert tracked.waiter is not None
+                tracked.waiter.set()  # its send_and_wait caller raises it
+            else:
+                state.route_failure(failure.error)
+            handed.append(tracked.ticket)
             self._keeper.confirm(handed)
-            records = [record for record in records if record.seq not in own]
+        else:
+            self._suspects.update(own)
+            if anonymous and not careful:
+                self._careful = True
+        logger.warning(
+            "exactly once: a transaction of %d message(s) was aborted (%s); %s",
+            len(entries),
+            cause,
+            f"{len(handed)} handed back, the rest is sent again"
+            if handed
+            else f"{len(own)} failed on their own and are sent again alone"
+            if own
+            else "sent again",
+        )
+        rest = [entry for entry in entries if entry[0] not in handed]
         self._in_transaction = []
-        self._queue.extendleft(reversed(records))
-        if not records:
-            self.done_through = max(self.done_through, max(own))
+        self._retry.extendleft(reversed(rest))
+        if not rest:
+            self.done_through = max(self.done_through, *handed)
             self._progress.unpark_all()
         return False
 
     def _fail(self, exc: TransactionError, state: Failures) -> None:
         """A fatal (or unexpected) transactional error: the producer fails; what was not
         committed stays in the spool (this producer sends nothing more)."""
-        self._queue.extendleft(reversed(self._in_transaction))
+        self._retry.extendleft(reversed(self._in_transaction))
         self._in_transaction = []
         if state.fatal is None:
             logger.error("exactly once: the producer fails: %s", exc)
@@ -620,8 +798,23 @@ class ExactlyOnceIntake(SpoolIntake):
         if not keeper.has_room(item, size):
             raise trio.WouldBlock
         seq = keeper.spool_item(item, waiter)
+        # The message as the committer hands it to librdkafka: no callback, no ticket.
+        plain: Pending = {"topic": item["topic"], "value": item["value"]}
+        key = item.get("key")
+        if key is not None:
+            plain["key"] = key
+        if item.get("route") is Route.SINGLE:
+            if "partition" in item:
+                plain["partition"] = item["partition"]
+            if "timestamp" in item:
+                plain["timestamp"] = item["timestamp"]
+            if "headers" in item:
+                plain["headers"] = item["headers"]
+            plain["route"] = Route.SINGLE
         tracked = item.get("callback") if waiter is not None else None
-        self._committer.accepted(seq, tracked if isinstance(tracked, TrackedReport) else None)
+        self._committer.accepted(
+            seq, plain, tracked if isinstance(tracked, TrackedReport) else None
+        )
         return seq
 
     def _spool_chunk(
@@ -632,8 +825,33 @@ class ExactlyOnceIntake(SpoolIntake):
         sizes: list[int],
         to_memory: bool,
     ) -> int:
-        first = self._keeper.spool_many(topic, values, keys)
-        self._committer.accepted(first, None)
+        keeper = self._keeper
+        first = keeper.spool_many(topic, values, keys)
+        entries: list[Entry]
+        id_header = keeper.id_header
+        if id_header is not None:
+            entries = []
+            id_of = keeper.spool.id_of
+            for i, value in enumerate(values):
+                item: Pending = {"topic": topic, "value": value}
+                key = keys[i] if keys is not None else None
+                if key is not None:
+                    item["key"] = key
+                item["headers"] = [(id_header, id_of(first + i))]
+                item["route"] = Route.SINGLE
+                entries.append((first + i, item))
+        elif keys is None:
+            entries = [
+                (first + i, {"topic": topic, "value": value}) for i, value in enumerate(values)
+            ]
+        else:
+            entries = [
+                (first + i, {"topic": topic, "value": value, "key": key})
+                if key is not None
+                else (first + i, {"topic": topic, "value": value})
+                for i, (value, key) in enumerate(zip(values, keys, strict=True))
+            ]
+        self._committer.accepted_many(first, entries)
         return first
 
     def backlog(self) -> int:
@@ -678,7 +896,17 @@ async def open_exactly_once(
     """
     spool = keeper.spool
     timeout = cfg.transaction_timeout
-    origin = await trio.to_thread.run_sync(read_or_create_origin, spool.path)
+    origin, made = await trio.to_thread.run_sync(read_or_create_origin, spool.path)
+    if made and spool.recovered:
+        logger.warning(
+            "spool %r: exactly once: the directory holds %d unconfirmed message(s) but no "
+            "%s file naming it (removed, or an at-least-once spool before): their committed "
+            "position is unknown, so they are all sent again (those a transaction had "
+            "committed are duplicates)",
+            str(spool.path),
+            len(spool.recovered),
+            ORIGIN_FILE,
+        )
     conf = client_conf(cfg.librdkafka_config())
     if client.oauth is not None:
         conf["oauth_cb"] = client.oauth  # the token provider's refreshes, shared
@@ -691,9 +919,13 @@ async def open_exactly_once(
     # Blocking and not cancellable: bounded by its own timeout.
     await trio.to_thread.run_sync(client.init_transactions, timeout)
     _step("fenced")
+    # Another producer's open transaction on the progress topic holds the read back until
+    # it ends: when that producer is gone, until librdkafka's transaction.timeout.ms
+    # (60 s by default) has passed and the broker aborted it.
+    read_timeout = max(timeout, PROGRESS_READ_TIMEOUT)
     try:
         value = await trio.to_thread.run_sync(
-            lambda: read_last_committed(conf, topic, key, timeout=timeout)
+            lambda: read_last_committed(conf, topic, key, timeout=read_timeout)
         )
     except Exception as exc:
         raise SpoolError(f"exactly once: {exc}") from None
