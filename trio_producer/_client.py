@@ -359,6 +359,8 @@ class KafkaClient:
                 f"librdkafka rejected the configuration: {_scrub(exc, props)}"
             ) from None
         self._closed = False
+        #: A transaction was left open at the exit (see leave_transaction_open).
+        self._transaction_left_open = False
         self._transactional = bool(props.get("transactional.id"))
         #: librdkafka reports failures only (``delivery.report.only.error``).
         self.errors_only = props.get("delivery.report.only.error") is True
@@ -580,18 +582,31 @@ class KafkaClient:
             # record it (like one from error_cb); what was not served is counted unknown.
             self.errors.append(error_info(exc))
 
+    def leave_transaction_open(self) -> None:
+        """A transaction could be neither committed nor aborted before the exit: close
+        without confluent's ``close()``, which would wait for its abort with no bound
+        (the next producer with the same transactional.id fences and aborts it)."""
+        self._transaction_left_open = True
+
     def close(self) -> None:
         """Release librdkafka (nothing is left to flush when this is called)."""
         if self._closed:
             return
         self._closed = True
         close = getattr(self._producer, "close", None)
+        if self._transaction_left_open:
+            close = None  # (dropping the handle destroys it without that wait)
         if close is not None:
             # confluent's close() aborts an open transaction and says so with a
             # RuntimeWarning when that fails (e.g. after being fenced): log, don't raise.
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                close()
+                try:
+                    close()
+                except KafkaException as exc:
+                    # (e.g. the abort of an open transaction failing after a fatal
+                    # error): logged; the producer's own outcome is what leaves the block
+                    logger.warning("closing the Kafka client: %s", error_info(exc))
             for warning in caught:
                 logger.warning("closing the Kafka client: %s", warning.message)
         del self._producer

@@ -471,7 +471,7 @@ async def _drain(
             await worker_done.wait()
             await tracker.wait_settled()
             if spooled is not None:
-                await spooled.drain()  # exactly once: the last commit
+                await spooled.drain(deadline)  # exactly once: the last commit
     except KeyboardInterrupt as ki:
         interrupt = ki
     finally:
@@ -483,6 +483,8 @@ async def _drain(
     # now on (the purged messages) are handed back at the exit, not to the hook (and,
     # with a spool, stay in it).
     state.cut_short()
+    if spooled is not None:
+        spooled.cut_short(trio.current_time() + CUT_SHORT_GRACE)
     worker_scope.cancel(reason="trio_producer: the drain was cut short")
     try:
         with trio.CancelScope(deadline=trio.current_time() + CUT_SHORT_GRACE, shield=True):

@@ -760,3 +760,86 @@ def test_a_producer_dead_in_a_transaction_does_not_hide_another_ones_position(
     finally:
         dead.clean(dead.spawn(0, flush=True))  # ends the dead one's transaction
     dead.check()
+
+
+# ---- 8. the exit's bounds against a cluster that does not answer (the attack's findings) --
+
+
+@apache_only
+@pytest.mark.skipif(
+    PROXIED is None or PROXIED_TARGET is None,
+    reason="needs tests/harness/apache_kafka.py's PROXIED listener",
+)
+@pytest.mark.timeout(120)
+async def test_a_black_holed_cluster_holds_the_exit_no_longer_than_close_timeout(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Messages are in a transaction when the cluster stops answering (a black hole: no
+    reset, no reply). The exit must keep ``close_timeout`` (3 s), not wait out
+    ``transaction_timeout`` (20 s) in a commit or an abort, nor hang in the client's
+    close; a ``send_and_wait`` caller outside the block gets its message back
+    (``_KEPT_IN_SPOOL``) instead of waiting forever. The exit keeps everything not
+    committed in the spool, and a run after the cluster is back sends it: exactly once.
+    (Before: 14-19 s, a hang in confluent's close() after a second Ctrl-C, and a waiter
+    never woken.)"""
+    assert PROXIED is not None
+    assert PROXIED_TARGET is not None
+    topic = await trio.to_thread.run_sync(make_topic, kafka_bootstrap, "eo-blackhole")
+    tid = unique("eo-blackhole-tid")
+    proxy = FaultProxy(port(PROXIED), port(PROXIED_TARGET))
+    fields: dict[str, Any] = {
+        "spool_path": str(tmp_path / "spool"),
+        "exactly_once": True,
+        "exactly_once_topic": unique("eo-blackhole-progress"),
+        "librdkafka": {"transactional.id": tid},
+    }
+    waited: list[BaseException] = []
+
+    async def waiter(producer: trio_producer.Producer, task_status: Any) -> None:
+        task_status.started()
+        try:
+            await producer.send_and_wait(topic, b"waited")
+        except trio_producer.DeliveryError as exc:
+            waited.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(proxy.run)
+        async with trio.open_nursery() as outside:
+            with pytest.raises(trio_producer.UndeliveredMessagesError) as raised:
+                async with trio_producer.open_producer(
+                    bootstrap_servers=PROXIED,
+                    close_timeout=3.0,
+                    transaction_timeout=20.0,
+                    commit_interval=0.5,
+                    **fields,
+                ) as producer:
+                    for i in range(200):
+                        await producer.send(topic, b"a%d" % i)
+                    await producer.flush()
+                    proxy.blackhole()
+                    for i in range(200):
+                        await producer.send(topic, b"b%d" % i)
+                    await outside.start(waiter, producer)
+                    await trio.sleep(1.0)  # in a transaction that cannot commit
+                    left_at = trio.current_time()
+            took = trio.current_time() - left_at
+        proxy.restore()
+        nursery.cancel_scope.cancel()
+    exc = raised.value
+    assert exc.spool_path == fields["spool_path"]
+    assert took < 3.0 + 2.0, f"the exit took {took:.1f} s with close_timeout=3"
+    assert len(waited) == 1
+    assert isinstance(waited[0], trio_producer.DeliveryError)
+    assert waited[0].error.name == "_KEPT_IN_SPOOL"
+    assert waited[0].message.value == b"waited"
+    async with trio_producer.open_producer(bootstrap_servers=kafka_bootstrap, **fields) as again:
+        await again.flush()
+    records = await trio.to_thread.run_sync(
+        lambda: consume_all(
+            kafka_bootstrap, topic, expected=401, idle_timeout=2.0, isolation_level="read_committed"
+        )
+    )
+    values = [r.value for r in records]
+    assert sorted(values, key=lambda v: v or b"") == sorted(
+        [b"a%d" % i for i in range(200)] + [b"b%d" % i for i in range(200)] + [b"waited"]
+    )

@@ -21,7 +21,7 @@ import trio
 from confluent_kafka import KafkaError, KafkaException
 
 from trio_producer import ConfigError, DeliveryError, ProducerConfig
-from trio_producer._client import KafkaClient
+from trio_producer._client import KafkaClient, TrackedReport
 from trio_producer.spool import _exactly_once as eo
 from trio_producer.spool._keeper import open_keeper
 
@@ -355,6 +355,7 @@ async def test_a_message_that_fails_on_its_own_is_handed_back_and_the_rest_sent_
     assert keeper.spool.pending == 0  # the handed-back one is confirmed too: never resent
     assert committer.aborts == 3
     assert committer.committed == 2
+    assert committer.handed_back == 1
     await keeper.aclose()
 
 
@@ -390,6 +391,7 @@ async def test_a_message_librdkafka_refuses_at_once_is_handed_back_not_counted(
     assert [f.message.value for f in state.handed_back] == [b"huge"]
     assert state.handed_back[0].error.name == "MSG_SIZE_TOO_LARGE"
     assert committer.committed == 2
+    assert committer.handed_back == 1
     assert keeper.spool.pending == 0
     await keeper.aclose()
 
@@ -526,4 +528,37 @@ async def test_a_progress_topic_that_refuses_the_record_fails_the_producer(
     assert fake.calls == ["begin", "abort"]  # never committed without its position
     assert fake.log == []
     assert keeper.spool.pending == 1
+    await keeper.aclose()
+
+
+async def test_past_the_exits_deadline_the_transaction_is_left_open_and_waiters_released(
+    tmp_path: Path,
+) -> None:
+    # A cluster that does not answer: the commit only times out. At the exit's deadline
+    # the committer gives up (the transaction stays open for the next producer to fence,
+    # the messages stay in the spool), the client will close without waiting on it, and
+    # a send_and_wait caller gets its message back instead of waiting forever.
+    committer, fake, state, keeper = await open_committer(tmp_path, commit_interval=0)
+
+    def no_answer(timeout: float) -> None:
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "timed out", retriable=True))
+
+    fake.commit_transaction = no_answer  # type: ignore[method-assign]
+    event = trio.Event()
+    tracked = TrackedReport(None, event)
+    item: Any = {"topic": "t", "value": b"waited", "key": b"k"}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(committer.run, run_exclusive, state)
+        seq = keeper.spool_item(item, event)
+        committer.accepted(seq, {"topic": "t", "value": b"waited", "key": b"k"}, tracked)
+        await trio.sleep(0.25)  # a few tries, not given up yet
+        assert not event.is_set()
+        committer.hurry(trio.current_time())
+        await event.wait()
+    assert tracked.failure is not None
+    assert tracked.failure.error.name == "_KEPT_IN_SPOOL"
+    assert tracked.failure.message.value == b"waited"
+    assert committer._client._transaction_left_open
+    assert state.fatal is None  # not a failure of the producer: the exit's deadline
+    assert keeper.spool.pending == 1  # kept for the next producer
     await keeper.aclose()

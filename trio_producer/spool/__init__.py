@@ -167,11 +167,18 @@ class SpoolParts:
             nursery.start_soon(self._keeper.run)
             nursery.start_soon(committer.run, run_exclusive, state)
 
-    async def drain(self) -> None:
+    async def drain(self, deadline: float) -> None:
         """At the exit, once the worker drained: with ``exactly_once``, wait until what
-        was accepted is committed (the caller bounds the wait)."""
+        was accepted is committed (the caller bounds the wait by ``deadline``, Trio
+        time; the committer's own calls too)."""
         if self._committer is not None:
-            await self._committer.drain()
+            await self._committer.drain(deadline)
+
+    def cut_short(self, deadline: float) -> None:
+        """The exit was cut short: the committer's calls wait no longer than
+        ``deadline`` (Trio time)."""
+        if self._committer is not None:
+            self._committer.hurry(deadline)
 
     def at_exit(self, hand_back: Callable[[Pending], None], failed: int) -> str | None:
         """At the exit, once every report was served: the directory that keeps what was

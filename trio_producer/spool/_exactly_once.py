@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections import deque
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -57,10 +58,10 @@ import attrs
 import trio
 
 from .._admin import ensure_compacted_topic, read_last_committed
-from .._batch import Route, route_for
+from .._batch import Route, message_from_pending, route_for
 from .._client import DeliveryReports, TrackedReport
-from .._exceptions import ProducerClosedError, TransactionError
-from .._message import KafkaErrorInfo
+from .._exceptions import DeliveryError, ProducerClosedError, TransactionError
+from .._message import KafkaErrorInfo, Message
 from ._backlog import Backlog
 from ._engine import SpoolError
 from ._intake import SpoolIntake
@@ -71,7 +72,6 @@ if TYPE_CHECKING:
     from .._batch import Pending
     from .._client import Failure, KafkaClient
     from .._config import ProducerConfig
-    from .._exceptions import DeliveryError
     from .._message import ProducerStatistics
     from .._worker import BatchChannel
     from ._engine import Spool
@@ -118,6 +118,23 @@ OWN_FAULT = frozenset(
         "_BAD_MSG",
     }
 )
+
+#: Failures of the progress record that fail the producer (nothing can commit): the
+#: message's own failures, except a timeout (an unreachable cluster is waited out).
+PROGRESS_REFUSED = OWN_FAULT - {"_MSG_TIMED_OUT"}
+
+#: What a ``send_and_wait`` caller gets when the producer stops before its message's
+#: transaction committed: the message stays in the spool, for the next producer.
+KEPT_IN_SPOOL = KafkaErrorInfo(
+    code=-10_001,
+    name="_KEPT_IN_SPOOL",
+    reason="the producer stopped before the message's transaction committed; it stays in "
+    "the spool and the next producer that opens it sends it (do not send it again)",
+)
+
+#: The longest one transactional call (commit, abort) blocks before it is called again
+#: (librdkafka resumes it): how late the committer notices the exit's deadline.
+CALL_SLICE = 1.0
 
 #: The most messages (and bytes) one transaction carries: well below librdkafka's queue
 #: (``queue.buffering.max.messages``), so that a transaction is handed over in one go.
@@ -323,6 +340,11 @@ class Committer:
         self._urgent = False
         #: The last abort's cause was retriable (the cluster was unreachable).
         self._last_cause_retriable = False
+        #: When the exit must be done (Trio time): the transactional calls are bounded by
+        #: it (and by ``transaction_timeout``); past it they are given up on.
+        self._deadline = math.inf
+        #: Messages handed back (failed on their own, or refused at the call).
+        self.handed_back = 0
         #: Counters: messages committed, transactions committed and aborted.
         self.committed = 0
         self.transactions = 0
@@ -395,9 +417,16 @@ class Committer:
         self._recovered.clear()
         return [self._careful_item(seq, item) for seq, item in entries]
 
-    async def drain(self) -> None:
+    def hurry(self, deadline: float) -> None:
+        """The exit must be done by ``deadline`` (Trio time; the drain's, or a second later
+        when it is cut short): no transactional call waits past it."""
+        self._deadline = min(self._deadline, deadline)
+
+    async def drain(self, deadline: float) -> None:
         """At the exit (the channel is closed): commit what is pending without waiting
-        for ``commit_interval``, and return once nothing is."""
+        for ``commit_interval``, and return once nothing is (``deadline``: see
+        :meth:`hurry`)."""
+        self.hurry(deadline)
         self._closing = True
         if self._gather is not None:
             self._gather.cancel()
@@ -510,6 +539,38 @@ class Committer:
         finally:
             self._stopped = True
             self._progress.unpark_all()
+            self._release_waiters()
+
+    def _release_waiters(self) -> None:
+        """The committer stopped: every ``send_and_wait`` caller still waiting gets its
+        message back in a ``DeliveryError`` (it stays in the spool for the next producer,
+        as the exit's exception says)."""
+        for seq, tracked in self._waiters.items():
+            waiter = tracked.waiter
+            if waiter is None or waiter.is_set():
+                continue
+            item = self._find(seq)
+            message = (
+                message_from_pending(item)
+                if item is not None
+                else Message(topic="<in the spool>", value=None)
+            )
+            tracked.failure = DeliveryError(message, KEPT_IN_SPOOL)
+            waiter.set()
+        self._waiters.clear()
+
+    def _find(self, seq: int) -> Pending | None:
+        for entries in (self._in_transaction, self._retry, self._fresh):
+            for entry_seq, item in entries:
+                if entry_seq == seq:
+                    return item
+        spool = self._spool
+        if self._next <= seq < spool.next_seq:
+            try:
+                return self._from_record(spool.read_from(seq, 1)[0])[1]
+            except (ValueError, IndexError, SpoolError):
+                return None
+        return None
 
     async def _run(self, run_exclusive: RunExclusive, state: Failures) -> None:
         backoff = FIRST_BACKOFF
@@ -610,7 +671,7 @@ class Committer:
         else:
             outcome = await self._commit(run_exclusive, state)
         if isinstance(outcome, TransactionError):
-            if progress.failure is not None and progress.failure.error.name in OWN_FAULT:
+            if progress.failure is not None and progress.failure.error.name in PROGRESS_REFUSED:
                 # The progress topic itself refused it: nothing can commit.
                 await self._abort(run_exclusive, state)
                 error = TransactionError("producing the progress record", progress.failure.error)
@@ -624,24 +685,56 @@ class Committer:
         _step("confirmed")
         return True
 
+    def _call_timeout(self) -> float:
+        """The timeout of the next transactional call: at most ``CALL_SLICE`` (librdkafka
+        resumes a commit or an abort that timed out when it is called again, so a long
+        one is waited for in slices, each a chance to see the exit's deadline), at most
+        ``transaction_timeout``, and what is left before the exit's deadline."""
+        slice_ = min(CALL_SLICE, self._timeout)
+        return max(0.1, min(slice_, self._deadline - trio.current_time()))
+
+    def _past_deadline(self) -> bool:
+        return trio.current_time() >= self._deadline
+
+    def _leave_open(self, exc: TransactionError) -> None:
+        """The exit's deadline passed in a transactional call: the transaction is left
+        open (the next producer with this transactional.id fences and aborts it; its
+        messages stay in the spool), and the client is closed without waiting on it."""
+        logger.warning(
+            "exactly once: the producer closes with a transaction neither committed nor "
+            "aborted (%s); its messages stay in the spool %r",
+            exc,
+            str(self._spool.path),
+        )
+        self._client.leave_transaction_open()
+
     async def _commit(
         self, run_exclusive: RunExclusive, state: Failures
     ) -> TransactionError | Literal[True] | None:
         """``commit_transaction``. True: committed; a ``TransactionError``: the
-        transaction must be aborted; None: the producer failed."""
+        transaction must be aborted; None: the producer failed (or the exit's deadline
+        passed: the transaction is left open)."""
         client = self._client
+        said = False
         while True:
             try:
                 # Shielded (it is bounded by its own timeout): a commit that returned is
                 # always recorded as committed, never lost to a cancellation.
                 with trio.CancelScope(shield=True):
-                    await run_exclusive(client.commit_transaction, self._timeout)
+                    await run_exclusive(client.commit_transaction, self._call_timeout())
             except TransactionError as exc:
                 if exc.abortable:
                     return exc
                 if exc.retriable and not exc.fatal:
-                    logger.warning("exactly once: the commit did not finish, trying again: %s", exc)
-                    await trio.sleep(FIRST_BACKOFF)  # (never a busy loop)
+                    if self._past_deadline():
+                        self._leave_open(exc)
+                        return None
+                    if not said:
+                        said = True
+                        logger.warning(
+                            "exactly once: the commit did not finish yet, waiting on: %s", exc
+                        )
+                    await trio.sleep(0.01)  # (never a busy loop)
                     continue
                 self._fail(exc, state)
                 return None
@@ -692,17 +785,33 @@ class Committer:
         self._in_transaction = []
         self.position = self.done_through = last
         self.committed += len(entries) - refused
+        self.handed_back += refused
         self.transactions += 1
         self._progress.unpark_all()
 
     async def _abort(self, run_exclusive: RunExclusive, state: Failures) -> bool:
-        try:
-            with trio.CancelScope(shield=True):
-                await run_exclusive(self._client.abort_transaction, self._timeout)
-        except TransactionError as exc:
-            self._fail(exc, state)
-            return False
-        return True
+        """``abort_transaction``, tried again while it only timed out (an unreachable
+        cluster); False: the producer failed, or the exit's deadline passed."""
+        said = False
+        while True:
+            try:
+                with trio.CancelScope(shield=True):
+                    await run_exclusive(self._client.abort_transaction, self._call_timeout())
+            except TransactionError as exc:
+                if exc.retriable and not exc.fatal:
+                    if self._past_deadline():
+                        self._leave_open(exc)
+                        return False
+                    if not said:
+                        said = True
+                        logger.warning(
+                            "exactly once: the abort did not finish yet, waiting on: %s", exc
+                        )
+                    await trio.sleep(0.01)  # (never a busy loop)
+                    continue
+                self._fail(exc, state)
+                return False
+            return True
 
     async def _aborted(
         self,
@@ -745,6 +854,7 @@ class Committer:
                 state.route_failure(failure.error)
             handed.append(tracked.ticket)
             self._keeper.confirm(handed)
+            self.handed_back += 1
         else:
             self._suspects.update(own)
             if anonymous and not careful:
@@ -880,6 +990,7 @@ class ExactlyOnceIntake(SpoolIntake):
             queued=stats.queued - in_transaction,
             in_flight=stats.in_flight + in_transaction,
             delivered=stats.delivered + committer.committed,
+            failed=stats.failed + committer.handed_back,
         )
 
 
@@ -896,7 +1007,12 @@ async def open_exactly_once(
     """
     spool = keeper.spool
     timeout = cfg.transaction_timeout
-    origin, made = await trio.to_thread.run_sync(read_or_create_origin, spool.path)
+    # (the threads below use clients and files of their own: abandoned on cancellation,
+    # so that a dead cluster does not hold a Ctrl-C or a deadline; init_transactions
+    # uses the producer's client and is bounded by its timeout)
+    origin, made = await trio.to_thread.run_sync(
+        read_or_create_origin, spool.path, abandon_on_cancel=True
+    )
     if made and spool.recovered:
         logger.warning(
             "spool %r: exactly once: the directory holds %d unconfirmed message(s) but no "
@@ -913,7 +1029,9 @@ async def open_exactly_once(
     topic = cfg.exactly_once_topic
     key = progress_key(cfg, origin)
     try:
-        await trio.to_thread.run_sync(lambda: ensure_compacted_topic(conf, topic, timeout=timeout))
+        await trio.to_thread.run_sync(
+            lambda: ensure_compacted_topic(conf, topic, timeout=timeout), abandon_on_cancel=True
+        )
     except Exception as exc:
         raise SpoolError(f"exactly once: {exc}") from None
     # Blocking and not cancellable: bounded by its own timeout.
@@ -925,7 +1043,8 @@ async def open_exactly_once(
     read_timeout = max(timeout, PROGRESS_READ_TIMEOUT)
     try:
         value = await trio.to_thread.run_sync(
-            lambda: read_last_committed(conf, topic, key, timeout=read_timeout)
+            lambda: read_last_committed(conf, topic, key, timeout=read_timeout),
+            abandon_on_cancel=True,
         )
     except Exception as exc:
         raise SpoolError(f"exactly once: {exc}") from None
