@@ -287,18 +287,23 @@ class DeliveryTracker:
             if served < 0:  # librdkafka raised (recorded as an error): do not spin
                 await trio.sleep(POLL_TIMEOUT)
 
-    async def run_exclusive(self, fn: Callable[..., object], *args: object) -> object:
+    async def run_exclusive(
+        self, fn: Callable[..., object], *args: object, abandon_on_cancel: bool = False
+    ) -> object:
         """Run a blocking librdkafka call in a thread while the delivery task does not poll.
 
         Transactional calls (commit, abort) serve delivery reports themselves; pausing
         the delivery task keeps the rule that only one thread serves callbacks at a
-        time. Not cancellable: ``fn`` must be bounded by its own timeout argument.
+        time. Not cancellable: ``fn`` must be bounded by its own timeout argument --
+        unless ``abandon_on_cancel`` (the exactly-once committer at the exit's deadline:
+        the call goes on in its thread, holding the client alive, while the producer
+        closes; see ``KafkaClient.leave_transaction_open``).
         """
         self._paused += 1
         try:
             while self._polling:
                 await self._poll_done.park()
-            return await trio.to_thread.run_sync(fn, *args)
+            return await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=abandon_on_cancel)
         finally:
             self._paused -= 1
             self._activity.unpark_all()

@@ -163,7 +163,7 @@ class State:
         self.fatal = error
 
 
-async def run_exclusive(fn: Any, *args: Any) -> object:
+async def run_exclusive(fn: Any, *args: Any, abandon_on_cancel: bool = False) -> object:
     await trio.lowlevel.checkpoint()
     return fn(*args)
 

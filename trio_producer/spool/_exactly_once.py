@@ -132,10 +132,6 @@ KEPT_IN_SPOOL = KafkaErrorInfo(
     "the spool and the next producer that opens it sends it (do not send it again)",
 )
 
-#: The longest one transactional call (commit, abort) blocks before it is called again
-#: (librdkafka resumes it): how late the committer notices the exit's deadline.
-CALL_SLICE = 1.0
-
 #: The most messages (and bytes) one transaction carries: well below librdkafka's queue
 #: (``queue.buffering.max.messages``), so that a transaction is handed over in one go.
 MAX_MESSAGES = 10_000
@@ -345,6 +341,8 @@ class Committer:
         self._deadline = math.inf
         #: Messages handed back (failed on their own, or refused at the call).
         self.handed_back = 0
+        #: The scope of the transactional call in progress (see ``_call``).
+        self._call_scope: trio.CancelScope | None = None
         #: Counters: messages committed, transactions committed and aborted.
         self.committed = 0
         self.transactions = 0
@@ -421,6 +419,8 @@ class Committer:
         """The exit must be done by ``deadline`` (Trio time; the drain's, or a second later
         when it is cut short): no transactional call waits past it."""
         self._deadline = min(self._deadline, deadline)
+        if self._call_scope is not None:
+            self._call_scope.deadline = self._deadline
 
     async def drain(self, deadline: float) -> None:
         """At the exit (the channel is closed): commit what is pending without waiting
@@ -686,17 +686,28 @@ class Committer:
         return True
 
     def _call_timeout(self) -> float:
-        """The timeout of the next transactional call: at most ``CALL_SLICE`` (librdkafka
-        resumes a commit or an abort that timed out when it is called again, so a long
-        one is waited for in slices, each a chance to see the exit's deadline), at most
-        ``transaction_timeout``, and what is left before the exit's deadline."""
-        slice_ = min(CALL_SLICE, self._timeout)
-        return max(0.1, min(slice_, self._deadline - trio.current_time()))
+        """The timeout of the next transactional call: ``transaction_timeout``, or what is
+        left before the exit's deadline."""
+        return max(0.1, min(self._timeout, self._deadline - trio.current_time()))
+
+    async def _call(self, run_exclusive: RunExclusive, fn: Callable[[float], None]) -> bool:
+        """Run a transactional call (commit, abort) in a thread, shielded -- a call that
+        returned is never lost to a cancellation -- but not past the exit's deadline,
+        even one set while it runs (:meth:`hurry`): then the thread is abandoned (the
+        call goes on, holding the client) and this returns False. Raises what the call
+        raises."""
+        with trio.CancelScope(shield=True, deadline=self._deadline) as scope:
+            self._call_scope = scope
+            try:
+                await run_exclusive(fn, self._call_timeout(), abandon_on_cancel=True)
+            finally:
+                self._call_scope = None
+        return not scope.cancelled_caught
 
     def _past_deadline(self) -> bool:
         return trio.current_time() >= self._deadline
 
-    def _leave_open(self, exc: TransactionError) -> None:
+    def _leave_open(self, exc: TransactionError | str) -> None:
         """The exit's deadline passed in a transactional call: the transaction is left
         open (the next producer with this transactional.id fences and aborts it; its
         messages stay in the spool), and the client is closed without waiting on it."""
@@ -718,10 +729,9 @@ class Committer:
         said = False
         while True:
             try:
-                # Shielded (it is bounded by its own timeout): a commit that returned is
-                # always recorded as committed, never lost to a cancellation.
-                with trio.CancelScope(shield=True):
-                    await run_exclusive(client.commit_transaction, self._call_timeout())
+                if not await self._call(run_exclusive, client.commit_transaction):
+                    self._leave_open("the exit's deadline passed in the commit")
+                    return None
             except TransactionError as exc:
                 if exc.abortable:
                     return exc
@@ -795,8 +805,9 @@ class Committer:
         said = False
         while True:
             try:
-                with trio.CancelScope(shield=True):
-                    await run_exclusive(self._client.abort_transaction, self._call_timeout())
+                if not await self._call(run_exclusive, self._client.abort_transaction):
+                    self._leave_open("the exit's deadline passed in the abort")
+                    return False
             except TransactionError as exc:
                 if exc.retriable and not exc.fatal:
                     if self._past_deadline():
