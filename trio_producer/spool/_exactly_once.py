@@ -690,19 +690,40 @@ class Committer:
         left before the exit's deadline."""
         return max(0.1, min(self._timeout, self._deadline - trio.current_time()))
 
-    async def _call(self, run_exclusive: RunExclusive, fn: Callable[[float], None]) -> bool:
-        """Run a transactional call (commit, abort) in a thread, shielded -- a call that
-        returned is never lost to a cancellation -- but not past the exit's deadline,
-        even one set while it runs (:meth:`hurry`): then the thread is abandoned (the
-        call goes on, holding the client) and this returns False. Raises what the call
-        raises."""
-        with trio.CancelScope(shield=True, deadline=self._deadline) as scope:
-            self._call_scope = scope
-            try:
-                await run_exclusive(fn, self._call_timeout(), abandon_on_cancel=True)
-            finally:
-                self._call_scope = None
-        return not scope.cancelled_caught
+    async def _call(
+        self, run_exclusive: RunExclusive, fn: Callable[[float], None], what: str
+    ) -> bool:
+        """Run a transactional call (``what``: commit, abort) in a thread until it is done:
+        shielded -- a call that returned is never lost to a cancellation -- and called
+        again while it only times out (an unreachable cluster; librdkafka resumes it),
+        but not past the exit's deadline, even one set while it runs (:meth:`hurry`):
+        then the thread is abandoned (the call goes on, holding the client), the
+        transaction is left open, and this returns False. Raises any other error."""
+        said = False
+        while True:
+            with trio.CancelScope(shield=True, deadline=self._deadline) as scope:
+                self._call_scope = scope
+                try:
+                    await run_exclusive(fn, self._call_timeout(), abandon_on_cancel=True)
+                except TransactionError as exc:
+                    if not exc.retriable or exc.fatal or exc.abortable:
+                        raise
+                    if self._past_deadline():
+                        self._leave_open(exc)
+                        return False
+                    if not said:
+                        said = True
+                        logger.warning(
+                            "exactly once: the %s did not finish yet, waiting on: %s", what, exc
+                        )
+                    await trio.sleep(0.01)  # (never a busy loop)
+                    continue
+                finally:
+                    self._call_scope = None
+            if scope.cancelled_caught:
+                self._leave_open(f"the exit's deadline passed in the {what}")
+                return False
+            return True
 
     def _past_deadline(self) -> bool:
         return trio.current_time() >= self._deadline
@@ -725,30 +746,15 @@ class Committer:
         """``commit_transaction``. True: committed; a ``TransactionError``: the
         transaction must be aborted; None: the producer failed (or the exit's deadline
         passed: the transaction is left open)."""
-        client = self._client
-        said = False
-        while True:
-            try:
-                if not await self._call(run_exclusive, client.commit_transaction):
-                    self._leave_open("the exit's deadline passed in the commit")
-                    return None
-            except TransactionError as exc:
-                if exc.abortable:
-                    return exc
-                if exc.retriable and not exc.fatal:
-                    if self._past_deadline():
-                        self._leave_open(exc)
-                        return None
-                    if not said:
-                        said = True
-                        logger.warning(
-                            "exactly once: the commit did not finish yet, waiting on: %s", exc
-                        )
-                    await trio.sleep(0.01)  # (never a busy loop)
-                    continue
-                self._fail(exc, state)
+        try:
+            if not await self._call(run_exclusive, self._client.commit_transaction, "commit"):
                 return None
-            return True
+        except TransactionError as exc:
+            if exc.abortable:
+                return exc
+            self._fail(exc, state)
+            return None
+        return True
 
     async def _produce(
         self,
@@ -802,27 +808,11 @@ class Committer:
     async def _abort(self, run_exclusive: RunExclusive, state: Failures) -> bool:
         """``abort_transaction``, tried again while it only timed out (an unreachable
         cluster); False: the producer failed, or the exit's deadline passed."""
-        said = False
-        while True:
-            try:
-                if not await self._call(run_exclusive, self._client.abort_transaction):
-                    self._leave_open("the exit's deadline passed in the abort")
-                    return False
-            except TransactionError as exc:
-                if exc.retriable and not exc.fatal:
-                    if self._past_deadline():
-                        self._leave_open(exc)
-                        return False
-                    if not said:
-                        said = True
-                        logger.warning(
-                            "exactly once: the abort did not finish yet, waiting on: %s", exc
-                        )
-                    await trio.sleep(0.01)  # (never a busy loop)
-                    continue
-                self._fail(exc, state)
-                return False
-            return True
+        try:
+            return await self._call(run_exclusive, self._client.abort_transaction, "abort")
+        except TransactionError as exc:
+            self._fail(exc, state)
+            return False
 
     async def _aborted(
         self,
